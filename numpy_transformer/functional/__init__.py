@@ -1,0 +1,48 @@
+"""Pure forward/backward pairs, one file per op family.
+
+Every ``*_forward`` returns ``(out, cache)``; the matching ``*_backward(dout, cache)``
+returns the gradients of the differentiable inputs, in the order of the forward's
+arguments. Every op keeps its input dtype (float32 or float64).
+"""
+
+from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from .attention import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
+from .dropout import dropout_backward, dropout_forward
+from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
+from .layer_norm import layer_norm_backward, layer_norm_forward
+from .linear import linear_backward, linear_forward
+from .masks import causal_mask, padding_mask
+from .softmax import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    log_softmax_backward,
+    log_softmax_forward,
+    softmax_backward,
+    softmax_forward,
+)
+
+__all__ = [
+    "causal_mask",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "embedding_backward",
+    "embedding_forward",
+    "gelu_backward",
+    "gelu_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "linear_backward",
+    "linear_forward",
+    "log_softmax_backward",
+    "log_softmax_forward",
+    "padding_mask",
+    "relu_backward",
+    "relu_forward",
+    "scaled_dot_product_attention_backward",
+    "scaled_dot_product_attention_forward",
+    "sinusoidal_positional_encoding",
+    "softmax_backward",
+    "softmax_forward",
+]

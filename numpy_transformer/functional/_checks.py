@@ -1,0 +1,69 @@
+"""Input validation shared by every op.
+
+Every public op checks its arguments up front so that a mistake surfaces as a
+clear ``TypeError`` / ``ValueError`` naming the argument, what was expected
+and what was given, instead of as a broadcasting accident deep inside a
+backward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_array(name: str, x: object, *, ndim_min: int = 0) -> np.ndarray:
+    """Return ``x`` if it is a float32/float64 ndarray with at least ``ndim_min`` dims."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if x.ndim < ndim_min:
+        raise ValueError(
+            f"{name}: expected at least {ndim_min} dimension(s), got shape {x.shape}"
+        )
+    return x
+
+
+def check_same_dtype(**arrays: np.ndarray | None) -> np.dtype:
+    """All given arrays (``None`` skipped) must share one float dtype; return it."""
+    named = [(name, a) for name, a in arrays.items() if a is not None]
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {first.dtype} (the dtype of {first_name}), "
+                f"got {a.dtype}; convert explicitly, nothing is upcast silently"
+            )
+    return first.dtype
+
+
+def check_shape(name: str, x: np.ndarray, expected: tuple[int, ...]) -> None:
+    """``x.shape`` must equal ``expected`` exactly."""
+    if x.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {x.shape}")
+
+
+def check_int_array(name: str, x: object) -> np.ndarray:
+    """Return ``x`` if it is an ndarray of integers (any width, signed or not)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of integers, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name}: expected an integer dtype, got {x.dtype}")
+    return x
+
+
+def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> None:
+    """``x`` must broadcast to ``target`` without growing ``target``.
+
+    Each of ``x``'s trailing dimensions must be 1 or equal to the matching
+    dimension of ``target``, and ``x`` may not have more dimensions.
+    """
+    if x.ndim > len(target) or any(
+        a not in (1, b) for a, b in zip(x.shape[::-1], target[::-1], strict=False)
+    ):
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to {tuple(target)} "
+            f"(each dimension 1 or equal, aligned on the right), got {x.shape}"
+        )

@@ -1,0 +1,88 @@
+"""Element-wise activations: ReLU and GELU (exact erf and tanh forms)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import erf
+
+from ._checks import check_float_array, check_shape
+
+# Python floats, not NumPy scalars, so float32 inputs stay float32 (NEP 50).
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+# The cubic coefficient of the tanh approximation, as torch.nn.functional.gelu uses it.
+_GELU_TANH_COEF = 0.044715
+
+
+@dataclass(frozen=True)
+class ReluCache:
+    positive: np.ndarray  # (...) bool, where x > 0
+
+
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
+    """``y = max(x, 0)``; shape and dtype kept."""
+    check_float_array("x", x)
+    positive = x > 0
+    return np.where(positive, x, 0).astype(x.dtype, copy=False), ReluCache(positive=positive)
+
+
+def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
+    r"""Forward ``y = max(x, 0)``; backward :math:`dx = dy \cdot [x > 0]`.
+
+    At exactly ``x = 0`` the derivative is taken as 0, as in PyTorch.
+    """
+    check_shape("dout", dout, cache.positive.shape)
+    return np.where(cache.positive, dout, 0).astype(dout.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class GeluCache:
+    x: np.ndarray  # (...) the input; everything else is recomputed in the backward
+    approximate: str
+
+
+def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, GeluCache]:
+    r"""Gaussian Error Linear Unit, exactly as ``torch.nn.functional.gelu`` defines it.
+
+    ``approximate="none"``: :math:`y = x\,\Phi(x) = \tfrac12 x\,(1 + \mathrm{erf}(x/\sqrt2))`.
+
+    ``approximate="tanh"``:
+    :math:`y = \tfrac12 x\,(1 + \tanh(\sqrt{2/\pi}\,(x + 0.044715\,x^3)))`.
+    """
+    check_float_array("x", x)
+    if approximate == "none":
+        y = 0.5 * x * (1.0 + erf(x / _SQRT_2))
+    elif approximate == "tanh":
+        y = 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_COEF * x**3)))
+    else:
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return y.astype(x.dtype, copy=False), GeluCache(x=x, approximate=approximate)
+
+
+def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
+    r"""Derivative of GELU.
+
+    Exact form: :math:`y = x\Phi(x)`, so
+    :math:`dy/dx = \Phi(x) + x\,\varphi(x)` with
+    :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`.
+
+    Tanh form: with :math:`u = \sqrt{2/\pi}(x + c x^3)` and :math:`t = \tanh u`,
+    :math:`y = \tfrac12 x (1 + t)`, so
+    :math:`dy/dx = \tfrac12 (1 + t) + \tfrac12 x (1 - t^2)\sqrt{2/\pi}(1 + 3 c x^2)`.
+    """
+    x = cache.x
+    check_shape("dout", dout, x.shape)
+    if cache.approximate == "none":
+        cdf = 0.5 * (1.0 + erf(x / _SQRT_2))
+        pdf = np.exp(-0.5 * x * x) / _SQRT_2PI
+        local = cdf + x * pdf
+    else:
+        u = _SQRT_2_OVER_PI * (x + _GELU_TANH_COEF * x**3)
+        t = np.tanh(u)
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_COEF * x * x)
+        local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx
+    return (dout * local).astype(dout.dtype, copy=False)

@@ -1,0 +1,189 @@
+"""Scaled dot-product attention with a boolean mask, causal masking and dropout.
+
+Shape legend: ``...`` leading dimensions (usually ``(B, H)``), ``T`` query
+length, ``S`` key length, ``D`` query/key width, ``Dv`` value width.
+
+Fully masked query rows
+-----------------------
+A query row whose every key is masked out has no softmax (``0/0``). This package
+defines its attention weights as all zeros, so its output row is zero and no
+gradient flows through it (to ``q``, ``k`` or ``v``). That is also what
+``torch.nn.functional.scaled_dot_product_attention`` returns in recent PyTorch
+(seen on 2.5 and later); ``torch.nn.MultiheadAttention`` returns NaN for the same
+situation. ``parity_tests`` pins both behaviours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_broadcastable, check_float_array, check_same_dtype, check_shape
+from .dropout import check_dropout_p, draw_dropout_mask
+from .masks import causal_mask
+
+
+@dataclass(frozen=True)
+class AttentionCache:
+    q: np.ndarray  # (..., T, D)
+    k: np.ndarray  # (..., S, D)
+    v: np.ndarray  # (..., S, Dv)
+    weights: np.ndarray  # (..., T, S) softmax probabilities before dropout, for inspection
+    dropout_keep: np.ndarray | None  # (..., T, S) bool keep-mask, None without dropout
+    dropout_p: float
+    scale: float
+
+
+def scaled_dot_product_attention_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    dropout_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, AttentionCache]:
+    r"""Attention :math:`\mathrm{softmax}(q k^T \cdot \mathrm{scale} + \text{mask})\, v`.
+
+    Parameters
+    ----------
+    q : ndarray, shape (..., T, D)
+    k : ndarray, shape (..., S, D)
+    v : ndarray, shape (..., S, Dv)
+        ``q``, ``k`` and ``v`` must have identical leading dimensions.
+    mask : bool ndarray broadcastable to (..., T, S), optional
+        ``True`` = this query may attend to this key.
+    is_causal : bool
+        Also block keys after the query, aligned at the top-left when ``T != S``
+        (as in PyTorch). Unlike PyTorch, it may be combined with ``mask``: both apply.
+    scale : float, optional
+        Defaults to :math:`1/\sqrt{D}`.
+    dropout_p : float in [0, 1)
+        Dropout on the attention weights (applied whenever ``dropout_p > 0``,
+        like ``F.scaled_dot_product_attention``; modules pass 0 in eval mode).
+    rng : numpy.random.Generator, optional
+        Draws the dropout keep-mask.
+    dropout_mask : bool ndarray, shape (..., T, S), optional
+        Explicit keep-mask (True = kept), so a twin can drop the same weights.
+
+    Returns
+    -------
+    out : ndarray, shape (..., T, Dv)
+    cache : AttentionCache
+        ``cache.weights`` holds the attention probabilities.
+    """
+    check_float_array("q", q, ndim_min=2)
+    check_float_array("k", k, ndim_min=2)
+    check_float_array("v", v, ndim_min=2)
+    dtype = check_same_dtype(q=q, k=k, v=v)
+    *lead, T, D = q.shape
+    if k.shape[:-2] != tuple(lead) or k.shape[-1] != D:
+        raise ValueError(f"k: expected shape {tuple(lead) + ('S', D)} to match q {q.shape}, got {k.shape}")
+    S = k.shape[-2]
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"v: expected shape {k.shape[:-1] + ('Dv',)} to match k {k.shape}, got {v.shape}")
+    scores_shape = (*lead, T, S)
+    if mask is not None:
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise TypeError(
+                f"mask: expected a bool ndarray (True = may attend), got "
+                f"{getattr(mask, 'dtype', type(mask).__name__)}"
+            )
+        check_broadcastable("mask", mask, scores_shape)
+    dropout_p = check_dropout_p(dropout_p, "dropout_p")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+
+    allowed = None  # (..., T, S) or broadcastable; None = everything allowed
+    if mask is not None:
+        allowed = mask
+    if is_causal:
+        causal = causal_mask(T, S)  # (T, S)
+        allowed = causal if allowed is None else (allowed & causal)
+
+    scores = (q @ np.swapaxes(k, -1, -2)) * dtype.type(scale)  # (..., T, S)
+    if allowed is None:
+        weights = _stable_softmax(scores)
+    else:
+        allowed = np.broadcast_to(allowed, scores_shape)
+        scores = np.where(allowed, scores, -np.inf)
+        row_max = scores.max(axis=-1, keepdims=True)  # (..., T, 1), -inf on a fully masked row
+        row_max = np.where(np.isfinite(row_max), row_max, 0)
+        e = np.exp(scores - row_max)  # exp(-inf) = 0 at masked keys
+        denom = e.sum(axis=-1, keepdims=True)  # (..., T, 1), 0 on a fully masked row
+        # A fully masked row: 0 / 1 = 0, so its weights, output and gradients are zero.
+        weights = e / np.where(denom > 0, denom, 1).astype(dtype)
+
+    keep = None
+    attn = weights  # (..., T, S) the weights actually applied to v
+    if dropout_p > 0:
+        if dropout_mask is None:
+            keep = draw_dropout_mask(scores_shape, dropout_p, rng)
+        else:
+            if not isinstance(dropout_mask, np.ndarray) or dropout_mask.dtype != np.bool_:
+                raise TypeError("dropout_mask: expected a bool ndarray (True = keep)")
+            check_shape("dropout_mask", dropout_mask, scores_shape)
+            keep = dropout_mask
+        attn = np.where(keep, weights * dtype.type(1.0 / (1.0 - dropout_p)), 0).astype(dtype)
+
+    out = attn @ v  # (..., T, Dv)
+    cache = AttentionCache(
+        q=q, k=k, v=v, weights=weights, dropout_keep=keep, dropout_p=dropout_p, scale=float(scale)
+    )
+    return out, cache
+
+
+def _stable_softmax(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def scaled_dot_product_attention_backward(
+    dout: np.ndarray, cache: AttentionCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Backward of attention, the forward in reverse.
+
+    Forward (per leading index): :math:`s = q k^T c`, :math:`w = \mathrm{softmax}(s)`
+    (masked keys at :math:`-\infty`), :math:`a = w \odot m/(1-p)` (dropout),
+    :math:`o = a v`.
+
+    Backward:
+
+    .. math::
+        da = do\,v^T,\quad dv = a^T do,\quad
+        dw = da \odot m/(1-p),\quad
+        ds = w \odot (dw - \textstyle\sum_s dw\,w),\quad
+        dq = c\,ds\,k,\quad dk = c\,ds^T q
+
+    Masked keys have :math:`w = 0`, so :math:`ds = 0` there: no gradient reaches
+    a key a query could not see. A fully masked row has :math:`w = 0`
+    everywhere and contributes nothing.
+    """
+    q, k, v, weights = cache.q, cache.k, cache.v, cache.weights
+    check_shape("dout", dout, weights.shape[:-1] + v.shape[-1:])
+    dtype = q.dtype
+    # in the forward pass this was: attn = dropout(weights)
+    if cache.dropout_keep is None:
+        attn = weights
+    else:
+        drop_scale = dtype.type(1.0 / (1.0 - cache.dropout_p))
+        attn = np.where(cache.dropout_keep, weights * drop_scale, 0).astype(dtype)
+    # out = attn @ v
+    dattn = dout @ np.swapaxes(v, -1, -2)  # (..., T, S)
+    dv = np.swapaxes(attn, -1, -2) @ dout  # (..., S, Dv)
+    # attn = dropout(weights)
+    if cache.dropout_keep is None:
+        dweights = dattn
+    else:
+        dweights = np.where(cache.dropout_keep, dattn * drop_scale, 0).astype(dtype)
+    # weights = softmax(scores): the Jacobian-vector product, row by row
+    dscores = weights * (dweights - (dweights * weights).sum(axis=-1, keepdims=True))
+    # scores = q @ k^T * scale
+    dscores = dscores * dtype.type(cache.scale)  # (..., T, S)
+    dq = dscores @ k  # (..., T, D)
+    dk = np.swapaxes(dscores, -1, -2) @ q  # (..., S, D)
+    return dq, dk, dv

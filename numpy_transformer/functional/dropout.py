@@ -1,0 +1,82 @@
+"""Inverted dropout: zero each unit with probability ``p``, scale the rest by ``1/(1-p)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_float_array, check_shape
+
+
+@dataclass(frozen=True)
+class DropoutCache:
+    keep: np.ndarray | None  # (...) bool, True = unit kept; None when dropout was the identity
+    scale: float  # 1 / (1 - p)
+
+
+def check_dropout_p(p: float, name: str = "p") -> float:
+    if not isinstance(p, (int, float, np.floating)) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def draw_dropout_mask(
+    shape: tuple[int, ...], p: float, rng: np.random.Generator | None, name: str = "rng"
+) -> np.ndarray:
+    """Draw a boolean keep-mask (True = kept, probability ``1 - p``) from ``rng``."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{name}: dropout with p > 0 in training mode needs a numpy.random.Generator "
+            f"(or an explicit mask), got {type(rng).__name__}"
+        )
+    return rng.random(shape) >= p
+
+
+def dropout_forward(
+    x: np.ndarray,
+    p: float,
+    rng: np.random.Generator | None = None,
+    mask: np.ndarray | None = None,
+    training: bool = True,
+) -> tuple[np.ndarray, DropoutCache]:
+    """Inverted dropout.
+
+    Parameters
+    ----------
+    x : ndarray, shape (...)
+    p : float in [0, 1)
+        Probability of zeroing a unit.
+    rng : numpy.random.Generator, optional
+        Draws the keep-mask when ``mask`` is not given.
+    mask : ndarray of bool, shape (...), optional
+        Explicit keep-mask (True = kept). Lets the PyTorch twin drop the same units.
+    training : bool
+        In eval mode (or with ``p == 0``) dropout is the identity.
+
+    Returns
+    -------
+    y : ndarray, shape (...), ``x * mask / (1 - p)``
+    cache : DropoutCache
+    """
+    check_float_array("x", x)
+    p = check_dropout_p(p)
+    if not training or p == 0.0:
+        return x, DropoutCache(keep=None, scale=1.0)
+    if mask is None:
+        mask = draw_dropout_mask(x.shape, p, rng)
+    else:
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise TypeError(f"mask: expected a bool ndarray (True = keep), got {getattr(mask, 'dtype', type(mask))}")
+        check_shape("mask", mask, x.shape)
+    scale = 1.0 / (1.0 - p)
+    y = np.where(mask, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
+    return y, DropoutCache(keep=mask, scale=scale)
+
+
+def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
+    r"""Forward ``y = x \cdot m / (1-p)``; backward :math:`dx = dy \cdot m / (1-p)`."""
+    if cache.keep is None:
+        return dout
+    check_shape("dout", dout, cache.keep.shape)
+    return np.where(cache.keep, dout * dout.dtype.type(cache.scale), 0).astype(dout.dtype, copy=False)

@@ -1,0 +1,39 @@
+"""Boolean attention masks. One convention in the whole package: ``True`` = may attend.
+
+This is the convention of ``torch.nn.functional.scaled_dot_product_attention``.
+``torch.nn.MultiheadAttention``'s ``attn_mask`` / ``key_padding_mask`` use the
+opposite one (``True`` = blocked); ``torch_transformer.bridge`` converts.
+
+Shape legend: ``B`` batch, ``H`` heads, ``T`` query length, ``S`` key length.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_int_array
+
+
+def causal_mask(T: int, S: int | None = None) -> np.ndarray:
+    """``(T, S)`` bool mask, ``True`` where key ``s <= t`` (query ``t`` sees no future key).
+
+    Aligned at the top-left when ``T != S`` (query 0 sees key 0 only), which is
+    what ``scaled_dot_product_attention(..., is_causal=True)`` does in PyTorch.
+    """
+    S = T if S is None else S
+    for name, value in (("T", T), ("S", S)):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return np.tri(T, S, k=0, dtype=bool)
+
+
+def padding_mask(ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """``(B, 1, 1, S)`` bool mask from token ids ``(B, S)``: ``False`` at padded keys.
+
+    Broadcasts against scores ``(B, H, T, S)``: every head and every query
+    ignores the padded key positions.
+    """
+    check_int_array("ids", ids)
+    if ids.ndim != 2:
+        raise ValueError(f"ids: expected shape (B, S), got {ids.shape}")
+    return (ids != pad_id)[:, None, None, :]

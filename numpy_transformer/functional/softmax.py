@@ -1,0 +1,187 @@
+"""Softmax, log-softmax and cross-entropy (with ``ignore_index`` and label smoothing).
+
+Shape legend: ``N`` rows (positions), ``V`` classes (vocabulary), ``B`` batch,
+``T`` time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_float_array, check_int_array, check_shape
+
+
+def _check_axis(axis: int, ndim: int) -> int:
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"axis: expected an int in [{-ndim}, {ndim}), got {axis!r}")
+    return int(axis)
+
+
+@dataclass(frozen=True)
+class SoftmaxCache:
+    y: np.ndarray  # (...) the softmax output; the backward needs only it
+    axis: int
+
+
+def softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxCache]:
+    r"""Softmax along ``axis``: :math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}`.
+
+    Subtracting the row maximum ``m`` changes nothing mathematically (softmax is
+    shift-invariant) but keeps ``exp`` from overflowing, so logits of any
+    magnitude are fine. A row of all ``-inf`` has no defined softmax and gives NaN.
+    """
+    check_float_array("x", x, ndim_min=1)
+    axis = _check_axis(axis, x.ndim)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y, SoftmaxCache(y=y, axis=axis)
+
+
+def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
+    r"""Jacobian-vector product of softmax.
+
+    The Jacobian is :math:`\partial y_i/\partial x_j = y_i(\delta_{ij} - y_j)`, so
+    :math:`dx_j = \sum_i dy_i\, y_i (\delta_{ij} - y_j) = y_j\,(dy_j - \sum_i dy_i y_i)`.
+    The full Jacobian is never formed.
+    """
+    y = cache.y
+    check_shape("dout", dout, y.shape)
+    return y * (dout - (dout * y).sum(axis=cache.axis, keepdims=True))
+
+
+@dataclass(frozen=True)
+class LogSoftmaxCache:
+    y: np.ndarray  # (...) the log-softmax output; exp(y) is the softmax
+    axis: int
+
+
+def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, LogSoftmaxCache]:
+    r"""Log-softmax along ``axis``: :math:`y_i = x_i - m - \log\sum_j e^{x_j - m}`.
+
+    Computed directly (never ``log(softmax(x))``), so a very negative logit gives
+    a large finite negative number instead of ``log(0) = -inf``.
+    """
+    check_float_array("x", x, ndim_min=1)
+    axis = _check_axis(axis, x.ndim)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return y, LogSoftmaxCache(y=y, axis=axis)
+
+
+def log_softmax_backward(dout: np.ndarray, cache: LogSoftmaxCache) -> np.ndarray:
+    r"""Forward :math:`y_i = x_i - \log\sum_j e^{x_j}`; :math:`\partial y_i/\partial x_j = \delta_{ij} - p_j`.
+
+    Hence :math:`dx_j = dy_j - p_j \sum_i dy_i` with :math:`p = e^{y}`.
+    """
+    y = cache.y
+    check_shape("dout", dout, y.shape)
+    return dout - np.exp(y) * dout.sum(axis=cache.axis, keepdims=True)
+
+
+@dataclass(frozen=True)
+class CrossEntropyCache:
+    probs: np.ndarray  # (N, V) softmax of the logits, rows flattened
+    targets: np.ndarray  # (N,) int64, ignored rows already replaced by 0
+    valid: np.ndarray  # (N,) bool, False where target == ignore_index
+    n_valid: int  # number of valid rows: the denominator of the mean
+    label_smoothing: float
+    logits_shape: tuple[int, ...]  # (N, V) or (B, T, V), to restore dlogits' shape
+
+
+def cross_entropy_forward(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> tuple[np.ndarray, CrossEntropyCache]:
+    r"""Mean cross-entropy, the same number as ``torch.nn.functional.cross_entropy``.
+
+    With :math:`\varepsilon` = ``label_smoothing`` the target distribution of a
+    row with class :math:`y` is :math:`q = (1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon/V`,
+    and the loss of the row is
+    :math:`\ell = -\sum_v q_v \log p_v = (1-\varepsilon)(-\log p_y) + \varepsilon\,\tfrac1V\sum_v(-\log p_v)`.
+    The result is the mean of :math:`\ell` over rows whose target is not
+    ``ignore_index``: both the NLL term and the smoothing term are averaged over
+    those rows only (as PyTorch does).
+
+    If every row is ignored the mean is ``0/0``: the loss is NaN and the
+    gradient is zero, exactly what PyTorch returns.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, V) or (B, T, V)
+    targets : integer ndarray, shape (N,) or (B, T)
+        Class indices in ``[0, V)`` or ``ignore_index``.
+
+    Returns
+    -------
+    loss : 0-d ndarray of the logits' dtype
+    cache : CrossEntropyCache
+    """
+    check_float_array("logits", logits)
+    if logits.ndim not in (2, 3):
+        raise ValueError(f"logits: expected shape (N, V) or (B, T, V), got {logits.shape}")
+    check_int_array("targets", targets)
+    check_shape("targets", targets, logits.shape[:-1])
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
+    V = logits.shape[-1]
+    flat_logits = logits.reshape(-1, V)  # (N, V)
+    flat_targets = targets.reshape(-1).astype(np.int64)  # (N,)
+    valid = flat_targets != ignore_index  # (N,)
+    bad = valid & ((flat_targets < 0) | (flat_targets >= V))
+    if bad.any():
+        raise ValueError(
+            f"targets: expected class indices in [0, {V}) or ignore_index={ignore_index}, "
+            f"got {flat_targets[bad][0]}"
+        )
+    safe_targets = np.where(valid, flat_targets, 0)  # (N,) any index works for ignored rows
+
+    logp, _ = log_softmax_forward(flat_logits, axis=-1)  # (N, V)
+    nll = -np.take_along_axis(logp, safe_targets[:, None], axis=1)[:, 0]  # (N,)
+    smooth = -logp.mean(axis=1)  # (N,) cross-entropy against the uniform distribution
+    eps = logits.dtype.type(label_smoothing)
+    per_row = (1 - eps) * nll + eps * smooth  # (N,)
+    n_valid = int(valid.sum())
+    total = np.where(valid, per_row, 0).sum()
+    # 0/0 -> NaN when every row is ignored, as in PyTorch (without a warning).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = np.asarray(total / logits.dtype.type(n_valid), dtype=logits.dtype)
+    cache = CrossEntropyCache(
+        probs=np.exp(logp),
+        targets=safe_targets,
+        valid=valid,
+        n_valid=n_valid,
+        label_smoothing=float(label_smoothing),
+        logits_shape=logits.shape,
+    )
+    return loss, cache
+
+
+def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache) -> np.ndarray:
+    r"""Gradient of the mean cross-entropy with respect to the logits.
+
+    For a valid row the fused softmax + cross-entropy gradient is
+    :math:`\partial\ell/\partial z = p - q`, with :math:`q` the (smoothed) target
+    distribution; the mean divides by the number of valid rows :math:`N_v`, and
+    ignored rows get zero:
+
+    .. math:: dz_n = dout \cdot [n\ \mathrm{valid}]\,(p_n - q_n) / N_v
+    """
+    dout = np.asarray(dout)
+    if dout.shape != ():
+        raise ValueError(f"dout: expected a scalar (the loss is a scalar), got shape {dout.shape}")
+    probs = cache.probs
+    dtype = probs.dtype
+    N, V = probs.shape
+    eps = dtype.type(cache.label_smoothing)
+    q = np.full((N, V), eps / V, dtype=dtype)  # (N, V) smoothed target distribution
+    q[np.arange(N), cache.targets] += 1 - eps
+    if cache.n_valid == 0:
+        return np.zeros(cache.logits_shape, dtype=dtype)
+    dlogits = (probs - q) * (dtype.type(dout) / dtype.type(cache.n_valid))  # (N, V)
+    dlogits[~cache.valid] = 0
+    return dlogits.reshape(cache.logits_shape)

@@ -1,0 +1,124 @@
+"""Multi-head attention with explicit ``q_proj / k_proj / v_proj / out_proj``.
+
+Shape legend: ``B`` batch, ``T`` query length, ``S`` key length, ``C`` d_model,
+``H`` heads, ``D = C // H`` head width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..functional._checks import check_float_array
+from ..functional.attention import (
+    AttentionCache,
+    scaled_dot_product_attention_backward,
+    scaled_dot_product_attention_forward,
+)
+from ..functional.dropout import check_dropout_p
+from ..functional.linear import LinearCache
+from .base import Module, check_module_dtype
+from .layers import Linear, _positive_int, _rng
+
+
+@dataclass(frozen=True)
+class MultiHeadAttentionCache:
+    q_proj: LinearCache
+    k_proj: LinearCache
+    v_proj: LinearCache
+    attention: AttentionCache  # per-head tensors, (B, H, T, S) weights
+    out_proj: LinearCache
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Per-head attention probabilities, shape (B, H, T, S)."""
+        return self.attention.weights
+
+
+class MultiHeadAttention(Module):
+    r"""``out_proj(concat_h(attention(q_proj(query)_h, k_proj(key)_h, v_proj(value)_h)))``.
+
+    Serves self-attention (``query is key is value``) and cross-attention
+    (``T != S``). Initialised as ``torch.nn.MultiheadAttention``: the three input
+    projections Xavier-uniform as if packed into one ``(3C, C)`` matrix (bound
+    :math:`\sqrt{6/(4C)}`), ``out_proj.weight`` as ``nn.Linear``, all biases zero.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
+                 dtype: np.dtype | type = np.float64, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        self.d_model = _positive_int("d_model", d_model)
+        self.n_heads = _positive_int("n_heads", n_heads)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
+        self.head_dim = d_model // n_heads
+        self.dropout = check_dropout_p(dropout, "dropout")
+        self.dtype = check_module_dtype(dtype)
+        rng = _rng(rng)
+        self.q_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.k_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.v_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.out_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
+        in_bound = np.sqrt(6.0 / (d_model + 3 * d_model))
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            proj.weight[...] = rng.uniform(-in_bound, in_bound, proj.weight.shape)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            if proj.bias is not None:
+                proj.bias[...] = 0
+
+    def _split_heads(self, x: np.ndarray) -> np.ndarray:
+        B, L, _ = x.shape
+        return x.reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, D)
+
+    @staticmethod
+    def _merge_heads(x: np.ndarray) -> np.ndarray:
+        B, H, L, D = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, C)
+
+    def forward(self, query: np.ndarray, key: np.ndarray, value: np.ndarray,
+                mask: np.ndarray | None = None, is_causal: bool = False,
+                rng: np.random.Generator | None = None,
+                dropout_mask: np.ndarray | None = None) -> tuple[np.ndarray, MultiHeadAttentionCache]:
+        """Attend from ``query`` (B, T, C) over ``key`` / ``value`` (B, S, C).
+
+        ``mask``: bool, ``True`` = may attend, broadcastable to (B, H, T, S), e.g.
+        ``padding_mask(ids, pad)`` of shape (B, 1, 1, S) or ``causal_mask(T)``.
+        ``dropout_mask``: explicit (B, H, T, S) keep-mask for the attention weights.
+        """
+        C = self.d_model
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            check_float_array(name, x)
+            if x.ndim != 3 or x.shape[-1] != C:
+                raise ValueError(f"{name}: expected shape (B, L, {C}), got {x.shape}")
+        if key.shape != value.shape or key.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"key, value: expected shape ({query.shape[0]}, S, {C}) each, got {key.shape} and {value.shape}"
+            )
+        q, cq = self.q_proj.forward(query)  # (B, T, C)
+        k, ck = self.k_proj.forward(key)  # (B, S, C)
+        v, cv = self.v_proj.forward(value)  # (B, S, C)
+        p = self.dropout if self.training else 0.0
+        heads, ca = scaled_dot_product_attention_forward(
+            self._split_heads(q), self._split_heads(k), self._split_heads(v),  # (B, H, L, D)
+            mask=mask, is_causal=is_causal, dropout_p=p, rng=rng, dropout_mask=dropout_mask,
+        )  # (B, H, T, D)
+        out, co = self.out_proj.forward(self._merge_heads(heads))  # (B, T, C)
+        return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
+
+    def backward(self, dout: np.ndarray,
+                 cache: MultiHeadAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(dquery, dkey, dvalue)``, separate even for self-attention.
+
+        For self-attention the caller adds the three to get the gradient of ``x``.
+        """
+        # out = out_proj(merge_heads(heads))
+        dmerged = self.out_proj.backward(dout, cache.out_proj)  # (B, T, C)
+        dheads = self._split_heads(dmerged)  # (B, H, T, D)
+        # heads = attention(split(q), split(k), split(v))
+        dq, dk, dv = scaled_dot_product_attention_backward(dheads, cache.attention)
+        # q = q_proj(query), ...
+        dquery = self.q_proj.backward(self._merge_heads(dq), cache.q_proj)  # (B, T, C)
+        dkey = self.k_proj.backward(self._merge_heads(dk), cache.k_proj)  # (B, S, C)
+        dvalue = self.v_proj.backward(self._merge_heads(dv), cache.v_proj)  # (B, S, C)
+        return dquery, dkey, dvalue

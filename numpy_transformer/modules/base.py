@@ -1,0 +1,112 @@
+"""``Module``: owns parameters and their gradients, never activations.
+
+A module's ``forward(...)`` returns ``(out, cache)`` and its
+``backward(dout, cache)`` returns the input gradients while *adding* parameter
+gradients into ``module.grads[name]``. Accumulating (rather than assigning)
+makes a module that is used twice in one step, like tied embeddings, correct.
+Activations live only in the cache the caller holds, so nothing is hidden on
+``self``.
+
+Parameter names, nested with dots, equal the state-dict keys of the PyTorch
+twin, e.g. ``q_proj.weight`` or ``norm1.bias``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from ..functional._checks import FLOAT_DTYPES
+
+
+def check_module_dtype(dtype: object) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return dt
+
+
+class Module:
+    """Base class. Subclasses call :meth:`_init_parameters` once in ``__init__``."""
+
+    def __init__(self) -> None:
+        self.training = True
+        self._param_names: tuple[str, ...] = ()
+        self.grads: dict[str, np.ndarray] = {}
+
+    def _init_parameters(self, **params: np.ndarray | None) -> None:
+        """Make each given array a parameter (``None`` = absent, e.g. ``bias=False``)."""
+        self._param_names = tuple(name for name, value in params.items() if value is not None)
+        for name, value in params.items():
+            setattr(self, name, value)
+        self.grads = {name: np.zeros_like(getattr(self, name)) for name in self._param_names}
+
+    def _accumulate(self, name: str, grad: np.ndarray | None) -> None:
+        if grad is not None:
+            self.grads[name] += grad
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        """Direct sub-modules, in the order they were assigned."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name in self._param_names:
+            yield prefix + name, getattr(self, name)
+        for child_name, child in self.children():
+            yield from child.named_parameters(prefix + child_name + ".")
+
+    def named_grads(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name in self._param_names:
+            yield prefix + name, self.grads[name]
+        for child_name, child in self.children():
+            yield from child.named_grads(prefix + child_name + ".")
+
+    def parameters(self) -> list[np.ndarray]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for _, g in self.named_grads():
+            g.fill(0)
+
+    def train(self, mode: bool = True) -> Module:
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter, keyed like the twin's ``state_dict()``."""
+        return {name: p.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        """Copy ``state`` into the parameters, strictly.
+
+        Every key must be present, no extra key is allowed, and each array must
+        have the parameter's shape and dtype. Everything is checked before
+        anything is written, so a bad state dict leaves the module unchanged.
+        """
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise KeyError(
+                f"state: keys do not match {type(self).__name__}: missing {missing}, unexpected {extra}"
+            )
+        for name, param in own.items():
+            value = state[name]
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"state[{name!r}]: expected a numpy.ndarray, got {type(value).__name__}")
+            if value.shape != param.shape:
+                raise ValueError(f"state[{name!r}]: expected shape {param.shape}, got {value.shape}")
+            if value.dtype != param.dtype:
+                raise TypeError(
+                    f"state[{name!r}]: expected dtype {param.dtype}, got {value.dtype}; convert explicitly"
+                )
+        for name, param in own.items():
+            np.copyto(param, state[name])

@@ -1,0 +1,122 @@
+"""The twin of ``numpy_transformer.functional``: the same ops, forward only, in PyTorch.
+
+Each op is written out from elementary tensor operations (not PyTorch's fused
+built-ins), so autograd differentiates the very formula the NumPy backward
+differentiates by hand. Comparisons against the built-ins live in ``parity_tests``.
+Works on any device the inputs live on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    y = x @ weight.T  # (..., O)
+    return y if bias is None else y + bias
+
+
+def embedding(ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None = None) -> torch.Tensor:
+    if padding_idx is None:
+        return weight[ids]
+    # The pad row is looked up through a detached copy, so it receives no gradient.
+    is_pad = (ids == padding_idx).unsqueeze(-1)
+    return torch.where(is_pad, weight.detach()[ids], weight[ids])
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    if approximate == "none":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+
+
+def dropout(x: torch.Tensor, p: float, mask: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
+    """Inverted dropout with an explicit keep-mask (True = kept), or a fresh one from torch."""
+    if not training or p == 0.0:
+        return x
+    if mask is None:
+        mask = torch.rand_like(x) >= p
+    return torch.where(mask, x / (1.0 - p), torch.zeros_like(x))
+
+
+def softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    e = torch.exp(x - x.amax(dim=axis, keepdim=True).detach())
+    return e / e.sum(dim=axis, keepdim=True)
+
+
+def log_softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    shifted = x - x.amax(dim=axis, keepdim=True).detach()
+    return shifted - torch.log(torch.exp(shifted).sum(dim=axis, keepdim=True))
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    V = logits.shape[-1]
+    logp = log_softmax(logits.reshape(-1, V))  # (N, V)
+    t = targets.reshape(-1)
+    valid = t != ignore_index
+    safe = torch.where(valid, t, torch.zeros_like(t))
+    nll = -logp.gather(1, safe[:, None])[:, 0]  # (N,)
+    smooth = -logp.mean(dim=1)  # (N,)
+    per_row = (1 - label_smoothing) * nll + label_smoothing * smooth
+    per_row = torch.where(valid, per_row, torch.zeros_like(per_row))
+    return per_row.sum() / valid.sum()
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased, eps inside the sqrt
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def sinusoidal_positional_encoding(length: int, d_model: int, base: float = 10000.0,
+                                   dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
+    pos = torch.arange(length, dtype=torch.float64, device=device)[:, None]
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)
+    angle = pos / base ** (two_i / d_model)
+    pe = torch.empty(length, d_model, dtype=torch.float64, device=device)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return pe.to(dtype)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+    is_causal: bool = False, scale: float | None = None, dropout_p: float = 0.0,
+    dropout_mask: torch.Tensor | None = None, return_weights: bool = False,
+):
+    """Explicit attention with the package's convention: mask True = may attend.
+
+    A fully masked query row gets all-zero weights (so a zero output and no
+    gradient), as in ``numpy_transformer.functional.attention``.
+    """
+    T, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale  # (..., T, S)
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
+    if mask is not None:
+        allowed = allowed & mask
+    if is_causal:
+        allowed = allowed & torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    allowed = allowed.expand(scores.shape)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    weights = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    attn = weights
+    if dropout_p > 0:
+        if dropout_mask is None:
+            dropout_mask = torch.rand_like(weights) >= dropout_p
+        attn = torch.where(dropout_mask, weights / (1.0 - dropout_p), torch.zeros_like(weights))
+    out = attn @ v
+    return (out, weights) if return_weights else out

@@ -1,0 +1,128 @@
+"""The twin modules: the same layers as ``numpy_transformer.modules`` as ``torch.nn.Module``s.
+
+State-dict keys and shapes are identical to the NumPy modules', so weights move
+between the two halves without renaming (``torch_transformer.bridge``).
+Written out explicitly (``MultiHeadAttention`` does not wrap
+``nn.MultiheadAttention``); autograd supplies the backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import functional as TF
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        bound = 1.0 / math.sqrt(in_features)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return TF.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.weight = nn.Parameter(torch.randn(num_embeddings, embedding_dim, dtype=dtype, device=device))
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.weight[padding_idx] = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return TF.embedding(ids, self.weight, self.padding_idx)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(normalized_shape, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape, dtype=dtype, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return TF.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Dropout(nn.Module):
+    def __init__(self, p: float = 0.1) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return TF.dropout(x, self.p, mask=mask, training=self.training)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
+                 bias: bool = True, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__()
+        if activation not in ("relu", "gelu", "gelu_tanh"):
+            raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
+        self.activation = activation
+        self.linear1 = Linear(d_model, d_ff, bias=bias, dtype=dtype, device=device)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(d_ff, d_model, bias=bias, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.linear1(x)
+        if self.activation == "relu":
+            a = TF.relu(h)
+        else:
+            a = TF.gelu(h, "none" if self.activation == "gelu" else "tanh")
+        return self.linear2(self.dropout(a, mask=dropout_mask))
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.q_proj = Linear(d_model, d_model, bias, dtype, device)
+        self.k_proj = Linear(d_model, d_model, bias, dtype, device)
+        self.v_proj = Linear(d_model, d_model, bias, dtype, device)
+        self.out_proj = Linear(d_model, d_model, bias, dtype, device)
+        in_bound = math.sqrt(6.0 / (4 * d_model))  # Xavier over the packed (3C, C) matrix
+        with torch.no_grad():
+            for proj in (self.q_proj, self.k_proj, self.v_proj):
+                proj.weight.uniform_(-in_bound, in_bound)
+            for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+                if proj.bias is not None:
+                    proj.bias.zero_()
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None = None, is_causal: bool = False,
+                dropout_mask: torch.Tensor | None = None, return_weights: bool = False):
+        q = self._split(self.q_proj(query))
+        k = self._split(self.k_proj(key))
+        v = self._split(self.v_proj(value))
+        p = self.dropout if self.training else 0.0
+        heads, weights = TF.scaled_dot_product_attention(
+            q, k, v, mask=mask, is_causal=is_causal, dropout_p=p, dropout_mask=dropout_mask,
+            return_weights=True,
+        )  # (B, H, T, D), (B, H, T, S)
+        B, H, T, D = heads.shape
+        out = self.out_proj(heads.transpose(1, 2).reshape(B, T, H * D))
+        return (out, weights) if return_weights else out
