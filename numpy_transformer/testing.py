@@ -69,9 +69,7 @@ def relative_error(name: str, actual: np.ndarray, expected: np.ndarray) -> Compa
     return Comparison(name, float(diff.flat[flat]) / scale, idx, float(actual[idx]), float(expected[idx]))
 
 
-def assert_close(
-    name: str, actual: np.ndarray, expected: np.ndarray, tol: float
-) -> Comparison:
+def assert_close(name: str, actual: np.ndarray, expected: np.ndarray, tol: float) -> Comparison:
     """Raise ``AssertionError`` naming the tensor and its worst element when error > ``tol``."""
     cmp = relative_error(name, actual, expected)
     if not cmp.error <= tol:

@@ -33,8 +33,7 @@ def torch_dtype(dtype: np.dtype | type | str) -> torch.dtype:
     return _DTYPES[dt]
 
 
-def state_dict_to_torch(state: Mapping[str, np.ndarray],
-                        device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def state_dict_to_torch(state: Mapping[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """NumPy arrays -> tensors with the same keys, dtypes and bits."""
     return {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in state.items()}
 
@@ -68,11 +67,18 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
     elif isinstance(m, nt.Dropout):
         twin = tm.Dropout(m.p)
     elif isinstance(m, nt.FeedForward):
-        twin = tm.FeedForward(m.linear1.in_features, m.linear1.out_features, m.activation, m.dropout.p,
-                              bias=m.linear1.bias is not None, dtype=dtype)
+        twin = tm.FeedForward(
+            m.linear1.in_features,
+            m.linear1.out_features,
+            m.activation,
+            m.dropout.p,
+            bias=m.linear1.bias is not None,
+            dtype=dtype,
+        )
     elif isinstance(m, nt.MultiHeadAttention):
-        twin = tm.MultiHeadAttention(m.d_model, m.n_heads, bias=m.q_proj.bias is not None,
-                                     dropout=m.dropout, dtype=dtype)
+        twin = tm.MultiHeadAttention(
+            m.d_model, m.n_heads, bias=m.q_proj.bias is not None, dropout=m.dropout, dtype=dtype
+        )
     else:
         raise TypeError(f"np_module: no twin is known for {type(m).__name__}")
     twin = twin.to(device)
@@ -89,8 +95,9 @@ def mha_to_torch_builtin(mha: nt.MultiHeadAttention, device: str | torch.device 
     stacked on rows, ``(3C, C)``; ``in_proj_bias`` likewise ``(3C,)``.
     """
     has_bias = mha.q_proj.bias is not None
-    builtin = nn.MultiheadAttention(mha.d_model, mha.n_heads, dropout=mha.dropout, bias=has_bias,
-                                    batch_first=True, dtype=torch_dtype(mha.dtype))
+    builtin = nn.MultiheadAttention(
+        mha.d_model, mha.n_heads, dropout=mha.dropout, bias=has_bias, batch_first=True, dtype=torch_dtype(mha.dtype)
+    )
     state = {
         "in_proj_weight": np.concatenate([mha.q_proj.weight, mha.k_proj.weight, mha.v_proj.weight]),
         "out_proj.weight": mha.out_proj.weight,
@@ -113,13 +120,14 @@ def mha_from_torch_builtin(builtin: nn.MultiheadAttention) -> nt.MultiHeadAttent
     if "bias_k" in state or "bias_v" in state:
         raise ValueError("builtin: add_bias_kv=True has no counterpart in our MultiHeadAttention")
     dtype = state["in_proj_weight"].dtype
-    mha = nt.MultiHeadAttention(C, builtin.num_heads, bias=has_bias, dropout=builtin.dropout,
-                                dtype=dtype, rng=np.random.default_rng(0))
+    mha = nt.MultiHeadAttention(
+        C, builtin.num_heads, bias=has_bias, dropout=builtin.dropout, dtype=dtype, rng=np.random.default_rng(0)
+    )
     ours = {}
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        ours[f"{name}.weight"] = state["in_proj_weight"][i * C:(i + 1) * C]
+        ours[f"{name}.weight"] = state["in_proj_weight"][i * C : (i + 1) * C]
         if has_bias:
-            ours[f"{name}.bias"] = state["in_proj_bias"][i * C:(i + 1) * C]
+            ours[f"{name}.bias"] = state["in_proj_bias"][i * C : (i + 1) * C]
     ours["out_proj.weight"] = state["out_proj.weight"]
     if has_bias:
         ours["out_proj.bias"] = state["out_proj.bias"]
@@ -147,12 +155,15 @@ def mask_to_attn_mask(mask: np.ndarray, batch: int, n_heads: int, T: int, S: int
     try:
         full = np.broadcast_to(mask, (batch, n_heads, T, S))
     except ValueError:
-        raise ValueError(f"mask: expected a shape broadcastable to {(batch, n_heads, T, S)}, got {mask.shape}") from None
+        raise ValueError(
+            f"mask: expected a shape broadcastable to {(batch, n_heads, T, S)}, got {mask.shape}"
+        ) from None
     return torch.from_numpy(~full.reshape(batch * n_heads, T, S).copy())
 
 
-def attn_mask_to_mask(attn_mask: torch.Tensor | np.ndarray, batch: int | None = None,
-                      n_heads: int | None = None) -> np.ndarray:
+def attn_mask_to_mask(
+    attn_mask: torch.Tensor | np.ndarray, batch: int | None = None, n_heads: int | None = None
+) -> np.ndarray:
     """MHA ``attn_mask`` (bool, True = blocked; ``(T, S)`` or ``(B*H, T, S)``) -> our mask.
 
     Returns ``(T, S)`` or, for the 3-D form, ``(B, H, T, S)`` (``batch`` and
@@ -166,7 +177,9 @@ def attn_mask_to_mask(attn_mask: torch.Tensor | np.ndarray, batch: int | None = 
         return ~a
     if a.ndim == 3:
         if batch is None or n_heads is None or a.shape[0] != batch * n_heads:
-            raise ValueError(f"attn_mask: a 3-D mask needs batch * n_heads == {a.shape[0]}, got batch={batch}, n_heads={n_heads}")
+            raise ValueError(
+                f"attn_mask: a 3-D mask needs batch * n_heads == {a.shape[0]}, got batch={batch}, n_heads={n_heads}"
+            )
         return ~a.reshape(batch, n_heads, *a.shape[1:])
     raise ValueError(f"attn_mask: expected shape (T, S) or (B*H, T, S), got {a.shape}")
 

@@ -57,8 +57,9 @@ def log_softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
     return shifted - torch.log(torch.exp(shifted).sum(dim=axis, keepdim=True))
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
+) -> torch.Tensor:
     V = logits.shape[-1]
     logp = log_softmax(logits.reshape(-1, V))  # (N, V)
     t = targets.reshape(-1)
@@ -77,8 +78,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
-def sinusoidal_positional_encoding(length: int, d_model: int, base: float = 10000.0,
-                                   dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> torch.Tensor:
+def sinusoidal_positional_encoding(
+    length: int,
+    d_model: int,
+    base: float = 10000.0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     pos = torch.arange(length, dtype=torch.float64, device=device)[:, None]
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64, device=device)
     angle = pos / base ** (two_i / d_model)
@@ -89,9 +95,15 @@ def sinusoidal_positional_encoding(length: int, d_model: int, base: float = 1000
 
 
 def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-    is_causal: bool = False, scale: float | None = None, dropout_p: float = 0.0,
-    dropout_mask: torch.Tensor | None = None, return_weights: bool = False,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    dropout_mask: torch.Tensor | None = None,
+    return_weights: bool = False,
 ):
     """Explicit attention with the package's convention: mask True = may attend.
 

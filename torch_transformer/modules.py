@@ -17,8 +17,14 @@ from . import functional as TF
 
 
 class Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
@@ -33,8 +39,14 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         self.padding_idx = padding_idx
         self.weight = nn.Parameter(torch.randn(num_embeddings, embedding_dim, dtype=dtype, device=device))
@@ -47,8 +59,13 @@ class Embedding(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        normalized_shape: int,
+        eps: float = 1e-5,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(normalized_shape, dtype=dtype, device=device))
@@ -68,9 +85,16 @@ class Dropout(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
-                 bias: bool = True, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         if activation not in ("relu", "gelu", "gelu_tanh"):
             raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
@@ -89,8 +113,15 @@ class FeedForward(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+    ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
@@ -112,15 +143,28 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None, is_causal: bool = False,
-                dropout_mask: torch.Tensor | None = None, return_weights: bool = False):
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        dropout_mask: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ):
         q = self._split(self.q_proj(query))
         k = self._split(self.k_proj(key))
         v = self._split(self.v_proj(value))
         p = self.dropout if self.training else 0.0
         heads, weights = TF.scaled_dot_product_attention(
-            q, k, v, mask=mask, is_causal=is_causal, dropout_p=p, dropout_mask=dropout_mask,
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            dropout_p=p,
+            dropout_mask=dropout_mask,
             return_weights=True,
         )  # (B, H, T, D), (B, H, T, S)
         B, H, T, D = heads.shape

@@ -149,13 +149,18 @@ def _np_linear(a, d):
     return y, backward
 
 
-_register(Case(
-    "linear", "op", _draw_linear,
-    lambda d: ("x", "weight", "bias") if d["variant"] == "bias" else ("x", "weight"),
-    _np_linear,
-    lambda t, d: (TF.linear(t["x"], t["weight"], t.get("bias")), t),
-    variants=("bias", "no_bias"), uses=("B", "T", "S", "D"),
-))
+_register(
+    Case(
+        "linear",
+        "op",
+        _draw_linear,
+        lambda d: ("x", "weight", "bias") if d["variant"] == "bias" else ("x", "weight"),
+        _np_linear,
+        lambda t, d: (TF.linear(t["x"], t["weight"], t.get("bias")), t),
+        variants=("bias", "no_bias"),
+        uses=("B", "T", "S", "D"),
+    )
+)
 
 
 def _zero_padding_row(name: str, numeric: np.ndarray, d: dict) -> np.ndarray:
@@ -175,11 +180,19 @@ def _np_embedding(a, d):
     return y, lambda dout: {"weight": F.embedding_backward(dout, cache)}
 
 
-_register(Case(
-    "embedding", "op", _draw_embedding, lambda d: ("weight",), _np_embedding,
-    lambda t, d: (TF.embedding(t["ids"], t["weight"], d["variant"]), t),
-    variants=(None, 0), uses=("B", "T", "V", "D"), conventional_zeros=_zero_padding_row,
-))
+_register(
+    Case(
+        "embedding",
+        "op",
+        _draw_embedding,
+        lambda d: ("weight",),
+        _np_embedding,
+        lambda t, d: (TF.embedding(t["ids"], t["weight"], d["variant"]), t),
+        variants=(None, 0),
+        uses=("B", "T", "V", "D"),
+        conventional_zeros=_zero_padding_row,
+    )
+)
 
 
 def _draw_pointwise(rng, dtype, d):
@@ -193,10 +206,17 @@ def _np_relu(a, d):
     return y, lambda dout: {"x": F.relu_backward(dout, cache)}
 
 
-_register(Case(
-    "relu", "op", _draw_pointwise, lambda d: ("x",), _np_relu,
-    lambda t, d: (TF.relu(t["x"]), t), uses=("B", "T", "D"),
-))
+_register(
+    Case(
+        "relu",
+        "op",
+        _draw_pointwise,
+        lambda d: ("x",),
+        _np_relu,
+        lambda t, d: (TF.relu(t["x"]), t),
+        uses=("B", "T", "D"),
+    )
+)
 
 
 def _np_gelu(a, d):
@@ -204,10 +224,18 @@ def _np_gelu(a, d):
     return y, lambda dout: {"x": F.gelu_backward(dout, cache)}
 
 
-_register(Case(
-    "gelu", "op", _draw_pointwise, lambda d: ("x",), _np_gelu,
-    lambda t, d: (TF.gelu(t["x"], d["variant"]), t), variants=("none", "tanh"), uses=("B", "T", "D"),
-))
+_register(
+    Case(
+        "gelu",
+        "op",
+        _draw_pointwise,
+        lambda d: ("x",),
+        _np_gelu,
+        lambda t, d: (TF.gelu(t["x"], d["variant"]), t),
+        variants=("none", "tanh"),
+        uses=("B", "T", "D"),
+    )
+)
 
 
 def _draw_dropout(rng, dtype, d):
@@ -221,11 +249,18 @@ def _np_dropout(a, d):
     return y, lambda dout: {"x": F.dropout_backward(dout, cache)}
 
 
-_register(Case(
-    "dropout", "op", _draw_dropout, lambda d: ("x",), _np_dropout,
-    lambda t, d: (TF.dropout(t["x"], d["variant"], mask=t["mask"]), t),
-    variants=(0.0, 0.25, 0.5), uses=("B", "T", "D"),
-))
+_register(
+    Case(
+        "dropout",
+        "op",
+        _draw_dropout,
+        lambda d: ("x",),
+        _np_dropout,
+        lambda t, d: (TF.dropout(t["x"], d["variant"], mask=t["mask"]), t),
+        variants=(0.0, 0.25, 0.5),
+        uses=("B", "T", "D"),
+    )
+)
 
 
 def _draw_logits(rng, dtype, d):
@@ -242,14 +277,30 @@ def _np_log_softmax(a, d):
     return y, lambda dout: {"x": F.log_softmax_backward(dout, cache)}
 
 
-_register(Case(
-    "softmax", "op", _draw_logits, lambda d: ("x",), _np_softmax,
-    lambda t, d: (TF.softmax(t["x"], d["variant"]), t), variants=(-1, 0, 1), uses=("B", "T", "V"),
-))
-_register(Case(
-    "log_softmax", "op", _draw_logits, lambda d: ("x",), _np_log_softmax,
-    lambda t, d: (TF.log_softmax(t["x"], d["variant"]), t), variants=(-1, 0, 1), uses=("B", "T", "V"),
-))
+_register(
+    Case(
+        "softmax",
+        "op",
+        _draw_logits,
+        lambda d: ("x",),
+        _np_softmax,
+        lambda t, d: (TF.softmax(t["x"], d["variant"]), t),
+        variants=(-1, 0, 1),
+        uses=("B", "T", "V"),
+    )
+)
+_register(
+    Case(
+        "log_softmax",
+        "op",
+        _draw_logits,
+        lambda d: ("x",),
+        _np_log_softmax,
+        lambda t, d: (TF.log_softmax(t["x"], d["variant"]), t),
+        variants=(-1, 0, 1),
+        uses=("B", "T", "V"),
+    )
+)
 
 
 def _draw_cross_entropy(rng, dtype, d):
@@ -266,17 +317,41 @@ def _np_cross_entropy(a, d):
     return loss, lambda dout: {"logits": F.cross_entropy_backward(dout, cache)}
 
 
-_register(Case(
-    "cross_entropy", "op", _draw_cross_entropy, lambda d: ("logits",), _np_cross_entropy,
-    lambda t, d: (TF.cross_entropy(t["logits"], t["targets"], -100, d["variant"][1]), t),
-    variants=(("2d", 0.0), ("3d", 0.0), ("2d", 0.1), ("3d", 0.2)), uses=("B", "T", "V"),
-))
+_register(
+    Case(
+        "cross_entropy",
+        "op",
+        _draw_cross_entropy,
+        lambda d: ("logits",),
+        _np_cross_entropy,
+        lambda t, d: (TF.cross_entropy(t["logits"], t["targets"], -100, d["variant"][1]), t),
+        variants=(("2d", 0.0), ("3d", 0.0), ("2d", 0.1), ("3d", 0.2)),
+        uses=("B", "T", "V"),
+    )
+)
+
+
+def _spread_rows(x: np.ndarray) -> np.ndarray:
+    """Give every row of the last axis a standard deviation of at least ~0.7.
+
+    LayerNorm amplifies rounding by ``rstd = 1/sqrt(var + eps)``: on a nearly
+    constant row, float32 results of *any* two implementations (ours, the twin,
+    ``nn.LayerNorm``) differ by far more than 1e-5, because the problem itself is
+    ill-conditioned. The contract is about rounding on well-conditioned inputs,
+    so the draw keeps rows spread out (``parity_tests`` shows the ill-conditioned
+    case separately).
+    """
+    C = x.shape[-1]
+    if C < 2:
+        return x
+    narrow = x.std(axis=-1, keepdims=True) < 0.3
+    return np.where(narrow, x + np.linspace(-1.0, 1.0, C), x).astype(x.dtype)
 
 
 def _draw_layer_norm(rng, dtype, d):
     C = d["D"] * d["H"]
     return {
-        "x": _normal(rng, (d["B"], d["T"], C), dtype, scale=2.0),
+        "x": _spread_rows(_normal(rng, (d["B"], d["T"], C), dtype, scale=2.0)),
         "weight": _normal(rng, (C,), dtype),
         "bias": _normal(rng, (C,), dtype),
     }
@@ -292,11 +367,18 @@ def _np_layer_norm(a, d):
     return y, backward
 
 
-_register(Case(
-    "layer_norm", "op", _draw_layer_norm, lambda d: ("x", "weight", "bias"), _np_layer_norm,
-    lambda t, d: (TF.layer_norm(t["x"], t["weight"], t["bias"], d["variant"]), t),
-    variants=(1e-5, 1e-12, 0.1), uses=("B", "T", "H", "D"),
-))
+_register(
+    Case(
+        "layer_norm",
+        "op",
+        _draw_layer_norm,
+        lambda d: ("x", "weight", "bias"),
+        _np_layer_norm,
+        lambda t, d: (TF.layer_norm(t["x"], t["weight"], t["bias"], d["variant"]), t),
+        variants=(1e-5, 1e-12, 0.1),
+        uses=("B", "T", "H", "D"),
+    )
+)
 
 
 def _draw_attention(rng, dtype, d):
@@ -332,12 +414,23 @@ def _np_attention(a, d):
     return out, backward
 
 
-_register(Case(
-    "scaled_dot_product_attention", "op", _draw_attention, lambda d: ("q", "k", "v"), _np_attention,
-    lambda t, d: (TF.scaled_dot_product_attention(
-        t["q"], t["k"], t["v"], mask=t.get("mask"), dropout_mask=t.get("dropout_mask"), **_attention_kwargs(d)), t),
-    variants=((None, 0.0), (0.5, 0.0), (None, 0.3)), uses=("B", "H", "T", "S", "D", "mask"),
-))
+_register(
+    Case(
+        "scaled_dot_product_attention",
+        "op",
+        _draw_attention,
+        lambda d: ("q", "k", "v"),
+        _np_attention,
+        lambda t, d: (
+            TF.scaled_dot_product_attention(
+                t["q"], t["k"], t["v"], mask=t.get("mask"), dropout_mask=t.get("dropout_mask"), **_attention_kwargs(d)
+            ),
+            t,
+        ),
+        variants=((None, 0.0), (0.5, 0.0), (None, 0.3)),
+        uses=("B", "H", "T", "S", "D", "mask"),
+    )
+)
 
 
 # ---------------------------------------------------------------------------- modules
@@ -399,14 +492,29 @@ def _x_btc(rng, dtype, d):
 _MODULE_SPECS: list[tuple] = []
 
 
-def _register_module(name, make_np, make_t, make_inputs, np_forward, t_forward, inputs, variants=(None,), uses=(),
-                     conventional_zeros=None):
+def _register_module(
+    name,
+    make_np,
+    make_t,
+    make_inputs,
+    np_forward,
+    t_forward,
+    inputs,
+    variants=(None,),
+    uses=(),
+    conventional_zeros=None,
+):
     twin = _make_twin(make_t)
     case = Case(
-        name, "module", _draw_module(make_np, make_inputs), _params_and(*inputs),
+        name,
+        "module",
+        _draw_module(make_np, make_inputs),
+        _params_and(*inputs),
         _np_module(make_np, np_forward, inputs),
         lambda t, d: twin(t, d, t_forward, inputs),
-        variants=variants, uses=uses, conventional_zeros=conventional_zeros,
+        variants=variants,
+        uses=uses,
+        conventional_zeros=conventional_zeros,
     )
     _register(case)
 
@@ -415,24 +523,35 @@ _register_module(
     "Linear",
     lambda dt, d: nt.Linear(d["D"] * d["H"], d["S"], bias=d["variant"], dtype=dt, rng=np.random.default_rng(0)),
     lambda dt, d: tm.Linear(d["D"] * d["H"], d["S"], bias=d["variant"], dtype=dt),
-    _x_btc, lambda m, a, d: m.forward(a["x"]), lambda m, t, d: m(t["x"]), ("x",),
-    variants=(True, False), uses=("B", "T", "S", "H", "D"),
+    _x_btc,
+    lambda m, a, d: m.forward(a["x"]),
+    lambda m, t, d: m(t["x"]),
+    ("x",),
+    variants=(True, False),
+    uses=("B", "T", "S", "H", "D"),
 )
 _register_module(
     "Embedding",
     lambda dt, d: nt.Embedding(d["V"], d["D"], padding_idx=d["variant"], dtype=dt, rng=np.random.default_rng(0)),
     lambda dt, d: tm.Embedding(d["V"], d["D"], padding_idx=d["variant"], dtype=dt),
     lambda rng, dt, d: {"ids": rng.integers(0, d["V"], size=(d["B"], d["T"]))},
-    lambda m, a, d: m.forward(a["ids"]), lambda m, t, d: m(t["ids"]), (),
-    variants=(None, 1), uses=("B", "T", "V", "D"),
+    lambda m, a, d: m.forward(a["ids"]),
+    lambda m, t, d: m(t["ids"]),
+    (),
+    variants=(None, 1),
+    uses=("B", "T", "V", "D"),
     conventional_zeros=_zero_padding_row,
 )
 _register_module(
     "LayerNorm",
     lambda dt, d: nt.LayerNorm(d["D"] * d["H"], eps=d["variant"], dtype=dt),
     lambda dt, d: tm.LayerNorm(d["D"] * d["H"], eps=d["variant"], dtype=dt),
-    _x_btc, lambda m, a, d: m.forward(a["x"]), lambda m, t, d: m(t["x"]), ("x",),
-    variants=(1e-5, 1e-12), uses=("B", "T", "H", "D"),
+    lambda rng, dt, d: {"x": _spread_rows(_x_btc(rng, dt, d)["x"])},
+    lambda m, a, d: m.forward(a["x"]),
+    lambda m, t, d: m(t["x"]),
+    ("x",),
+    variants=(1e-5, 1e-12),
+    uses=("B", "T", "H", "D"),
 )
 
 
@@ -445,9 +564,12 @@ _register_module(
     "Dropout",
     lambda dt, d: nt.Dropout(0.3).train(d["variant"] == "train"),
     lambda dt, d: tm.Dropout(0.3).train(d["variant"] == "train"),
-    _dropout_inputs, lambda m, a, d: m.forward(a["x"], mask=a["mask"]),
-    lambda m, t, d: m(t["x"], mask=t["mask"]), ("x",),
-    variants=("train", "eval"), uses=("B", "T", "D"),
+    _dropout_inputs,
+    lambda m, a, d: m.forward(a["x"], mask=a["mask"]),
+    lambda m, t, d: m(t["x"], mask=t["mask"]),
+    ("x",),
+    variants=("train", "eval"),
+    uses=("B", "T", "D"),
 )
 
 
@@ -461,13 +583,21 @@ def _ffn_inputs(rng, dtype, d):
 
 _register_module(
     "FeedForward",
-    lambda dt, d: nt.FeedForward(d["D"] * d["H"], 2 * d["D"] * d["H"] + 1, d["variant"][0], d["variant"][1],
-                                 dtype=dt, rng=np.random.default_rng(0)),
+    lambda dt, d: nt.FeedForward(
+        d["D"] * d["H"],
+        2 * d["D"] * d["H"] + 1,
+        d["variant"][0],
+        d["variant"][1],
+        dtype=dt,
+        rng=np.random.default_rng(0),
+    ),
     lambda dt, d: tm.FeedForward(d["D"] * d["H"], 2 * d["D"] * d["H"] + 1, d["variant"][0], d["variant"][1], dtype=dt),
     _ffn_inputs,
     lambda m, a, d: m.forward(a["x"], dropout_mask=a.get("dropout_mask")),
-    lambda m, t, d: m(t["x"], dropout_mask=t.get("dropout_mask")), ("x",),
-    variants=(("relu", 0.0), ("gelu", 0.0), ("gelu_tanh", 0.0), ("relu", 0.3)), uses=("B", "T", "H", "D"),
+    lambda m, t, d: m(t["x"], dropout_mask=t.get("dropout_mask")),
+    ("x",),
+    variants=(("relu", 0.0), ("gelu", 0.0), ("gelu_tanh", 0.0), ("relu", 0.3)),
+    uses=("B", "T", "H", "D"),
 )
 
 
@@ -494,22 +624,39 @@ def _mha_inputs(rng, dtype, d):
 
 
 def _mha_np_forward(m, a, d):
-    return m.forward(a["query"], a["key"], a["value"], mask=a.get("mask"), is_causal="causal" in d["mask"],
-                     dropout_mask=a.get("dropout_mask"))
+    return m.forward(
+        a["query"],
+        a["key"],
+        a["value"],
+        mask=a.get("mask"),
+        is_causal="causal" in d["mask"],
+        dropout_mask=a.get("dropout_mask"),
+    )
 
 
 def _mha_t_forward(m, t, d):
-    return m(t["query"], t["key"], t["value"], mask=t.get("mask"), is_causal="causal" in d["mask"],
-             dropout_mask=t.get("dropout_mask"))
+    return m(
+        t["query"],
+        t["key"],
+        t["value"],
+        mask=t.get("mask"),
+        is_causal="causal" in d["mask"],
+        dropout_mask=t.get("dropout_mask"),
+    )
 
 
 _register_module(
     "MultiHeadAttention",
-    lambda dt, d: nt.MultiHeadAttention(d["D"] * d["H"], d["H"], dropout=d["variant"][1], dtype=dt,
-                                        rng=np.random.default_rng(0)),
+    lambda dt, d: nt.MultiHeadAttention(
+        d["D"] * d["H"], d["H"], dropout=d["variant"][1], dtype=dt, rng=np.random.default_rng(0)
+    ),
     lambda dt, d: tm.MultiHeadAttention(d["D"] * d["H"], d["H"], dropout=d["variant"][1], dtype=dt),
-    _mha_inputs, _mha_np_forward, _mha_t_forward, ("query", "key", "value"),
-    variants=((False, 0.0), (True, 0.0), (True, 0.2)), uses=("B", "H", "T", "S", "D", "mask"),
+    _mha_inputs,
+    _mha_np_forward,
+    _mha_t_forward,
+    ("query", "key", "value"),
+    variants=((False, 0.0), (True, 0.0), (True, 0.2)),
+    uses=("B", "H", "T", "S", "D", "mask"),
 )
 
 
@@ -520,8 +667,9 @@ def differentiable_names(case: Case, arrays: Arrays, dims: dict) -> tuple[str, .
     names = case.differentiable(dims)
     if names and names[0] == "PARAMS":
         inputs = names[1:]
-        params = tuple(n for n, v in arrays.items()
-                       if n not in inputs and isinstance(v, np.ndarray) and v.dtype.kind == "f")
+        params = tuple(
+            n for n, v in arrays.items() if n not in inputs and isinstance(v, np.ndarray) and v.dtype.kind == "f"
+        )
         return params + inputs
     return names
 
@@ -564,8 +712,14 @@ def _to_torch(arrays: Arrays, diff: tuple[str, ...], device: str) -> dict[str, t
     return tensors
 
 
-def run_case(case: Case, dims: dict, dtype: np.dtype | type | str, seed: int, device: str = "cpu",
-             finite_differences: bool = True) -> CaseResult:
+def run_case(
+    case: Case,
+    dims: dict,
+    dtype: np.dtype | type | str,
+    seed: int,
+    device: str = "cpu",
+    finite_differences: bool = True,
+) -> CaseResult:
     """Run one draw of ``case`` in NumPy, in the twin (on ``device``) and by finite differences."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
@@ -598,6 +752,8 @@ def run_case(case: Case, dims: dict, dtype: np.dtype | type | str, seed: int, de
 
 
 DEFAULT_DIMS = {"B": 2, "T": 5, "S": 4, "H": 2, "D": 3, "V": 6}
+
+
 # The fixed draws the ``parity`` command runs: every variant, and for attention every mask kind.
 def default_dims(case: Case) -> list[dict]:
     masks = MASK_KINDS if "mask" in case.uses else ("none",)
@@ -610,5 +766,15 @@ def enable_exact_cuda_matmul() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-__all__ = ["CASES", "MASK_KINDS", "Case", "CaseResult", "default_dims", "draw_mask", "enable_exact_cuda_matmul",
-           "run_case", "torch_dtype"]
+__all__ = [
+    "CASES",
+    "MASK_KINDS",
+    "Case",
+    "CaseResult",
+    "default_dims",
+    "draw_mask",
+    "enable_exact_cuda_matmul",
+    "run_case",
+    "tolerance",
+    "torch_dtype",
+]

@@ -20,9 +20,7 @@ def check_float_array(name: str, x: object, *, ndim_min: int = 0) -> np.ndarray:
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim < ndim_min:
-        raise ValueError(
-            f"{name}: expected at least {ndim_min} dimension(s), got shape {x.shape}"
-        )
+        raise ValueError(f"{name}: expected at least {ndim_min} dimension(s), got shape {x.shape}")
     return x
 
 
@@ -60,9 +58,7 @@ def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> No
     Each of ``x``'s trailing dimensions must be 1 or equal to the matching
     dimension of ``target``, and ``x`` may not have more dimensions.
     """
-    if x.ndim > len(target) or any(
-        a not in (1, b) for a, b in zip(x.shape[::-1], target[::-1], strict=False)
-    ):
+    if x.ndim > len(target) or any(a not in (1, b) for a, b in zip(x.shape[::-1], target[::-1], strict=False)):
         raise ValueError(
             f"{name}: expected a shape broadcastable to {tuple(target)} "
             f"(each dimension 1 or equal, aligned on the right), got {x.shape}"

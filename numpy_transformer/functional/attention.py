@@ -90,8 +90,7 @@ def scaled_dot_product_attention_forward(
     if mask is not None:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
             raise TypeError(
-                f"mask: expected a bool ndarray (True = may attend), got "
-                f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                f"mask: expected a bool ndarray (True = may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
             )
         check_broadcastable("mask", mask, scores_shape)
     dropout_p = check_dropout_p(dropout_p, "dropout_p")
@@ -131,9 +130,7 @@ def scaled_dot_product_attention_forward(
         attn = np.where(keep, weights * dtype.type(1.0 / (1.0 - dropout_p)), 0).astype(dtype)
 
     out = attn @ v  # (..., T, Dv)
-    cache = AttentionCache(
-        q=q, k=k, v=v, weights=weights, dropout_keep=keep, dropout_p=dropout_p, scale=float(scale)
-    )
+    cache = AttentionCache(q=q, k=k, v=v, weights=weights, dropout_keep=keep, dropout_p=dropout_p, scale=float(scale))
     return out, cache
 
 

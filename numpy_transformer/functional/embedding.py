@@ -89,7 +89,9 @@ def sinusoidal_positional_encoding(
     """
     for name, value in (("length", length), ("d_model", d_model)):
         if not isinstance(value, (int, np.integer)) or value < (0 if name == "length" else 1):
-            raise ValueError(f"{name}: expected a {'non-negative' if name == 'length' else 'positive'} int, got {value!r}")
+            raise ValueError(
+                f"{name}: expected a {'non-negative' if name == 'length' else 'positive'} int, got {value!r}"
+            )
     if not float(base) > 0:
         raise ValueError(f"base: expected a positive float, got {base!r}")
     dtype = np.dtype(dtype)

@@ -63,9 +63,7 @@ def layer_norm_forward(
     return y, LayerNormCache(xhat=xhat, rstd=rstd, weight=weight)
 
 
-def layer_norm_backward(
-    dout: np.ndarray, cache: LayerNormCache
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layer_norm_backward(dout: np.ndarray, cache: LayerNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients of LayerNorm in the compact three-term form.
 
     Forward: :math:`y = \gamma\hat x + \beta`, :math:`\hat x = (x-\mu)\,r`,

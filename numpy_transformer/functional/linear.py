@@ -20,9 +20,7 @@ class LinearCache:
     has_bias: bool
 
 
-def linear_forward(
-    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
-) -> tuple[np.ndarray, LinearCache]:
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> tuple[np.ndarray, LinearCache]:
     """Apply ``y = x @ weight.T + bias``.
 
     Parameters
@@ -43,8 +41,7 @@ def linear_forward(
         raise ValueError(f"weight: expected shape (out, in), got {weight.shape}")
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"x: expected last dimension {weight.shape[1]} (weight is {weight.shape}), "
-            f"got shape {x.shape}"
+            f"x: expected last dimension {weight.shape[1]} (weight is {weight.shape}), got shape {x.shape}"
         )
     if bias is not None:
         check_float_array("bias", bias)
@@ -57,9 +54,7 @@ def linear_forward(
     return y, LinearCache(x=x, weight=weight, has_bias=bias is not None)
 
 
-def linear_backward(
-    dout: np.ndarray, cache: LinearCache
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def linear_backward(dout: np.ndarray, cache: LinearCache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     r"""Gradients of ``y = x W^T + b``.
 
     Forward: :math:`y_{n o} = \sum_i x_{n i} W_{o i} + b_o` (``n`` runs over all

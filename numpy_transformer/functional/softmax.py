@@ -135,8 +135,7 @@ def cross_entropy_forward(
     bad = valid & ((flat_targets < 0) | (flat_targets >= V))
     if bad.any():
         raise ValueError(
-            f"targets: expected class indices in [0, {V}) or ignore_index={ignore_index}, "
-            f"got {flat_targets[bad][0]}"
+            f"targets: expected class indices in [0, {V}) or ignore_index={ignore_index}, got {flat_targets[bad][0]}"
         )
     safe_targets = np.where(valid, flat_targets, 0)  # (N,) any index works for ignored rows
 

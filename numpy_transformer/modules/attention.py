@@ -45,8 +45,15 @@ class MultiHeadAttention(Module):
     :math:`\sqrt{6/(4C)}`), ``out_proj.weight`` as ``nn.Linear``, all biases zero.
     """
 
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0,
-                 dtype: np.dtype | type = np.float64, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        dtype: np.dtype | type = np.float64,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.d_model = _positive_int("d_model", d_model)
         self.n_heads = _positive_int("n_heads", n_heads)
@@ -76,10 +83,16 @@ class MultiHeadAttention(Module):
         B, H, L, D = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, C)
 
-    def forward(self, query: np.ndarray, key: np.ndarray, value: np.ndarray,
-                mask: np.ndarray | None = None, is_causal: bool = False,
-                rng: np.random.Generator | None = None,
-                dropout_mask: np.ndarray | None = None) -> tuple[np.ndarray, MultiHeadAttentionCache]:
+    def forward(
+        self,
+        query: np.ndarray,
+        key: np.ndarray,
+        value: np.ndarray,
+        mask: np.ndarray | None = None,
+        is_causal: bool = False,
+        rng: np.random.Generator | None = None,
+        dropout_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, MultiHeadAttentionCache]:
         """Attend from ``query`` (B, T, C) over ``key`` / ``value`` (B, S, C).
 
         ``mask``: bool, ``True`` = may attend, broadcastable to (B, H, T, S), e.g.
@@ -100,14 +113,19 @@ class MultiHeadAttention(Module):
         v, cv = self.v_proj.forward(value)  # (B, S, C)
         p = self.dropout if self.training else 0.0
         heads, ca = scaled_dot_product_attention_forward(
-            self._split_heads(q), self._split_heads(k), self._split_heads(v),  # (B, H, L, D)
-            mask=mask, is_causal=is_causal, dropout_p=p, rng=rng, dropout_mask=dropout_mask,
+            self._split_heads(q),
+            self._split_heads(k),
+            self._split_heads(v),  # (B, H, L, D)
+            mask=mask,
+            is_causal=is_causal,
+            dropout_p=p,
+            rng=rng,
+            dropout_mask=dropout_mask,
         )  # (B, H, T, D)
         out, co = self.out_proj.forward(self._merge_heads(heads))  # (B, T, C)
         return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
 
-    def backward(self, dout: np.ndarray,
-                 cache: MultiHeadAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def backward(self, dout: np.ndarray, cache: MultiHeadAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(dquery, dkey, dvalue)``, separate even for self-attention.
 
         For self-attention the caller adds the three to get the gradient of ``x``.

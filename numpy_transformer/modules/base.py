@@ -95,9 +95,7 @@ class Module:
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
         if missing or extra:
-            raise KeyError(
-                f"state: keys do not match {type(self).__name__}: missing {missing}, unexpected {extra}"
-            )
+            raise KeyError(f"state: keys do not match {type(self).__name__}: missing {missing}, unexpected {extra}")
         for name, param in own.items():
             value = state[name]
             if not isinstance(value, np.ndarray):
@@ -105,8 +103,6 @@ class Module:
             if value.shape != param.shape:
                 raise ValueError(f"state[{name!r}]: expected shape {param.shape}, got {value.shape}")
             if value.dtype != param.dtype:
-                raise TypeError(
-                    f"state[{name!r}]: expected dtype {param.dtype}, got {value.dtype}; convert explicitly"
-                )
+                raise TypeError(f"state[{name!r}]: expected dtype {param.dtype}, got {value.dtype}; convert explicitly")
         for name, param in own.items():
             np.copyto(param, state[name])

@@ -38,8 +38,14 @@ class Linear(Module):
     Init as ``torch.nn.Linear``: weight and bias uniform in ``±1/sqrt(in_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 dtype: np.dtype | type = np.float64, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: np.dtype | type = np.float64,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
@@ -66,8 +72,14 @@ class Embedding(Module):
     With ``padding_idx`` that row starts at zero and never receives a gradient.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype: np.dtype | type = np.float64, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        dtype: np.dtype | type = np.float64,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
@@ -96,8 +108,7 @@ class LayerNorm(Module):
         self.normalized_shape = _positive_int("normalized_shape", normalized_shape)
         self.eps = float(eps)
         self.dtype = check_module_dtype(dtype)
-        self._init_parameters(weight=np.ones(normalized_shape, self.dtype),
-                              bias=np.zeros(normalized_shape, self.dtype))
+        self._init_parameters(weight=np.ones(normalized_shape, self.dtype), bias=np.zeros(normalized_shape, self.dtype))
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, LayerNormCache]:
         return layer_norm_forward(x, self.weight, self.bias, self.eps)
@@ -116,8 +127,9 @@ class Dropout(Module):
         super().__init__()
         self.p = check_dropout_p(p)
 
-    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None,
-                mask: np.ndarray | None = None) -> tuple[np.ndarray, DropoutCache]:
+    def forward(
+        self, x: np.ndarray, rng: np.random.Generator | None = None, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, DropoutCache]:
         return dropout_forward(x, self.p, rng=rng, mask=mask, training=self.training)
 
     def backward(self, dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
@@ -139,9 +151,16 @@ class FeedForward(Module):
     ``activation`` is ``"relu"``, ``"gelu"`` (exact erf) or ``"gelu_tanh"``.
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0,
-                 bias: bool = True, dtype: np.dtype | type = np.float64,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        dtype: np.dtype | type = np.float64,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         if activation not in ("relu", "gelu", "gelu_tanh"):
             raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
@@ -152,8 +171,9 @@ class FeedForward(Module):
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(d_ff, d_model, bias=bias, dtype=dtype, rng=rng)
 
-    def forward(self, x: np.ndarray, rng: np.random.Generator | None = None,
-                dropout_mask: np.ndarray | None = None) -> tuple[np.ndarray, FeedForwardCache]:
+    def forward(
+        self, x: np.ndarray, rng: np.random.Generator | None = None, dropout_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, FeedForwardCache]:
         h, c1 = self.linear1.forward(x)  # (..., F)
         if self.activation == "relu":
             a, ca = relu_forward(h)

@@ -1,0 +1,48 @@
+"""``python -m numpy_transformer parity``: the table, the exit status, and usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from numpy_transformer.cli import main
+from torch_transformer.parity import CASES
+
+
+def test_parity_command_passes_and_prints_a_row_per_op_and_dtype(capsys):
+    assert main(["parity", "--dtype", "both", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    for name in CASES:
+        for dtype in ("float32", "float64"):
+            rows = [line for line in out.splitlines() if line.split()[:2] == [name, dtype]]
+            assert len(rows) == 1 and rows[0].endswith("pass"), f"no passing row for {name} {dtype}"
+    assert "all within the parity contract" in out
+
+
+def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(monkeypatch, capsys):
+    import numpy_transformer.functional.softmax as softmax_module
+
+    def wrong_backward(dout, cache):  # forgets the "- sum(dout * y)" term
+        return cache.y * dout
+
+    monkeypatch.setattr(softmax_module, "softmax_backward", wrong_backward)
+    import torch_transformer.parity as parity
+
+    monkeypatch.setattr(parity.F, "softmax_backward", wrong_backward)
+    assert main(["parity", "--dtype", "float64"]) == 1
+    captured = capsys.readouterr()
+    assert "softmax" in captured.out and "FAIL" in captured.out
+    assert "softmax dx" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["parity", "--dtype", "float16"], ["parity", "--seed", "-1"], ["parity", "--seed", "x"], ["frobnicate"], []],
+)
+def test_bad_arguments_give_usage_and_exit_status_2_without_traceback(argv):
+    proc = subprocess.run([sys.executable, "-m", "numpy_transformer", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
