@@ -68,7 +68,8 @@ def _parity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parity.enable_exact_cuda_matmul()
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
 
-    header = f"{'op':<30} {'dtype':<8} {'forward':>9} {'vs twin':>9} {'(limit)':>8} {'vs fin.diff':>12} {'(limit)':>8}  result"
+    limit = "(limit)"
+    header = f"{'op':<30} {'dtype':<8} {'forward':>9} {'vs twin':>9} {limit:>8} {'vs fin.diff':>12} {limit:>8}  result"
     print(f"parity on {args.device} (torch {torch.__version__}), seed {args.seed}")
     print("errors: max|ours - reference| / max(1, max|reference|), worst over every tensor and draw")
     print(header)
@@ -92,7 +93,11 @@ def _parity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             w = worst.get(dtype, (0.0, 0.0, 0.0))
             worst[dtype] = (max(w[0], fwd), max(w[1], twin), max(w[2], fd))
             tol = parity.tolerance(args.device, dtype)
-            fd_text = f"{fd:12.2e} {parity.tolerance('finite_differences', 'float64'):8.0e}" if has_fd else f"{'-':>12} {'':8}"
+            fd_text = (
+                f"{fd:12.2e} {parity.tolerance('finite_differences', 'float64'):8.0e}"
+                if has_fd
+                else f"{'-':>12} {'':8}"
+            )
             print(f"{name:<30} {dtype:<8} {fwd:9.2e} {twin:9.2e} {tol:8.0e} {fd_text}  {'FAIL' if bad else 'pass'}")
     print()
     for dtype, (fwd, twin, fd) in worst.items():

@@ -52,15 +52,17 @@ class Comparison:
 
 
 def relative_error(name: str, actual: np.ndarray, expected: np.ndarray) -> Comparison:
-    """Compare two arrays of one shape; NaNs must match NaNs (a lone NaN is an infinite error)."""
+    """Compare two arrays of one shape; NaN must meet NaN and inf the same inf, or the error is infinite."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {actual.shape} differs from expected {expected.shape}")
     if actual.size == 0:
         return Comparison(name, 0.0, (), float("nan"), float("nan"))
-    both_nan = np.isnan(actual) & np.isnan(expected)
-    diff = np.where(both_nan, 0.0, np.abs(actual - expected))
+    # The same NaN, or the same infinity (a masked score is -inf in both), is a match.
+    same_special = (np.isnan(actual) & np.isnan(expected)) | (np.isinf(expected) & (actual == expected))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same_special, 0.0, np.abs(actual - expected))
     diff = np.where(np.isnan(diff), np.inf, diff)
     finite_expected = np.where(np.isfinite(expected), np.abs(expected), 0.0)
     scale = max(1.0, float(finite_expected.max()))
@@ -74,4 +76,41 @@ def assert_close(name: str, actual: np.ndarray, expected: np.ndarray, tol: float
     cmp = relative_error(name, actual, expected)
     if not cmp.error <= tol:
         raise AssertionError(f"{cmp.describe()} exceeds tolerance {tol:.0e}")
+    return cmp
+
+
+def report_match(
+    name: str, ours: np.ndarray, reference: np.ndarray, dtype: np.dtype | type | str = np.float64, kind: str = "cpu"
+) -> Comparison:
+    """Print one line -- ``exact``, ``close (…)`` -- and raise when outside the contract.
+
+    The walkthroughs use it to compare every intermediate with PyTorch:
+    ``report_match("dxhat", dxhat, xhat_t.grad)``. ``reference`` may be a tensor;
+    anything with ``.detach()`` is brought to NumPy first.
+    """
+    if hasattr(reference, "detach"):
+        reference = reference.detach().cpu().numpy()
+    cmp = relative_error(name, ours, reference)
+    tol = tolerance(kind, dtype)
+    if cmp.error == 0.0:
+        verdict = "exact"
+    elif cmp.error <= tol:
+        verdict = f"close (max rel err {cmp.error:.1e})"
+    else:
+        raise AssertionError(f"MISMATCH {cmp.describe()} exceeds tolerance {tol:.0e}")
+    print(f"  {name:<44} {verdict}")
+    return cmp
+
+
+def report_differs(
+    name: str, wrong: np.ndarray, reference: np.ndarray, dtype: np.dtype | type | str = np.float64, kind: str = "cpu"
+) -> Comparison:
+    """The opposite check, for a deliberately wrong formula: it must miss ``reference`` by more than the tolerance."""
+    if hasattr(reference, "detach"):
+        reference = reference.detach().cpu().numpy()
+    cmp = relative_error(name, wrong, reference)
+    tol = tolerance(kind, dtype)
+    if not cmp.error > tol:
+        raise AssertionError(f"{name}: expected the wrong formula to differ, but {cmp.describe()}")
+    print(f"  {name:<44} differs, as it should (max rel err {cmp.error:.1e})")
     return cmp

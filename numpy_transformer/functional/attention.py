@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_broadcastable, check_float_array, check_same_dtype, check_shape
-from .dropout import check_dropout_p, draw_dropout_mask
+from .dropout import DropoutCache, check_dropout_p, dropout_backward, dropout_forward
 from .masks import causal_mask
+from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class AttentionCache:
     k: np.ndarray  # (..., S, D)
     v: np.ndarray  # (..., S, Dv)
     weights: np.ndarray  # (..., T, S) softmax probabilities before dropout, for inspection
-    dropout_keep: np.ndarray | None  # (..., T, S) bool keep-mask, None without dropout
+    dropout: DropoutCache  # the (..., T, S) keep-mask; attn = dropout(weights) is recomputed
     dropout_p: float
     scale: float
 
@@ -106,37 +107,38 @@ def scaled_dot_product_attention_forward(
 
     scores = (q @ np.swapaxes(k, -1, -2)) * dtype.type(scale)  # (..., T, S)
     if allowed is None:
-        weights = _stable_softmax(scores)
+        weights, _ = softmax_forward(scores, axis=-1)  # (..., T, S)
     else:
-        allowed = np.broadcast_to(allowed, scores_shape)
-        scores = np.where(allowed, scores, -np.inf)
-        row_max = scores.max(axis=-1, keepdims=True)  # (..., T, 1), -inf on a fully masked row
-        row_max = np.where(np.isfinite(row_max), row_max, 0)
-        e = np.exp(scores - row_max)  # exp(-inf) = 0 at masked keys
-        denom = e.sum(axis=-1, keepdims=True)  # (..., T, 1), 0 on a fully masked row
-        # A fully masked row: 0 / 1 = 0, so its weights, output and gradients are zero.
-        weights = e / np.where(denom > 0, denom, 1).astype(dtype)
+        weights = _masked_softmax(scores, np.broadcast_to(allowed, scores_shape))
 
-    keep = None
-    attn = weights  # (..., T, S) the weights actually applied to v
-    if dropout_p > 0:
-        if dropout_mask is None:
-            keep = draw_dropout_mask(scores_shape, dropout_p, rng)
-        else:
-            if not isinstance(dropout_mask, np.ndarray) or dropout_mask.dtype != np.bool_:
-                raise TypeError("dropout_mask: expected a bool ndarray (True = keep)")
-            check_shape("dropout_mask", dropout_mask, scores_shape)
-            keep = dropout_mask
-        attn = np.where(keep, weights * dtype.type(1.0 / (1.0 - dropout_p)), 0).astype(dtype)
+    # Dropout on the weights (the identity when dropout_p == 0).
+    if dropout_mask is not None:
+        if not isinstance(dropout_mask, np.ndarray) or dropout_mask.dtype != np.bool_:
+            raise TypeError("dropout_mask: expected a bool ndarray (True = keep)")
+        check_shape("dropout_mask", dropout_mask, scores_shape)
+    attn, dropout_cache = dropout_forward(weights, dropout_p, rng=rng, mask=dropout_mask)  # (..., T, S)
 
     out = attn @ v  # (..., T, Dv)
-    cache = AttentionCache(q=q, k=k, v=v, weights=weights, dropout_keep=keep, dropout_p=dropout_p, scale=float(scale))
+    cache = AttentionCache(
+        q=q, k=k, v=v, weights=weights, dropout=dropout_cache, dropout_p=dropout_p, scale=float(scale)
+    )
     return out, cache
 
 
-def _stable_softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _masked_softmax(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Softmax over the allowed keys only; a row with no allowed key gets all zeros.
+
+    Equal to ``softmax_forward`` with masked scores set to ``-inf``, except on a
+    fully masked row, where that would be ``0/0 = NaN``.
+    """
+    dtype = scores.dtype
+    masked = np.where(allowed, scores, -np.inf)  # (..., T, S)
+    row_max = masked.max(axis=-1, keepdims=True)  # (..., T, 1), -inf on a fully masked row
+    row_max = np.where(np.isfinite(row_max), row_max, 0)
+    e = np.exp(masked - row_max)  # exp(-inf) = 0 at masked keys
+    denom = e.sum(axis=-1, keepdims=True)  # (..., T, 1), 0 on a fully masked row
+    # A fully masked row: 0 / 1 = 0, so its weights, output and gradients are zero.
+    return e / np.where(denom > 0, denom, 1).astype(dtype)
 
 
 def scaled_dot_product_attention_backward(
@@ -162,25 +164,19 @@ def scaled_dot_product_attention_backward(
     """
     q, k, v, weights = cache.q, cache.k, cache.v, cache.weights
     check_shape("dout", dout, weights.shape[:-1] + v.shape[-1:])
-    dtype = q.dtype
-    # in the forward pass this was: attn = dropout(weights)
-    if cache.dropout_keep is None:
-        attn = weights
-    else:
-        drop_scale = dtype.type(1.0 / (1.0 - cache.dropout_p))
-        attn = np.where(cache.dropout_keep, weights * drop_scale, 0).astype(dtype)
+    # in the forward pass this was: attn = dropout(weights); recompute attn from the mask
+    keep = cache.dropout.keep
+    attn = weights if keep is None else dropout_forward(weights, cache.dropout_p, mask=keep)[0]
     # out = attn @ v
     dattn = dout @ np.swapaxes(v, -1, -2)  # (..., T, S)
     dv = np.swapaxes(attn, -1, -2) @ dout  # (..., S, Dv)
     # attn = dropout(weights)
-    if cache.dropout_keep is None:
-        dweights = dattn
-    else:
-        dweights = np.where(cache.dropout_keep, dattn * drop_scale, 0).astype(dtype)
-    # weights = softmax(scores): the Jacobian-vector product, row by row
-    dscores = weights * (dweights - (dweights * weights).sum(axis=-1, keepdims=True))
+    dweights = dropout_backward(dattn, cache.dropout)  # (..., T, S)
+    # weights = softmax(scores): the same Jacobian-vector product as softmax_backward;
+    # masked keys have weight 0, so their score gradient is 0 too.
+    dscores = softmax_backward(dweights, SoftmaxCache(y=weights, axis=-1))
     # scores = q @ k^T * scale
-    dscores = dscores * dtype.type(cache.scale)  # (..., T, S)
+    dscores = dscores * q.dtype.type(cache.scale)  # (..., T, S)
     dq = dscores @ k  # (..., T, D)
     dk = np.swapaxes(dscores, -1, -2) @ q  # (..., S, D)
     return dq, dk, dv

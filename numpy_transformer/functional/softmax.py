@@ -175,12 +175,12 @@ def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache) -
         raise ValueError(f"dout: expected a scalar (the loss is a scalar), got shape {dout.shape}")
     probs = cache.probs
     dtype = probs.dtype
+    if cache.n_valid == 0:
+        return np.zeros(cache.logits_shape, dtype=dtype)
     N, V = probs.shape
     eps = dtype.type(cache.label_smoothing)
     q = np.full((N, V), eps / V, dtype=dtype)  # (N, V) smoothed target distribution
     q[np.arange(N), cache.targets] += 1 - eps
-    if cache.n_valid == 0:
-        return np.zeros(cache.logits_shape, dtype=dtype)
     dlogits = (probs - q) * (dtype.type(dout) / dtype.type(cache.n_valid))  # (N, V)
     dlogits[~cache.valid] = 0
     return dlogits.reshape(cache.logits_shape)

@@ -1,0 +1,70 @@
+"""Every walkthrough runs as a script: it exits cleanly, saves its pictures and reports no mismatch.
+
+Each walkthrough raises ``AssertionError`` itself when one of its comparisons breaks the
+parity contract, so a non-zero exit status is how a wrong number shows up here. The test
+also scans the output for the word "mismatch", so a comparison that printed a failure
+without stopping would still be caught.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WALKTHROUGHS_DIR = REPO_ROOT / "walkthroughs"
+WALKTHROUGHS = sorted(WALKTHROUGHS_DIR.glob("[0-9][0-9]_*.py"))
+
+# The pictures each walkthrough must write into WALKTHROUGH_OUT.
+EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
+    "01_softmax_cross_entropy.py": ("01_softmax_cross_entropy.png",),
+    "02_layer_norm.py": ("02_layer_norm.png",),
+    "03_attention.py": ("03_attention_weights.png",),
+}
+
+TIMEOUT_S = 300  # each takes seconds; the limit only stops a hung run
+
+
+def test_walkthroughs_are_found():
+    found = {path.name for path in WALKTHROUGHS}
+    missing = sorted(set(EXPECTED_PICTURES) - found)
+    assert not missing, f"walkthroughs listed in EXPECTED_PICTURES but not found in {WALKTHROUGHS_DIR}: {missing}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", WALKTHROUGHS, ids=lambda path: path.stem)
+def test_walkthrough_runs_and_every_comparison_holds(script: Path, tmp_path: Path):
+    env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{script.name} exited with status {result.returncode}:\n{output[-6000:]}"
+
+    mismatches = [line for line in output.splitlines() if "mismatch" in line.lower()]
+    assert not mismatches, f"{script.name} reported a mismatch:\n" + "\n".join(mismatches)
+
+    for picture in EXPECTED_PICTURES.get(script.name, ()):
+        path = tmp_path / picture
+        assert path.is_file(), f"{script.name} did not write {picture} into WALKTHROUGH_OUT ({tmp_path})"
+        assert path.read_bytes().startswith(b"\x89PNG"), f"{picture} is not a PNG file"
+
+
+@pytest.mark.parametrize("script", WALKTHROUGHS, ids=lambda path: path.stem)
+def test_walkthrough_opens_as_a_percent_notebook(script: Path):
+    jupytext = pytest.importorskip("jupytext")
+    notebook = jupytext.read(script, fmt="py:percent")
+    kinds = [cell.cell_type for cell in notebook.cells]
+    assert kinds and kinds[0] == "markdown", f"{script.name} should open with a markdown cell, got {kinds[:1]}"
+    assert "code" in kinds, f"{script.name} has no code cell"
+    assert kinds.count("markdown") >= 3, f"{script.name} has too little prose: {kinds.count('markdown')} markdown cells"
