@@ -7,18 +7,24 @@
 """
 
 from . import functional, gradcheck, testing
+from .config import TransformerConfig
+from .models import DecoderLayer, EncoderLayer, Transformer
 from .modules import Dropout, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DecoderLayer",
     "Dropout",
     "Embedding",
+    "EncoderLayer",
     "FeedForward",
     "LayerNorm",
     "Linear",
     "Module",
     "MultiHeadAttention",
+    "Transformer",
+    "TransformerConfig",
     "functional",
     "gradcheck",
     "testing",

@@ -6,7 +6,7 @@ import inspect
 
 import numpy_transformer as nt
 import numpy_transformer.functional as F
-from torch_transformer import modules as twin_modules
+import torch_transformer
 from torch_transformer.parity import CASES
 
 from . import test_twin_parity
@@ -44,10 +44,11 @@ def test_every_functional_op_has_a_twin_test_and_a_finite_difference_test():
 def test_every_module_has_a_twin_test_a_finite_difference_test_and_a_twin_class():
     mods = _exported_modules()
     assert "MultiHeadAttention" in mods
-    no_case = [m for m in mods if m not in CASES or CASES[m].kind != "module"]
+    no_case = [m for m in mods if m not in CASES or CASES[m].kind not in ("module", "model")]
     no_twin = [m for m in mods if m not in test_twin_parity.TWIN_CASES]
-    no_fd = [m for m in mods if m not in test_twin_parity.FINITE_DIFFERENCE_CASES]
-    no_class = [m for m in mods if not hasattr(twin_modules, m)]
+    fd_cases = test_twin_parity.FINITE_DIFFERENCE_CASES + test_twin_parity.MODEL_FINITE_DIFFERENCE_CASES
+    no_fd = [m for m in mods if m not in fd_cases]
+    no_class = [m for m in mods if not hasattr(torch_transformer, m)]
     assert not (no_case or no_twin or no_fd or no_class), (
         f"modules without a parity case: {no_case}; twin test: {no_twin}; finite differences: {no_fd}; "
         f"twin class: {no_class}"

@@ -14,13 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numpy_transformer.testing import tolerance
 from torch_transformer.parity import CASES, run_case
 
 from .helpers import assert_matches, assert_matches_finite_differences
 from .strategies import dims_for, dtypes, seeds
 
 TWIN_CASES = sorted(CASES)
-FINITE_DIFFERENCE_CASES = sorted(CASES)
+FINITE_DIFFERENCE_CASES = sorted(name for name, case in CASES.items() if case.kind != "model")
+# Composed layers and whole models: every parameter is probed, so fewer examples.
+MODEL_FINITE_DIFFERENCE_CASES = sorted(name for name, case in CASES.items() if case.kind == "model")
 
 
 def _assert_result_within_contract(result) -> None:
@@ -39,17 +42,28 @@ def test_forward_and_every_gradient_match_torch_twin(name, data, dtype, seed):
     _assert_result_within_contract(result)
 
 
-@pytest.mark.parametrize("name", FINITE_DIFFERENCE_CASES)
-@settings(max_examples=max(6, settings().max_examples // 2))  # finite differences cost more
-@given(data=st.data(), seed=seeds)
-def test_float64_backward_matches_finite_differences(name, data, seed):
+def _check_finite_differences(name: str, data, seed: int) -> None:
     case = CASES[name]
     dims = data.draw(dims_for(case, max_len=4), label="dims")
     result = run_case(case, dims, np.float64, seed, finite_differences=True)
     assert result.vs_finite_differences, f"{name}: no gradient was checked"
-    fd_tol = 1e-6
+    fd_tol = tolerance("finite_differences", np.float64)
     for cmp in result.vs_finite_differences:
         assert cmp.error <= fd_tol, f"{cmp.describe()} exceeds tolerance {fd_tol:.0e}"
+
+
+@pytest.mark.parametrize("name", FINITE_DIFFERENCE_CASES)
+@settings(max_examples=max(6, settings().max_examples // 2))  # finite differences cost more
+@given(data=st.data(), seed=seeds)
+def test_float64_backward_matches_finite_differences(name, data, seed):
+    _check_finite_differences(name, data, seed)
+
+
+@pytest.mark.parametrize("name", MODEL_FINITE_DIFFERENCE_CASES)
+@settings(max_examples=max(3, settings().max_examples // 8))  # every parameter of a model is probed
+@given(data=st.data(), seed=seeds)
+def test_float64_model_backward_matches_finite_differences(name, data, seed):
+    _check_finite_differences(name, data, seed)
 
 
 def test_multi_head_attention_returns_three_gradients_when_one_array_is_passed_three_times():

@@ -27,10 +27,14 @@ import torch
 
 import numpy_transformer as nt
 import numpy_transformer.functional as F
+from numpy_transformer.config import TransformerConfig
+from numpy_transformer.functional import causal_mask
 from numpy_transformer.gradcheck import numerical_gradient
+from numpy_transformer.modules.dropout_masks import DropoutMasks
 from numpy_transformer.testing import Comparison, relative_error, tolerance
 
 from . import functional as TF
+from . import models as tmodels
 from . import modules as tm
 from .bridge import torch_dtype
 
@@ -52,7 +56,7 @@ class Case:
     """
 
     name: str
-    kind: str  # "op" (a functional pair) or "module"
+    kind: str  # "op" (a functional pair), "module" (a layer) or "model" (layers composed)
     draw: Callable[[np.random.Generator, np.dtype, dict], Arrays]
     differentiable: Callable[[dict], tuple[str, ...]]
     numpy: Callable[[Arrays, dict], tuple[np.ndarray, Backward]]
@@ -660,6 +664,201 @@ _register_module(
 )
 
 
+# ---------------------------------------------------------------------------- layers and models
+# Dropout masks of a layer or model are drawn once per case by a throwaway NumPy
+# forward and stored under "dropout:<site>", so that every evaluation (NumPy, the
+# twin, each finite-difference probe) drops the same units.
+
+_DROP = "dropout:"
+
+
+def _given_masks(a: dict) -> dict:
+    return {k[len(_DROP) :]: v for k, v in a.items() if k.startswith(_DROP)}
+
+
+def _record_masks(module: nt.Module, run: Callable[[DropoutMasks], Any], rng: np.random.Generator) -> dict:
+    masks = DropoutMasks(rng)
+    run(masks)
+    return {_DROP + k: v for k, v in masks.used.items()}
+
+
+def _layer_dims(d: dict) -> tuple[int, int, int]:
+    """Heads, d_model, d_ff for layer and model cases: small, so finite differences can probe every parameter.
+
+    d_model stays 4: a LayerNorm over 2 features maps every row to about (-1, 1),
+    an ill-conditioned map under which two float32 implementations part by more
+    than rounding.
+    """
+    H = min(d["H"], 2)
+    C = 4
+    return H, C, C + 1
+
+
+def _make_layer(cls, d, dt, rng=None):
+    H, C, Fw = _layer_dims(d)
+    norm_first, activation, p = d["variant"]
+    kwargs = dict(dropout=p, activation=activation, norm_first=norm_first, dtype=dt)
+    if cls in (nt.EncoderLayer, nt.DecoderLayer):
+        kwargs["rng"] = rng or np.random.default_rng(0)
+    return cls(C, H, Fw, **kwargs)
+
+
+_LAYER_VARIANTS = (
+    (False, "relu", 0.0),
+    (True, "relu", 0.0),
+    (False, "gelu", 0.0),
+    (True, "gelu", 0.3),
+    (False, "relu", 0.3),
+)
+
+
+def _draw_encoder_layer(rng, dtype, d):
+    layer = _make_layer(nt.EncoderLayer, d, dtype)
+    H, C, _ = _layer_dims(d)
+    arrays = {name: _normal(rng, p.shape, dtype, scale=0.5) for name, p in layer.named_parameters()}
+    arrays["x"] = _normal(rng, (d["B"], d["T"], C), dtype)
+    mask, causal = draw_mask(rng, d["mask"], d["B"], H, d["T"], d["T"])
+    if causal:
+        mask = causal_mask(d["T"]) if mask is None else mask & causal_mask(d["T"])
+    if mask is not None:
+        arrays["mask"] = mask
+    arrays.update(_record_masks(layer, lambda m: layer.forward(arrays["x"], mask, m), rng))
+    return arrays
+
+
+def _np_encoder_layer(a, d):
+    layer = _load(_make_layer(nt.EncoderLayer, d, a_dtype(a)), a)
+    y, cache = layer.forward(a["x"], a.get("mask"), DropoutMasks(given=_given_masks(a)))
+
+    def backward(dout):
+        layer.zero_grad()
+        return _module_grads(layer, x=layer.backward(dout, cache))
+
+    return y, backward
+
+
+def _t_encoder_layer(t, d):
+    x = t["x"]
+    layer = _load(_make_layer(tmodels.EncoderLayer, d, x.dtype).to(x.device), t)
+    y = layer(x, t.get("mask"), tmodels._Masks(_given_masks(t)))
+    return y, _twin_leaves(layer, t, "x")
+
+
+_register(
+    Case(
+        "EncoderLayer", "model", _draw_encoder_layer, _params_and("x"), _np_encoder_layer, _t_encoder_layer,
+        variants=_LAYER_VARIANTS, uses=("B", "T", "H", "D", "mask"),
+    )
+)  # fmt: skip
+
+
+def _draw_decoder_layer(rng, dtype, d):
+    layer = _make_layer(nt.DecoderLayer, d, dtype)
+    H, C, _ = _layer_dims(d)
+    B, T, S = d["B"], d["T"], d["S"]
+    arrays = {name: _normal(rng, p.shape, dtype, scale=0.5) for name, p in layer.named_parameters()}
+    arrays["x"] = _normal(rng, (B, T, C), dtype)
+    arrays["memory"] = _normal(rng, (B, S, C), dtype)
+    tgt_mask, causal = draw_mask(rng, d["mask"], B, H, T, T)
+    if causal:
+        tgt_mask = causal_mask(T) if tgt_mask is None else tgt_mask & causal_mask(T)
+    if tgt_mask is not None:
+        arrays["tgt_mask"] = tgt_mask
+    memory_mask, _ = draw_mask(rng, "padding", B, H, T, S)
+    arrays["memory_mask"] = memory_mask
+    arrays.update(
+        _record_masks(layer, lambda m: layer.forward(arrays["x"], arrays["memory"], tgt_mask, memory_mask, m), rng)
+    )
+    return arrays
+
+
+def _np_decoder_layer(a, d):
+    layer = _load(_make_layer(nt.DecoderLayer, d, a_dtype(a)), a)
+    y, cache = layer.forward(
+        a["x"], a["memory"], a.get("tgt_mask"), a["memory_mask"], DropoutMasks(given=_given_masks(a))
+    )
+
+    def backward(dout):
+        layer.zero_grad()
+        dx, dmemory = layer.backward(dout, cache)
+        return _module_grads(layer, x=dx, memory=dmemory)
+
+    return y, backward
+
+
+def _t_decoder_layer(t, d):
+    x = t["x"]
+    layer = _load(_make_layer(tmodels.DecoderLayer, d, x.dtype).to(x.device), t)
+    y = layer(x, t["memory"], t.get("tgt_mask"), t["memory_mask"], tmodels._Masks(_given_masks(t)))
+    return y, _twin_leaves(layer, t, "x", "memory")
+
+
+_register(
+    Case(
+        "DecoderLayer", "model", _draw_decoder_layer, _params_and("x", "memory"), _np_decoder_layer, _t_decoder_layer,
+        variants=_LAYER_VARIANTS, uses=("B", "T", "S", "H", "D", "mask"),
+    )
+)  # fmt: skip
+
+
+def _transformer_config(d: dict) -> TransformerConfig:
+    H, C, Fw = _layer_dims(d)
+    norm_first, activation, p, tie, layers = d["variant"]
+    return TransformerConfig(
+        src_vocab_size=d["V"] + 1, tgt_vocab_size=d["V"] + 2, d_model=C, n_heads=H, d_ff=Fw,
+        n_encoder_layers=layers, n_decoder_layers=layers, dropout=p, activation=activation,
+        norm_first=norm_first, max_len=8, pad_id=0, tie_embeddings=tie,
+    )  # fmt: skip
+
+
+def _draw_transformer(rng, dtype, d):
+    cfg = _transformer_config(d)
+    model = nt.Transformer(cfg, dtype=dtype, rng=np.random.default_rng(0))
+    arrays = {name: _normal(rng, p.shape, dtype, scale=0.5) for name, p in model.named_parameters()}
+    B, S, T = d["B"], d["S"], d["T"]
+    src = rng.integers(1, cfg.src_vocab_size, size=(B, S))
+    tgt = rng.integers(1, cfg.tgt_vocab_size, size=(B, T))
+    for ids in (src, tgt):  # right padding of random length; position 0 stays a real token
+        lengths = rng.integers(1, ids.shape[1] + 1, size=B)
+        ids[np.arange(ids.shape[1])[None, :] >= lengths[:, None]] = cfg.pad_id
+    arrays["src"], arrays["tgt"] = src, tgt
+    _, cache = model.forward(src, tgt, rng=rng)
+    arrays.update({_DROP + k: v for k, v in cache.dropout_masks.items()})
+    return arrays
+
+
+def _np_transformer(a, d):
+    model = _load(nt.Transformer(_transformer_config(d), dtype=a_dtype(a), rng=np.random.default_rng(0)), a)
+    logits, cache = model.forward(a["src"], a["tgt"], dropout_masks=_given_masks(a))
+
+    def backward(dout):
+        model.zero_grad()
+        model.backward(dout, cache)
+        return _module_grads(model)
+
+    return logits, backward
+
+
+def _t_transformer(t, d):
+    src = t["src"]
+    dtype = next(v.dtype for v in t.values() if v.is_floating_point())
+    model = _load(tmodels.Transformer(_transformer_config(d), dtype=dtype).to(src.device), t)
+    logits = model(src, t["tgt"], _given_masks(t))
+    return logits, dict(model.named_parameters())
+
+
+_register(
+    Case(
+        "Transformer", "model", _draw_transformer, _params_and(), _np_transformer, _t_transformer,
+        variants=(
+            (False, "relu", 0.0, False, 1), (True, "gelu", 0.0, True, 1), (False, "gelu", 0.2, True, 2),
+            (True, "relu", 0.2, False, 2),
+        ),
+        uses=("B", "T", "S", "H", "D", "V"),
+    )
+)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- running a case
 
 
@@ -756,7 +955,12 @@ DEFAULT_DIMS = {"B": 2, "T": 5, "S": 4, "H": 2, "D": 3, "V": 6}
 
 # The fixed draws the ``parity`` command runs: every variant, and for attention every mask kind.
 def default_dims(case: Case) -> list[dict]:
-    masks = MASK_KINDS if "mask" in case.uses else ("none",)
+    if "mask" not in case.uses:
+        masks = ("none",)
+    elif case.kind == "model":  # composed layers: the mask kinds that differ most, to keep the run short
+        masks = ("padding+causal", "fully_masked_row")
+    else:
+        masks = MASK_KINDS
     return [dict(DEFAULT_DIMS, mask=m, variant=v) for v in case.variants for m in masks]
 
 

@@ -106,3 +106,24 @@ class Module:
                 raise TypeError(f"state[{name!r}]: expected dtype {param.dtype}, got {value.dtype}; convert explicitly")
         for name, param in own.items():
             np.copyto(param, state[name])
+
+
+class ModuleList(Module):
+    """An ordered list of sub-modules whose parameter names are ``0.``, ``1.``, ... (as ``torch.nn.ModuleList``)."""
+
+    def __init__(self, modules: list[Module]) -> None:
+        super().__init__()
+        self._items = list(modules)
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        for i, m in enumerate(self._items):
+            yield str(i), m
+
+    def __getitem__(self, i: int) -> Module:
+        return self._items[i]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items)

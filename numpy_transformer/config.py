@@ -1,0 +1,48 @@
+"""Frozen configuration dataclasses, shared by the NumPy models and their PyTorch twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The encoder–decoder Transformer of "Attention Is All You Need".
+
+    The defaults are the configuration the built-in reverse task trains with.
+    """
+
+    src_vocab_size: int  # V_src, including the special tokens
+    tgt_vocab_size: int  # V_tgt, including the special tokens
+    d_model: int = 64  # C: width of every residual stream
+    n_heads: int = 4  # H; head width D = d_model // n_heads
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    d_ff: int = 256  # F: hidden width of each feed-forward block
+    dropout: float = 0.1  # on embeddings, attention weights, sub-layer outputs, feed-forward hidden
+    activation: str = "relu"  # "relu" or "gelu" (exact erf)
+    norm_first: bool = False  # False: post-LN as in the paper; True: pre-LN, with a final LayerNorm per stack
+    max_len: int = 128  # longest sequence the positional encoding covers
+    pad_id: int = 0  # padded positions are never attended to and never scored
+    tie_embeddings: bool = False  # output projection shares the target embedding matrix
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("n_encoder_layers", "n_decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"activation: expected 'relu' or 'gelu', got {self.activation!r}")
+        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
