@@ -63,3 +63,12 @@ def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> No
             f"{name}: expected a shape broadcastable to {tuple(target)} "
             f"(each dimension 1 or equal, aligned on the right), got {x.shape}"
         )
+
+
+def check_dout(dout: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The upstream gradient must have the forward output's shape and dtype (no silent upcast)."""
+    check_float_array("dout", dout)
+    if dout.dtype != dtype:
+        raise TypeError(f"dout: expected dtype {np.dtype(dtype)} (the dtype of the forward pass), got {dout.dtype}")
+    check_shape("dout", dout, tuple(shape))
+    return dout

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
-from ._checks import check_float_array, check_shape
+from ._checks import check_dout, check_float_array
 
 # Python floats, not NumPy scalars, so float32 inputs stay float32 (NEP 50).
 _SQRT_2 = math.sqrt(2.0)
@@ -21,13 +21,14 @@ _GELU_TANH_COEF = 0.044715
 @dataclass(frozen=True)
 class ReluCache:
     positive: np.ndarray  # (...) bool, where x > 0
+    dtype: np.dtype
 
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, ReluCache]:
     """``y = max(x, 0)``; shape and dtype kept."""
     check_float_array("x", x)
     positive = x > 0
-    return np.where(positive, x, 0).astype(x.dtype, copy=False), ReluCache(positive=positive)
+    return x * positive, ReluCache(positive=positive, dtype=x.dtype)
 
 
 def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
@@ -35,8 +36,8 @@ def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
 
     At exactly ``x = 0`` the derivative is taken as 0, as in PyTorch.
     """
-    check_shape("dout", dout, cache.positive.shape)
-    return np.where(cache.positive, dout, 0).astype(dout.dtype, copy=False)
+    check_dout(dout, cache.positive.shape, cache.dtype)
+    return dout * cache.positive
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
     :math:`dy/dx = \tfrac12 (1 + t) + \tfrac12 x (1 - t^2)\sqrt{2/\pi}(1 + 3 c x^2)`.
     """
     x = cache.x
-    check_shape("dout", dout, x.shape)
+    check_dout(dout, x.shape, x.dtype)
     if cache.approximate == "none":
         cdf = 0.5 * (1.0 + erf(x / _SQRT_2))
         pdf = np.exp(-0.5 * x * x) / _SQRT_2PI

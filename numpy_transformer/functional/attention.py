@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_broadcastable, check_float_array, check_same_dtype, check_shape
+from ._checks import check_broadcastable, check_dout, check_float_array, check_same_dtype, check_shape
 from .dropout import DropoutCache, check_dropout_p, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
@@ -163,7 +163,7 @@ def scaled_dot_product_attention_backward(
     everywhere and contributes nothing.
     """
     q, k, v, weights = cache.q, cache.k, cache.v, cache.weights
-    check_shape("dout", dout, weights.shape[:-1] + v.shape[-1:])
+    check_dout(dout, weights.shape[:-1] + v.shape[-1:], q.dtype)
     # in the forward pass this was: attn = dropout(weights); recompute attn from the mask
     keep = cache.dropout.keep
     attn = weights if keep is None else dropout_forward(weights, cache.dropout_p, mask=keep)[0]

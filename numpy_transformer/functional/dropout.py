@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_shape
+from ._checks import check_dout, check_float_array, check_shape
 
 
 @dataclass(frozen=True)
 class DropoutCache:
     keep: np.ndarray | None  # (...) bool, True = unit kept; None when dropout was the identity
     scale: float  # 1 / (1 - p)
+    dtype: np.dtype
+    shape: tuple[int, ...]
 
 
 def check_dropout_p(p: float, name: str = "p") -> float:
@@ -62,7 +64,7 @@ def dropout_forward(
     check_float_array("x", x)
     p = check_dropout_p(p)
     if not training or p == 0.0:
-        return x, DropoutCache(keep=None, scale=1.0)
+        return x, DropoutCache(keep=None, scale=1.0, dtype=x.dtype, shape=x.shape)
     if mask is None:
         mask = draw_dropout_mask(x.shape, p, rng)
     else:
@@ -71,12 +73,12 @@ def dropout_forward(
         check_shape("mask", mask, x.shape)
     scale = 1.0 / (1.0 - p)
     y = np.where(mask, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
-    return y, DropoutCache(keep=mask, scale=scale)
+    return y, DropoutCache(keep=mask, scale=scale, dtype=x.dtype, shape=x.shape)
 
 
 def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
     r"""Forward ``y = x \cdot m / (1-p)``; backward :math:`dx = dy \cdot m / (1-p)`."""
+    check_dout(dout, cache.shape, cache.dtype)
     if cache.keep is None:
         return dout
-    check_shape("dout", dout, cache.keep.shape)
     return np.where(cache.keep, dout * dout.dtype.type(cache.scale), 0).astype(dout.dtype, copy=False)

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_int_array, check_shape
+from ._checks import check_dout, check_float_array, check_int_array
 
 
 @dataclass(frozen=True)
 class EmbeddingCache:
     ids: np.ndarray  # (...) int, the looked-up rows
     num_embeddings: int  # V
+    embedding_dim: int  # C
+    dtype: np.dtype
     padding_idx: int | None
 
 
@@ -48,7 +50,9 @@ def embedding_forward(
         raise ValueError(f"ids: expected token ids in [0, {V}), got {bad}")
     if padding_idx is not None and not 0 <= padding_idx < V:
         raise ValueError(f"padding_idx: expected an id in [0, {V}), got {padding_idx}")
-    return weight[ids], EmbeddingCache(ids=ids, num_embeddings=V, padding_idx=padding_idx)
+    return weight[ids], EmbeddingCache(
+        ids=ids, num_embeddings=V, embedding_dim=weight.shape[1], dtype=weight.dtype, padding_idx=padding_idx
+    )
 
 
 def embedding_backward(dout: np.ndarray, cache: EmbeddingCache) -> np.ndarray:
@@ -59,9 +63,8 @@ def embedding_backward(dout: np.ndarray, cache: EmbeddingCache) -> np.ndarray:
     keep only the last one). The ``padding_idx`` row gets zero.
     """
     ids = cache.ids
-    check_float_array("dout", dout, ndim_min=1)
-    check_shape("dout", dout, ids.shape + dout.shape[-1:])
-    C = dout.shape[-1]
+    C = cache.embedding_dim
+    check_dout(dout, ids.shape + (C,), cache.dtype)
     dweight = np.zeros((cache.num_embeddings, C), dtype=dout.dtype)  # (V, C)
     np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, C))
     if cache.padding_idx is not None:

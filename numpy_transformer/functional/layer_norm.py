@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_same_dtype, check_shape
+from ._checks import check_dout, check_float_array, check_same_dtype, check_shape
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def layer_norm_backward(dout: np.ndarray, cache: LayerNormCache) -> tuple[np.nda
     derives the three terms step by step.
     """
     xhat, rstd, weight = cache.xhat, cache.rstd, cache.weight
-    check_shape("dout", dout, xhat.shape)
+    check_dout(dout, xhat.shape, xhat.dtype)
     lead_axes = tuple(range(dout.ndim - 1))
     dweight = (dout * xhat).sum(axis=lead_axes)  # (C,)
     dbias = dout.sum(axis=lead_axes)  # (C,)

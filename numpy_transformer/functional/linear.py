@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_same_dtype, check_shape
+from ._checks import check_dout, check_float_array, check_same_dtype, check_shape
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,12 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         check_shape("bias", bias, (weight.shape[0],))
     check_same_dtype(x=x, weight=weight, bias=bias)
 
-    y = x @ weight.T  # (..., O)
+    # One (N, I) @ (I, O) matmul over every leading position: a single BLAS call,
+    # where a stacked (B, T, I) @ (I, O) would make one call per batch element.
+    x_2d = x.reshape(-1, x.shape[-1])  # (N, I)
+    y = (x_2d @ weight.T).reshape(x.shape[:-1] + (weight.shape[0],))  # (..., O)
     if bias is not None:
-        y = y + bias
+        y += bias
     return y, LinearCache(x=x, weight=weight, has_bias=bias is not None)
 
 
@@ -70,12 +73,11 @@ def linear_backward(dout: np.ndarray, cache: LinearCache) -> tuple[np.ndarray, n
     dbias : ndarray, shape (O,) or None when the forward had no bias
     """
     x, weight = cache.x, cache.weight
-    check_float_array("dout", dout)
-    check_shape("dout", dout, x.shape[:-1] + (weight.shape[0],))
-    dx = dout @ weight  # (..., I)
-    # Flatten the leading dimensions so dW is a single BLAS matmul.
+    check_dout(dout, x.shape[:-1] + (weight.shape[0],), x.dtype)
+    # Flatten the leading dimensions so each product is a single BLAS matmul.
     dout_2d = dout.reshape(-1, weight.shape[0])  # (N, O)
     x_2d = x.reshape(-1, weight.shape[1])  # (N, I)
+    dx = (dout_2d @ weight).reshape(x.shape)  # (..., I)
     dweight = dout_2d.T @ x_2d  # (O, I)
     dbias = dout_2d.sum(axis=0) if cache.has_bias else None  # (O,)
     return dx, dweight, dbias

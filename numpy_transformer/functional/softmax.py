@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_int_array, check_shape
+from ._checks import check_dout, check_float_array, check_int_array, check_shape
 
 
 def _check_axis(axis: int, ndim: int) -> int:
@@ -48,7 +48,7 @@ def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     The full Jacobian is never formed.
     """
     y = cache.y
-    check_shape("dout", dout, y.shape)
+    check_dout(dout, y.shape, y.dtype)
     return y * (dout - (dout * y).sum(axis=cache.axis, keepdims=True))
 
 
@@ -77,7 +77,7 @@ def log_softmax_backward(dout: np.ndarray, cache: LogSoftmaxCache) -> np.ndarray
     Hence :math:`dx_j = dy_j - p_j \sum_i dy_i` with :math:`p = e^{y}`.
     """
     y = cache.y
-    check_shape("dout", dout, y.shape)
+    check_dout(dout, y.shape, y.dtype)
     return dout - np.exp(y) * dout.sum(axis=cache.axis, keepdims=True)
 
 

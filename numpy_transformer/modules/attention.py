@@ -102,6 +102,8 @@ class MultiHeadAttention(Module):
         C = self.d_model
         for name, x in (("query", query), ("key", key), ("value", value)):
             check_float_array(name, x)
+            if x.dtype != self.dtype:
+                raise TypeError(f"{name}: expected dtype {self.dtype} (the module's dtype), got {x.dtype}")
             if x.ndim != 3 or x.shape[-1] != C:
                 raise ValueError(f"{name}: expected shape (B, L, {C}), got {x.shape}")
         if key.shape != value.shape or key.shape[0] != query.shape[0]:
