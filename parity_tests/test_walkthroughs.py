@@ -24,6 +24,9 @@ EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
     "01_softmax_cross_entropy.py": ("01_softmax_cross_entropy.png",),
     "02_layer_norm.py": ("02_layer_norm.png",),
     "03_attention.py": ("03_attention_weights.png",),
+    "04_multi_head_attention.py": ("04_multi_head_weights.png",),
+    "05_positional_encoding.py": ("05_positional_encoding.png",),
+    "06_encoder_decoder_layers.py": ("06_gradient_norms_by_depth.png",),
 }
 
 TIMEOUT_S = 300  # each takes seconds; the limit only stops a hung run
