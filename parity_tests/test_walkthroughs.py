@@ -41,7 +41,8 @@ def test_walkthroughs_are_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", WALKTHROUGHS, ids=lambda path: path.stem)
 def test_walkthrough_runs_and_every_comparison_holds(script: Path, tmp_path: Path):
-    env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path)}
+    # One BLAS / OpenMP thread, as in conftest.py: far faster on small matrices.
+    env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(script)],
         cwd=REPO_ROOT,

@@ -20,6 +20,7 @@ from torch import nn
 
 import numpy_transformer as nt
 
+from . import models as tmodels
 from . import modules as tm
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
@@ -79,6 +80,12 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
         twin = tm.MultiHeadAttention(
             m.d_model, m.n_heads, bias=m.q_proj.bias is not None, dropout=m.dropout, dtype=dtype
         )
+    elif isinstance(m, (nt.EncoderLayer, nt.DecoderLayer)):
+        cls = tmodels.EncoderLayer if isinstance(m, nt.EncoderLayer) else tmodels.DecoderLayer
+        twin = cls(m.self_attn.d_model, m.self_attn.n_heads, m.ff.linear1.out_features, m.p, m.ff.activation,
+                   m.norm_first, m.norm1.eps, dtype=dtype)  # fmt: skip
+    elif isinstance(m, nt.Transformer):
+        twin = tmodels.Transformer(m.config, dtype=dtype)
     else:
         raise TypeError(f"np_module: no twin is known for {type(m).__name__}")
     twin = twin.to(device)
