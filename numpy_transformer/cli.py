@@ -10,8 +10,15 @@ It exits 1 if anything fails, and 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .data import TASKS
+from .training import TrainConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +36,58 @@ def _parser() -> argparse.ArgumentParser:
     parity.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     parity.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the twin runs")
     parity.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random inputs")
+    parity.add_argument("--only", action="append", metavar="NAME", help="run only this op or module (repeatable)")
+
+    train = sub.add_parser(
+        "train",
+        help="train the encoder-decoder Transformer on a built-in toy task",
+        description="Train the encoder-decoder Transformer on a toy task (generated from the seed, no download), "
+        "print per-epoch train/validation loss and accuracy, and save a checkpoint, the history and a PNG "
+        "of the loss curves in --out.",
+    )
+    train.add_argument("--task", choices=TASKS, default="reverse")
+    train.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=_positive_int, help=f"updates to make (default {TrainConfig.steps})")
+    length.add_argument("--epochs", type=_positive_int, help="passes over the training set instead of --steps")
+    train.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
+    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the torch backend runs")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--out", type=Path, help="output folder (default runs/TASK-BACKEND)")
+    train.add_argument(
+        "--compare",
+        action="store_true",
+        help="train both backends from the same weights on the same batches and dropout masks; "
+        "print the largest per-step loss difference and overlay both curves",
+    )
+    train.add_argument("--threads", type=_positive_int, default=1, help="BLAS / torch threads (default 1)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    decode = sub.add_parser(
+        "decode",
+        help="run a trained checkpoint on one input sequence",
+        description="Decode one input with a checkpoint written by `train` (greedy or beam search) and save "
+        "the cross-attention heatmap.",
+    )
+    decode.add_argument("checkpoint", type=Path, help="checkpoint.npz written by train")
+    decode.add_argument(
+        "--input", required=True, help="the source symbols, e.g. '3 1 4 1 5' (each in [0, n_symbols))"
+    )
+    decode.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
+    decode.add_argument("--length-penalty", type=float, default=1.0)
+    decode.add_argument("--heatmap", type=Path, help="PNG path (default: next to the checkpoint)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -47,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits with status 2 and a usage message on a bad argument
     if args.command == "parity":
         return _parity(parser, args)
+    if args.command == "train":
+        return _train(parser, args)
+    if args.command == "decode":
+        return _decode(parser, args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
@@ -76,7 +138,12 @@ def _parity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print("-" * len(header))
     failures: list[str] = []
     worst: dict[str, tuple[float, float, float]] = {}
+    unknown = sorted(set(args.only or ()) - set(parity.CASES))
+    if unknown:
+        parser.error(f"--only: unknown name(s) {unknown}; known: {sorted(parity.CASES)}")
     for name, case in parity.CASES.items():
+        if args.only and name not in args.only:
+            continue
         for dtype in dtypes:
             fwd = twin = fd = 0.0
             has_fd = False
@@ -109,6 +176,176 @@ def _parity(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print("  " + line, file=sys.stderr)
         return 1
     print("all within the parity contract")
+    return 0
+
+
+def _limit_threads(n: int) -> None:
+    """Pin BLAS (and torch, if loaded) to ``n`` threads: on small matrices extra threads only cost."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import Transformer
+    from .checkpoint import save_checkpoint
+    from .data import ToyDataset
+    from .training import NumpyTrainer, fit
+
+    needs_torch = args.backend == "torch" or args.compare
+    if needs_torch:
+        try:
+            import torch
+
+            from torch_transformer.bridge import copy_torch_to_numpy, twin_of
+            from torch_transformer.training import TorchTrainer
+        except ImportError as exc:
+            parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available here")
+    elif args.device == "cuda":
+        parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
+    _limit_threads(args.threads)
+
+    defaults = TrainConfig()
+    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, seed=args.seed)
+    steps = args.epochs * cfg.steps_per_epoch() if args.epochs else (args.steps or defaults.steps)
+    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, seed=args.seed, steps=steps)
+    label = "compare" if args.compare else args.backend
+    out = args.out or Path("runs") / f"{args.task}-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(cfg.seed)
+    model = Transformer(cfg.model_config(), dtype=np.dtype(args.dtype), rng=rng)
+    dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
+    trainers = []
+    if args.backend == "numpy" or args.compare:
+        trainers.append(NumpyTrainer(model, cfg, rng))
+    if needs_torch:
+        twin = twin_of(model, device=args.device)  # the same initial weights
+        trainers.append(TorchTrainer(twin, cfg, device=args.device))
+
+    n_params = sum(p.size for p in model.parameters())
+    print(
+        f"task {cfg.task}: {cfg.n_train} training / {cfg.n_val} validation sequences, lengths "
+        f"{cfg.min_len}-{cfg.max_len}, {cfg.n_symbols} symbols"
+    )
+    print(
+        f"model: d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers}+{cfg.n_layers} layers, d_ff {cfg.d_ff}, "
+        f"{'pre' if cfg.norm_first else 'post'}-LN, {n_params} parameters, {args.dtype}"
+    )
+    print(
+        f"training: {' and '.join(t.backend for t in trainers)}, {steps} steps of batch {cfg.batch_size} "
+        f"({steps / cfg.steps_per_epoch():.1f} epochs), Adam, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, "
+        f"label smoothing {cfg.label_smoothing}, {args.threads} thread(s)"
+    )
+    bar = None
+    if not args.no_progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            bar = None
+    say = bar.write if bar is not None else print
+
+    def on_step(step: int, results) -> None:
+        if bar is not None:
+            bar.set_postfix({t.backend: f"{r.loss:.4f}" for t, r in zip(trainers, results, strict=True)})
+            bar.update(1)
+
+    def on_eval(row: dict) -> None:
+        say(
+            f"epoch {row['epoch']:>3} step {row['step']:>6} [{row['backend']}]  train loss {row['train_loss']:.4f}"
+            f" | val loss {row['val_loss']:.4f}  token acc {row['val_token_accuracy']:.4f}"
+            f"  sequence acc {row['val_sequence_accuracy']:.4f}"
+        )
+
+    history = fit(trainers, dataset, cfg, steps, on_step=on_step, on_eval=on_eval)
+    if bar is not None:
+        bar.close()
+
+    if args.backend == "torch" and not args.compare:
+        copy_torch_to_numpy(trainers[0].model, model)  # save the trained twin in the same format
+    optimizer = trainers[0].optimizer if trainers[0].backend == "numpy" else None
+    ckpt = save_checkpoint(out / "checkpoint.npz", model, optimizer, train_config=history.config, steps=steps)
+    (out / "history.json").write_text(json.dumps(history.to_json(), indent=1, default=float))
+    from .plots import plot_loss_curves
+
+    png = plot_loss_curves(history, out / "loss_curves.png", title=f"{cfg.task}: {label}, {args.dtype}")
+    final = [e for e in history.evals if e["step"] == steps]
+    print(f"\ntrained {steps} steps in {history.seconds:.1f} s")
+    for row in final:
+        print(
+            f"final [{row['backend']}]: val loss {row['val_loss']:.4f}, token accuracy {row['val_token_accuracy']:.4f}"
+            f", exact-sequence accuracy {row['val_sequence_accuracy']:.4f}"
+        )
+    diff = history.max_loss_difference()
+    if diff is not None:
+        print(f"largest per-step loss difference numpy vs torch: {diff[0]:.3e} (relative, at step {diff[1]})")
+    print(f"wrote {ckpt}, {out / 'history.json'}, {png}")
+    return 0
+
+
+def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import Transformer
+    from .checkpoint import CheckpointError, read_checkpoint
+    from .data import BOS, EOS, N_SPECIAL, PAD
+    from .decoding import beam_search, greedy_decode
+    from .plots import plot_attention
+
+    try:
+        ckpt = read_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    if ckpt.config is None or "train_config" not in ckpt.meta:
+        parser.error(f"checkpoint: {args.checkpoint} was not written by `train` (no task in its metadata)")
+    tc = dict(ckpt.meta["train_config"])
+    tc["betas"] = tuple(tc["betas"])
+    cfg = TrainConfig(**tc)
+    task = cfg.task_spec()
+    try:
+        symbols = [int(t) for t in args.input.replace(",", " ").split()]
+    except ValueError:
+        parser.error(f"--input: expected whitespace-separated integers, got {args.input!r}")
+    if not symbols or any(not 0 <= t < task.n_symbols for t in symbols) or len(symbols) > task.max_len:
+        parser.error(
+            f"--input: expected 1 to {task.max_len} symbols, each in [0, {task.n_symbols}), got {args.input!r}"
+        )
+    model = Transformer(ckpt.config, dtype=np.dtype(ckpt.meta["dtype"]), rng=np.random.default_rng(0))
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (KeyError, TypeError, ValueError) as exc:
+        parser.error(f"checkpoint: {args.checkpoint} does not fit its own config: {exc}")
+    model.eval()
+    src = task.make_batch([np.asarray(symbols) + N_SPECIAL]).src  # (1, S)
+    max_len = task.max_seq_len
+    if args.beam > 1:
+        result = beam_search(model, src, args.beam, max_len, BOS, EOS, length_penalty=args.length_penalty)
+        tokens = result.tokens[0]
+    else:
+        tokens = greedy_decode(model, src, max_len, BOS, EOS).tokens[0]
+    generated = [int(t) for t in tokens[1:] if t != PAD]
+    body = generated[:-1] if generated and generated[-1] == EOS else generated
+    output = [t - N_SPECIAL for t in body]
+    expected = (task.target(np.asarray(symbols) + N_SPECIAL) - N_SPECIAL).tolist()
+    print(f"task:     {task.name}")
+    print(f"input:    {' '.join(map(str, symbols))}")
+    print(f"output:   {' '.join(map(str, output))}{'' if generated and generated[-1] == EOS else '  (no EOS)'}")
+    print(f"expected: {' '.join(map(str, expected))}  -> {'correct' if output == expected else 'WRONG'}")
+    search = f"beam {args.beam}" if args.beam > 1 else "greedy"
+    # Cross-attention of the last decoder layer while reading the generated sequence.
+    dec_in = np.asarray([[BOS, *generated[:-1]]] if generated else [[BOS]], dtype=np.int64)
+    _, cache = model.forward(src, dec_in)
+    weights = cache.cross_attention_weights()[0]  # (H, T, S)
+    names = {PAD: "PAD", BOS: "BOS", EOS: "EOS"}
+    cols = [names.get(int(t), str(int(t) - N_SPECIAL)) for t in src[0]]
+    rows = [names.get(t, str(t - N_SPECIAL)) for t in generated] or ["-"]
+    heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
+    plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: last decoder layer's cross-attention")
+    print(f"wrote {heatmap}")
     return 0
 
 

@@ -312,3 +312,17 @@ def test_train_and_eval_switch_every_submodule():
     assert np.array_equal(a, b)
     ff.train()
     assert ff.dropout.training
+
+
+def test_key_projection_bias_has_no_effect_and_a_zero_gradient_up_to_rounding():
+    """softmax(q (k + b)^T) = softmax(q k^T + q.b): the same shift for every key of a row, which softmax ignores."""
+    rng = np.random.default_rng(0)
+    mha = nt.MultiHeadAttention(8, 2, rng=rng)
+    x = rng.standard_normal((2, 5, 8))
+    out, cache = mha.forward(x, x, x, is_causal=True)
+    mha.backward(rng.standard_normal(out.shape), cache)
+    assert np.abs(mha.k_proj.grads["bias"]).max() < 1e-14
+    assert np.abs(mha.q_proj.grads["bias"]).max() > 1e-3  # the other biases do matter
+    mha.k_proj.bias[...] = rng.standard_normal(8)
+    out2, _ = mha.forward(x, x, x, is_causal=True)
+    assert_matches("output with another key bias", out2, out, np.float64)

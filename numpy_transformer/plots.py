@@ -1,0 +1,80 @@
+"""Pictures for the CLI and the walkthroughs (matplotlib, imported lazily, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the train / test extras
+        raise ImportError("plots need matplotlib: pip install 'numpy-transformer[train]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def smooth(values: list[float], window: int = 25) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.minimum(np.arange(1, len(v) + 1), window)
+    return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
+
+
+def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
+    """Training loss per step (raw and smoothed) and validation loss per evaluation, one colour per backend."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"numpy": "tab:blue", "torch": "tab:orange"}
+    for backend, losses in history.losses.items():
+        steps = np.arange(1, len(losses) + 1)
+        c = colors.get(backend)
+        style = "-" if backend == "numpy" else "--"
+        axes[0].plot(steps, losses, color=c, alpha=0.2, linewidth=0.8)
+        axes[0].plot(steps, smooth(losses), color=c, linestyle=style, label=f"{backend} (smoothed)")
+        evals = [e for e in history.evals if e["backend"] == backend]
+        if evals:
+            axes[1].plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o" + style, color=c,
+                         label=f"{backend} val loss")  # fmt: skip
+            axes[1].plot([e["step"] for e in evals], [e["val_sequence_accuracy"] for e in evals], "s:", color=c,
+                         label=f"{backend} val sequence accuracy")  # fmt: skip
+    axes[0].set(xlabel="step", ylabel="training loss (label-smoothed)", title="training loss", yscale="log")
+    axes[1].set(xlabel="step", title="validation")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: str | Path, title: str = "") -> Path:
+    """Heatmaps of attention weights (H, T, S): one panel per head, queries down, keys across."""
+    plt = _pyplot()
+    H = weights.shape[0]
+    fig, axes = plt.subplots(1, H, figsize=(2.2 + 2.2 * H, 2.5 + 0.25 * len(rows)), squeeze=False)
+    for h in range(H):
+        ax = axes[0, h]
+        im = ax.imshow(weights[h], vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(f"head {h}", fontsize=9)
+        ax.set_xlabel("source (keys)", fontsize=8)
+        if h == 0:
+            ax.set_ylabel("generated (queries)", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
