@@ -77,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
     decode.add_argument("--length-penalty", type=float, default=1.0)
     decode.add_argument("--heatmap", type=Path, help="PNG path (default: next to the checkpoint)")
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="time one training step of the NumPy model and of the PyTorch twin on the CPU",
+        description="Time forward + backward + Adam of the NumPy Transformer and of its twin (d_model 128, 4 heads, "
+        "2+2 layers, d_ff 512, batch 16, lengths 32), same dtype and threads, and print a table with the "
+        "ratio and the peak memory of each.",
+    )
+    bench.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    bench.add_argument("--threads", type=_positive_int, default=1)
+    bench.add_argument("--steps", type=_positive_int, default=20, help="timed steps (the median is reported)")
+    bench.add_argument("--warmup", type=_positive_int, default=3)
+    bench.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -109,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(parser, args)
     if args.command == "decode":
         return _decode(parser, args)
+    if args.command == "benchmark":
+        return _benchmark(parser, args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
@@ -346,6 +361,23 @@ def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
     plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: last decoder layer's cross-attention")
     print(f"wrote {heatmap}")
+    return 0
+
+
+def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import benchmark
+
+    if args.worker:
+        dtype = "float32" if args.dtype == "both" else args.dtype
+        print(benchmark.worker_json(benchmark.run_worker(args.worker, dtype, args.threads, args.steps, args.warmup)))
+        return 0
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        parser.error(f"benchmark needs PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    results = benchmark.run_all(dtypes, args.threads, args.steps, args.warmup)
+    print(benchmark.format_table(results))
     return 0
 
 

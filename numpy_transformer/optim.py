@@ -20,7 +20,7 @@ same way PyTorch applies a Python scalar to a float32 tensor.
 
 Learning rate and schedules
 ---------------------------
-``optimizer.lr`` is a plain attribute, read at every :meth:`~Optimizer.step`. A schedule
+``optimizer.lr`` is an attribute (checked: >= 0), read at every :meth:`~Optimizer.step`. A schedule
 is a pure function of the update number; set the rate just before each update::
 
     opt.lr = inverse_sqrt_warmup(opt.step_count + 1, d_model=512, warmup_steps=4000)
@@ -29,7 +29,8 @@ is a pure function of the update number; set the rate just before each update::
 Updates are numbered from 1 (the first ``step()`` is update 1), as in the Transformer
 paper. In the usual PyTorch loop (``optimizer.step(); scheduler.step()``) a
 ``LambdaLR`` calls its function with ``last_epoch`` = 0 for the first update, so update
-``s`` here is ``last_epoch = s - 1`` there. Update 0 (before any step) gives 0.
+``s`` here is ``last_epoch = s - 1`` there. Both schedules give 0 for ``step=0`` (before any
+update) when they have a warm-up.
 """
 
 from __future__ import annotations
@@ -577,8 +578,9 @@ def clip_grad_norm(grads: Any, max_norm: float, eps: float = 1e-6, error_if_nonf
         raise ValueError(f"grads: the total gradient norm is {float(total)}; clipping would make it meaningless")
     coef = dtype.type(max_norm) / (total + dtype.type(eps))
     if not coef >= 1.0:  # c < 1, or NaN, which PyTorch's clamp lets through too
-        for g in arrays:
-            g *= g.dtype.type(coef)
+        with np.errstate(invalid="ignore"):  # inf * 0 = NaN is the defined (PyTorch) result here
+            for g in arrays:
+                g *= g.dtype.type(coef)
     return float(total)
 
 

@@ -25,7 +25,7 @@ from .config import TransformerConfig
 from .data import BOS, EOS, PAD, Batch, ToyDataset, ToyTask
 from .functional.softmax import cross_entropy_backward, cross_entropy_forward
 from .models.transformer import Transformer
-from .optim import Adam, clip_grad_norm, inverse_sqrt_warmup
+from .optim import Adam, clip_grad_norm, inverse_sqrt_warmup, linear_warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ class TrainConfig:
     # optimisation
     batch_size: int = 64
     steps: int = 1500
-    warmup_steps: int = 250  # the learning rate rises linearly for this many updates, then decays as 1/sqrt
-    lr_factor: float = 1.0  # multiplies the paper's d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
+    schedule: str = "cosine"  # "cosine": linear warm-up, cosine to 0; "inverse_sqrt": the paper's
+    warmup_steps: int = 200  # the learning rate rises linearly for this many updates
+    peak_lr: float = 5e-3  # the cosine schedule's rate at the end of the warm-up
+    lr_factor: float = 1.0  # inverse_sqrt only: multiplies d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     label_smoothing: float = 0.1
@@ -77,9 +79,15 @@ class TrainConfig:
             tie_embeddings=self.tie_embeddings,
         )
 
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "inverse_sqrt"):
+            raise ValueError(f"schedule: expected 'cosine' or 'inverse_sqrt', got {self.schedule!r}")
+
     def learning_rate(self, update: int) -> float:
         """The rate for update ``update`` (numbered from 1)."""
-        return inverse_sqrt_warmup(update, self.d_model, self.warmup_steps, self.lr_factor)
+        if self.schedule == "inverse_sqrt":
+            return inverse_sqrt_warmup(update, self.d_model, self.warmup_steps, self.lr_factor)
+        return linear_warmup_cosine(update, self.peak_lr, self.warmup_steps, max(self.steps, self.warmup_steps))
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_train / self.batch_size)

@@ -102,11 +102,21 @@ def test_numpy_and_torch_training_give_the_same_loss_at_every_step_and_the_same_
 
 
 def test_learning_rate_follows_warm_up_then_inverse_square_root():
-    cfg = TrainConfig(d_model=64, warmup_steps=100, lr_factor=1.0)
+    cfg = TrainConfig(d_model=64, warmup_steps=100, lr_factor=1.0, schedule="inverse_sqrt")
     lrs = np.array([cfg.learning_rate(s) for s in range(1, 400)])
     assert lrs.argmax() + 1 == 100
     assert np.all(np.diff(lrs[:99]) > 0) and np.all(np.diff(lrs[100:]) < 0)
     assert lrs[99] == pytest.approx(64**-0.5 * 100**-0.5)
+
+
+def test_default_learning_rate_warms_up_then_follows_a_cosine_to_zero_at_the_last_step():
+    cfg = TrainConfig(warmup_steps=100, steps=1000, peak_lr=5e-3)
+    lrs = np.array([cfg.learning_rate(s) for s in range(1, 1001)])
+    assert lrs.argmax() + 1 == 100 and lrs.max() == pytest.approx(5e-3)
+    assert lrs[549] == pytest.approx(2.5e-3)  # half-way down the cosine
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
 
 
 # --------------------------------------------------------------------------- checkpoints

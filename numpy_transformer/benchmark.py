@@ -1,0 +1,142 @@
+"""Time one training step (forward + backward + Adam) of the NumPy model and of its twin on the CPU.
+
+Both backends get the same configuration, dtype, batch and number of threads. Each
+(backend, dtype) runs in a fresh subprocess, so that its peak memory is its own:
+the figure reported is the process's peak resident set over the warm-up and timed
+steps, minus its size once the model and the batch exist -- so it counts the
+optimizer state (PyTorch allocates Adam's moments lazily, we allocate them up
+front), the activations kept for the backward, and the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+BENCH_CONFIG = dict(
+    src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
+    d_ff=512, dropout=0.1, max_len=64,
+)  # fmt: skip
+BATCH, LENGTH = 16, 32
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    backend: str
+    dtype: str
+    threads: int
+    median_ms: float
+    min_ms: float
+    peak_mb: float  # peak RSS over the steps minus RSS with model and batch built
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_worker(backend: str, dtype: str, threads: int, steps: int, warmup: int) -> BenchResult:
+    """One backend in this process: build, warm up, time ``steps`` training steps."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    from .config import TransformerConfig
+    from .functional.softmax import cross_entropy_backward, cross_entropy_forward
+
+    cfg = TransformerConfig(**BENCH_CONFIG)
+    rng = np.random.default_rng(0)
+    src = rng.integers(1, cfg.src_vocab_size, size=(BATCH, LENGTH))
+    tgt_in = rng.integers(1, cfg.tgt_vocab_size, size=(BATCH, LENGTH))
+    tgt_out = rng.integers(1, cfg.tgt_vocab_size, size=(BATCH, LENGTH))
+
+    if backend == "numpy":
+        from .models.transformer import Transformer
+        from .optim import Adam
+
+        model = Transformer(cfg, dtype=np.dtype(dtype), rng=rng)
+        before = _rss_mb()
+        opt = Adam(model, lr=1e-4)
+
+        def step() -> None:
+            logits, cache = model.forward(src, tgt_in, rng=rng)
+            _, loss_cache = cross_entropy_forward(logits, tgt_out, ignore_index=0)
+            model.zero_grad()
+            model.backward(cross_entropy_backward(1.0, loss_cache), cache)
+            opt.step()
+
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        from torch_transformer.models import Transformer as TwinTransformer
+
+        torch.set_num_threads(threads)
+        model = TwinTransformer(cfg, dtype=getattr(torch, dtype))
+        src_t, tgt_in_t, tgt_out_t = (torch.from_numpy(a) for a in (src, tgt_in, tgt_out))
+        before = _rss_mb()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            logits = model(src_t, tgt_in_t)
+            loss = F.cross_entropy(logits.transpose(1, 2), tgt_out_t, ignore_index=0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = _peak_rss_mb() - before
+    ms = np.array(times) * 1000
+    return BenchResult(backend, dtype, threads, float(np.median(ms)), float(ms.min()), max(peak, 0.0))
+
+
+def run_all(dtypes: tuple[str, ...], threads: int, steps: int, warmup: int) -> list[BenchResult]:
+    """Each (backend, dtype) in its own subprocess; backends alternate so drift hits both alike."""
+    results = []
+    for dtype in dtypes:
+        for backend in ("numpy", "torch"):
+            cmd = [sys.executable, "-m", "numpy_transformer", "benchmark", "--worker", backend, "--dtype", dtype,
+                   "--threads", str(threads), "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results.append(BenchResult(**json.loads(out.strip().splitlines()[-1])))
+    return results
+
+
+def format_table(results: list[BenchResult]) -> str:
+    c = BENCH_CONFIG
+    lines = [
+        f"one training step (forward + backward + Adam), d_model {c['d_model']}, {c['n_heads']} heads, "
+        f"{c['n_encoder_layers']}+{c['n_decoder_layers']} layers, d_ff {c['d_ff']}, batch {BATCH}, "
+        f"lengths {LENGTH}, vocab {c['src_vocab_size']}, dropout {c['dropout']}, {results[0].threads} thread(s)",
+        "",
+        "| dtype | NumPy step (ms) | PyTorch step (ms) | NumPy / PyTorch | NumPy peak (MB) | PyTorch peak (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r.backend, r.dtype): r for r in results}
+    for dtype in dict.fromkeys(r.dtype for r in results):
+        n, t = by[("numpy", dtype)], by[("torch", dtype)]
+        lines.append(
+            f"| {dtype} | {n.median_ms:.1f} | {t.median_ms:.1f} | {n.median_ms / t.median_ms:.2f} "
+            f"| {n.peak_mb:.1f} | {t.peak_mb:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def worker_json(result: BenchResult) -> str:
+    return json.dumps(asdict(result))
