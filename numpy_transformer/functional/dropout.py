@@ -32,7 +32,8 @@ def draw_dropout_mask(
             f"{name}: dropout with p > 0 in training mode needs a numpy.random.Generator "
             f"(or an explicit mask), got {type(rng).__name__}"
         )
-    return rng.random(shape) >= p
+    # float32 uniforms are plenty to compare against p, and twice as fast to draw as float64.
+    return rng.random(shape, dtype=np.float32) >= np.float32(p)
 
 
 def dropout_forward(
