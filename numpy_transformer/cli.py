@@ -71,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "the cross-attention heatmap.",
     )
     decode.add_argument("checkpoint", type=Path, help="checkpoint.npz written by train")
-    decode.add_argument(
-        "--input", required=True, help="the source symbols, e.g. '3 1 4 1 5' (each in [0, n_symbols))"
-    )
+    decode.add_argument("--input", required=True, help="the source symbols, e.g. '3 1 4 1 5' (each in [0, n_symbols))")
     decode.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy)")
     decode.add_argument("--length-penalty", type=float, default=1.0)
     decode.add_argument("--heatmap", type=Path, help="PNG path (default: next to the checkpoint)")

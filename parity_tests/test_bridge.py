@@ -35,13 +35,12 @@ MODULES = {
     "Embedding with padding_idx": lambda dtype, rng: nt.Embedding(7, 3, padding_idx=2, dtype=dtype, rng=rng),
     "LayerNorm": lambda dtype, rng: nt.LayerNorm(5, eps=1e-3, dtype=dtype),
     "FeedForward relu": lambda dtype, rng: nt.FeedForward(4, 8, activation="relu", dtype=dtype, rng=rng),
-    "FeedForward gelu": lambda dtype, rng: nt.FeedForward(4, 8, activation="gelu", dropout=0.1, dtype=dtype,
-                                                          rng=rng),
-    "FeedForward gelu_tanh without bias": lambda dtype, rng: nt.FeedForward(4, 6, activation="gelu_tanh",
-                                                                            bias=False, dtype=dtype, rng=rng),
+    "FeedForward gelu": lambda dtype, rng: nt.FeedForward(4, 8, activation="gelu", dropout=0.1, dtype=dtype, rng=rng),
+    "FeedForward gelu_tanh without bias": lambda dtype, rng: nt.FeedForward(
+        4, 6, activation="gelu_tanh", bias=False, dtype=dtype, rng=rng
+    ),
     "MultiHeadAttention": lambda dtype, rng: nt.MultiHeadAttention(6, 3, dropout=0.1, dtype=dtype, rng=rng),
-    "MultiHeadAttention without bias": lambda dtype, rng: nt.MultiHeadAttention(4, 2, bias=False, dtype=dtype,
-                                                                                rng=rng),
+    "MultiHeadAttention without bias": lambda dtype, rng: nt.MultiHeadAttention(4, 2, bias=False, dtype=dtype, rng=rng),
 }
 
 
@@ -153,8 +152,8 @@ def test_mha_from_torch_builtin_takes_torchs_own_init_and_maps_it_back_bit_for_b
     ours = bridge.mha_from_torch_builtin(builtin)
     C = 8
     for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        assert_bitwise_equal(f"{name}.weight", getattr(ours, name).weight, builtin.in_proj_weight[i * C:(i + 1) * C])
-        assert_bitwise_equal(f"{name}.bias", getattr(ours, name).bias, builtin.in_proj_bias[i * C:(i + 1) * C])
+        assert_bitwise_equal(f"{name}.weight", getattr(ours, name).weight, builtin.in_proj_weight[i * C : (i + 1) * C])
+        assert_bitwise_equal(f"{name}.bias", getattr(ours, name).bias, builtin.in_proj_bias[i * C : (i + 1) * C])
     again = bridge.mha_to_torch_builtin(ours)
     for name, value in builtin.state_dict().items():
         assert_bitwise_equal(f"builtin round trip {name}", again.state_dict()[name], value)
@@ -238,34 +237,85 @@ def test_key_padding_mask_converters_round_trip_and_flip_the_convention(B, S, se
 
 BAD_MASKS = [
     ("mask_to_attn_mask float", lambda: bridge.mask_to_attn_mask(np.ones((2, 3)), 1, 1, 2, 3), TypeError, "mask"),
-    ("mask_to_attn_mask int", lambda: bridge.mask_to_attn_mask(np.ones((2, 3), dtype=int), 1, 1, 2, 3),
-     TypeError, "mask"),
-    ("mask_to_attn_mask torch tensor", lambda: bridge.mask_to_attn_mask(torch.ones(2, 3, dtype=torch.bool),
-                                                                        1, 1, 2, 3), TypeError, "mask"),
-    ("mask_to_attn_mask not broadcastable", lambda: bridge.mask_to_attn_mask(np.ones((3, 2), dtype=bool),
-                                                                             1, 1, 2, 3), ValueError, "mask"),
+    (
+        "mask_to_attn_mask int",
+        lambda: bridge.mask_to_attn_mask(np.ones((2, 3), dtype=int), 1, 1, 2, 3),
+        TypeError,
+        "mask",
+    ),
+    (
+        "mask_to_attn_mask torch tensor",
+        lambda: bridge.mask_to_attn_mask(torch.ones(2, 3, dtype=torch.bool), 1, 1, 2, 3),
+        TypeError,
+        "mask",
+    ),
+    (
+        "mask_to_attn_mask not broadcastable",
+        lambda: bridge.mask_to_attn_mask(np.ones((3, 2), dtype=bool), 1, 1, 2, 3),
+        ValueError,
+        "mask",
+    ),
     ("attn_mask_to_mask float", lambda: bridge.attn_mask_to_mask(torch.zeros(2, 3)), TypeError, "attn_mask"),
-    ("attn_mask_to_mask 1-D", lambda: bridge.attn_mask_to_mask(torch.zeros(3, dtype=torch.bool)),
-     ValueError, "attn_mask"),
-    ("attn_mask_to_mask 4-D", lambda: bridge.attn_mask_to_mask(torch.zeros(1, 1, 2, 3, dtype=torch.bool)),
-     ValueError, "attn_mask"),
-    ("attn_mask_to_mask 3-D without batch", lambda: bridge.attn_mask_to_mask(torch.zeros(4, 2, 3, dtype=torch.bool)),
-     ValueError, "attn_mask"),
-    ("attn_mask_to_mask 3-D wrong batch*heads",
-     lambda: bridge.attn_mask_to_mask(torch.zeros(4, 2, 3, dtype=torch.bool), batch=3, n_heads=2),
-     ValueError, "attn_mask"),
-    ("key_padding_mask_to_mask int", lambda: bridge.key_padding_mask_to_mask(torch.zeros(2, 3, dtype=torch.int64)),
-     TypeError, "key_padding_mask"),
-    ("key_padding_mask_to_mask 3-D", lambda: bridge.key_padding_mask_to_mask(torch.zeros(1, 2, 3, dtype=torch.bool)),
-     ValueError, "key_padding_mask"),
-    ("mask_to_key_padding_mask float", lambda: bridge.mask_to_key_padding_mask(np.ones((2, 1, 1, 3))),
-     TypeError, "mask"),
-    ("mask_to_key_padding_mask per-query (causal)",
-     lambda: bridge.mask_to_key_padding_mask(causal_mask(3)[None, None]), ValueError, "mask"),
-    ("mask_to_key_padding_mask per-head", lambda: bridge.mask_to_key_padding_mask(np.ones((2, 4, 1, 3), dtype=bool)),
-     ValueError, "mask"),
-    ("mask_to_key_padding_mask 3-D", lambda: bridge.mask_to_key_padding_mask(np.ones((2, 1, 3), dtype=bool)),
-     ValueError, "mask"),
+    (
+        "attn_mask_to_mask 1-D",
+        lambda: bridge.attn_mask_to_mask(torch.zeros(3, dtype=torch.bool)),
+        ValueError,
+        "attn_mask",
+    ),
+    (
+        "attn_mask_to_mask 4-D",
+        lambda: bridge.attn_mask_to_mask(torch.zeros(1, 1, 2, 3, dtype=torch.bool)),
+        ValueError,
+        "attn_mask",
+    ),
+    (
+        "attn_mask_to_mask 3-D without batch",
+        lambda: bridge.attn_mask_to_mask(torch.zeros(4, 2, 3, dtype=torch.bool)),
+        ValueError,
+        "attn_mask",
+    ),
+    (
+        "attn_mask_to_mask 3-D wrong batch*heads",
+        lambda: bridge.attn_mask_to_mask(torch.zeros(4, 2, 3, dtype=torch.bool), batch=3, n_heads=2),
+        ValueError,
+        "attn_mask",
+    ),
+    (
+        "key_padding_mask_to_mask int",
+        lambda: bridge.key_padding_mask_to_mask(torch.zeros(2, 3, dtype=torch.int64)),
+        TypeError,
+        "key_padding_mask",
+    ),
+    (
+        "key_padding_mask_to_mask 3-D",
+        lambda: bridge.key_padding_mask_to_mask(torch.zeros(1, 2, 3, dtype=torch.bool)),
+        ValueError,
+        "key_padding_mask",
+    ),
+    (
+        "mask_to_key_padding_mask float",
+        lambda: bridge.mask_to_key_padding_mask(np.ones((2, 1, 1, 3))),
+        TypeError,
+        "mask",
+    ),
+    (
+        "mask_to_key_padding_mask per-query (causal)",
+        lambda: bridge.mask_to_key_padding_mask(causal_mask(3)[None, None]),
+        ValueError,
+        "mask",
+    ),
+    (
+        "mask_to_key_padding_mask per-head",
+        lambda: bridge.mask_to_key_padding_mask(np.ones((2, 4, 1, 3), dtype=bool)),
+        ValueError,
+        "mask",
+    ),
+    (
+        "mask_to_key_padding_mask 3-D",
+        lambda: bridge.mask_to_key_padding_mask(np.ones((2, 1, 3), dtype=bool)),
+        ValueError,
+        "mask",
+    ),
 ]
 
 
@@ -334,8 +384,11 @@ def test_multi_head_attention_init_matches_nn_multihead_attention_bounds(dtype):
     assert not torch.any(builtin.in_proj_bias) and not torch.any(builtin.out_proj.bias)
     # out_proj is initialised as an nn.Linear(C, C) weight: uniform in 1/sqrt(C). With
     # C * C = 4096 values the range check is loose (max within 20/n of the bound).
-    for who, w in (("ours", ours.out_proj.weight), ("twin", twin.out_proj.weight),
-                   ("nn.MultiheadAttention", builtin.out_proj.weight)):
+    for who, w in (
+        ("ours", ours.out_proj.weight),
+        ("twin", twin.out_proj.weight),
+        ("nn.MultiheadAttention", builtin.out_proj.weight),
+    ):
         v = to_numpy(w).astype(np.float64)
         assert np.abs(v).max() <= 1 / math.sqrt(C) * (1 + 1e-6), f"{who} out_proj.weight exceeds 1/sqrt(C)"
         assert np.abs(v).max() >= 0.95 / math.sqrt(C), f"{who} out_proj.weight does not fill 1/sqrt(C)"

@@ -76,8 +76,13 @@ def torch_builtin_with_weights(builtin: nn.Module, np_module: nt.Module) -> nn.M
 # --------------------------------------------------------------------------- softmax family
 
 
-@given(shape=st.lists(small, min_size=1, max_size=4), data=st.data(), dtype=dtypes, seed=seeds,
-       magnitude=st.sampled_from([1.0, 30.0, 1e4]))
+@given(
+    shape=st.lists(small, min_size=1, max_size=4),
+    data=st.data(),
+    dtype=dtypes,
+    seed=seeds,
+    magnitude=st.sampled_from([1.0, 30.0, 1e4]),
+)
 def test_softmax_matches_f_softmax_forward_and_backward_on_any_axis(shape, data, dtype, seed, magnitude):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
     rng = np.random.default_rng(seed)
@@ -97,8 +102,13 @@ def test_softmax_matches_f_softmax_forward_and_backward_on_any_axis(shape, data,
     assert_matches("softmax dx", dx, xt.grad, dtype)
 
 
-@given(shape=st.lists(small, min_size=1, max_size=4), data=st.data(), dtype=dtypes, seed=seeds,
-       magnitude=st.sampled_from([1.0, 30.0, 1e4]))
+@given(
+    shape=st.lists(small, min_size=1, max_size=4),
+    data=st.data(),
+    dtype=dtypes,
+    seed=seeds,
+    magnitude=st.sampled_from([1.0, 30.0, 1e4]),
+)
 def test_log_softmax_matches_f_log_softmax_forward_and_backward_on_any_axis(shape, data, dtype, seed, magnitude):
     axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
     rng = np.random.default_rng(seed)
@@ -185,10 +195,15 @@ def test_cross_entropy_matches_f_cross_entropy_with_ignore_index_and_label_smoot
     assert_matches("cross_entropy dlogits", dlogits, lt.grad, dtype)
 
 
-@given(dtype=dtypes, seed=seeds, shape=st.sampled_from([(3, 5), (2, 3, 4), (1, 1)]),
-       label_smoothing=st.sampled_from([0.0, 0.2]))
+@given(
+    dtype=dtypes,
+    seed=seeds,
+    shape=st.sampled_from([(3, 5), (2, 3, 4), (1, 1)]),
+    label_smoothing=st.sampled_from([0.0, 0.2]),
+)
 def test_cross_entropy_with_every_row_ignored_gives_nan_loss_and_zero_grad_like_f_cross_entropy(
-        dtype, seed, shape, label_smoothing):
+    dtype, seed, shape, label_smoothing
+):
     rng = np.random.default_rng(seed)
     logits = randn(rng, shape, dtype)
     targets = np.full(shape[:-1], -100, dtype=np.int64)
@@ -224,8 +239,13 @@ def rows_with_spread(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return (x * std + rng.normal(0, 2, size=(*shape[:-1], 1))).astype(dtype)
 
 
-@given(lead=st.lists(small, min_size=0, max_size=3), C=st.integers(2, 8), dtype=dtypes, seed=seeds,
-       eps=st.sampled_from([1e-5, 1e-3, 0.1]))
+@given(
+    lead=st.lists(small, min_size=0, max_size=3),
+    C=st.integers(2, 8),
+    dtype=dtypes,
+    seed=seeds,
+    eps=st.sampled_from([1e-5, 1e-3, 0.1]),
+)
 def test_layer_norm_matches_nn_layer_norm_forward_and_backward(lead, C, dtype, seed, eps):
     rng = np.random.default_rng(seed)
     x = rows_with_spread(rng, (*lead, C), dtype)
@@ -275,8 +295,14 @@ def test_layer_norm_of_one_feature_gives_the_bias_and_zero_gradients_like_nn_lay
     assert_matches("layer_norm dbias (C=1)", ln.grads["bias"], ref.bias.grad, dtype)
 
 
-@given(lead=st.lists(small, min_size=0, max_size=3), n_in=st.integers(1, 7), n_out=st.integers(1, 7),
-       bias=st.booleans(), dtype=dtypes, seed=seeds)
+@given(
+    lead=st.lists(small, min_size=0, max_size=3),
+    n_in=st.integers(1, 7),
+    n_out=st.integers(1, 7),
+    bias=st.booleans(),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_linear_matches_nn_linear_forward_and_backward(lead, n_in, n_out, bias, dtype, seed):
     rng = np.random.default_rng(seed)
     lin = nt.Linear(n_in, n_out, bias=bias, dtype=dtype, rng=rng)
@@ -300,11 +326,19 @@ def test_linear_matches_nn_linear_forward_and_backward(lead, n_in, n_out, bias, 
         assert_matches("linear dbias", lin.grads["bias"], ref.bias.grad, dtype)
 
 
-@given(V=st.integers(1, 9), C=st.integers(1, 5), ids_shape=st.lists(small, min_size=1, max_size=3),
-       use_padding=st.booleans(), data=st.data(), dtype=dtypes, seed=seeds,
-       ids_dtype=st.sampled_from([np.int64, np.int32]))
+@given(
+    V=st.integers(1, 9),
+    C=st.integers(1, 5),
+    ids_shape=st.lists(small, min_size=1, max_size=3),
+    use_padding=st.booleans(),
+    data=st.data(),
+    dtype=dtypes,
+    seed=seeds,
+    ids_dtype=st.sampled_from([np.int64, np.int32]),
+)
 def test_embedding_matches_nn_embedding_with_repeated_ids_and_padding_idx(
-        V, C, ids_shape, use_padding, data, dtype, seed, ids_dtype):
+    V, C, ids_shape, use_padding, data, dtype, seed, ids_dtype
+):
     padding_idx = data.draw(st.integers(0, V - 1), label="padding_idx") if use_padding else None
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, V, size=(*ids_shape, 2))  # at least two ids ...
@@ -314,8 +348,7 @@ def test_embedding_matches_nn_embedding_with_repeated_ids_and_padding_idx(
     ids = ids.astype(ids_dtype)
     emb = nt.Embedding(V, C, padding_idx=padding_idx, dtype=dtype, rng=rng)
     randomize_parameters(emb, rng)  # the pad row too: the forward must still return it
-    ref = torch_builtin_with_weights(
-        nn.Embedding(V, C, padding_idx=padding_idx, dtype=bridge.torch_dtype(dtype)), emb)
+    ref = torch_builtin_with_weights(nn.Embedding(V, C, padding_idx=padding_idx, dtype=bridge.torch_dtype(dtype)), emb)
     dout = randn(rng, (*ids.shape, C), dtype)
 
     y, cache = emb.forward(ids)
@@ -329,8 +362,12 @@ def test_embedding_matches_nn_embedding_with_repeated_ids_and_padding_idx(
     assert_matches("embedding dweight", emb.grads["weight"], ref.weight.grad, dtype)
 
 
-@given(shape=st.lists(small, min_size=1, max_size=3), approximate=st.sampled_from(["none", "tanh"]),
-       dtype=dtypes, seed=seeds)
+@given(
+    shape=st.lists(small, min_size=1, max_size=3),
+    approximate=st.sampled_from(["none", "tanh"]),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_gelu_matches_f_gelu_erf_and_tanh_forms_forward_and_backward(shape, approximate, dtype, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * 3).astype(dtype)
@@ -367,8 +404,12 @@ def test_relu_matches_f_relu_forward_and_backward_including_exact_zeros(shape, d
     assert_matches("relu dx", dx, xt.grad, dtype)
 
 
-@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), p=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
-       dtype=dtypes, seed=seeds)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    p=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+    dtype=dtypes,
+    seed=seeds,
+)
 def test_dropout_with_the_keep_mask_of_f_dropout_matches_f_dropout_forward_and_backward(shape, p, dtype, seed):
     rng = np.random.default_rng(seed)
     # No zeros in x, so "output != 0" recovers exactly the units F.dropout kept.
@@ -439,7 +480,8 @@ def test_sdpa_matches_f_scaled_dot_product_attention_with_masks_causal_and_scale
     qt, kt, vt = leaf(q), leaf(k), leaf(v)
     # attn_mask and is_causal are never passed together: older torch versions reject it.
     out_t = F.scaled_dot_product_attention(
-        qt, kt, vt, attn_mask=None if mask is None else torch.from_numpy(mask), is_causal=is_causal, scale=scale)
+        qt, kt, vt, attn_mask=None if mask is None else torch.from_numpy(mask), is_causal=is_causal, scale=scale
+    )
     (out_t * torch.from_numpy(dout)).sum().backward()
 
     assert out.dtype == dtype and dq.dtype == dtype and dk.dtype == dtype and dv.dtype == dtype
@@ -483,9 +525,20 @@ def mha_cases(draw):
     T = draw(small)
     S = T if self_attention else draw(small)
     mask_kind = draw(st.sampled_from(["none", "padding", "attn", "causal", "padding+attn"]))
-    return dict(B=B, H=H, D=D, T=T, S=S, self_attention=self_attention, mask_kind=mask_kind,
-                bias=draw(st.booleans()), need_weights=draw(st.booleans()), training=draw(st.booleans()),
-                dtype=draw(dtypes), seed=draw(seeds))
+    return dict(
+        B=B,
+        H=H,
+        D=D,
+        T=T,
+        S=S,
+        self_attention=self_attention,
+        mask_kind=mask_kind,
+        bias=draw(st.booleans()),
+        need_weights=draw(st.booleans()),
+        training=draw(st.booleans()),
+        dtype=draw(dtypes),
+        seed=draw(seeds),
+    )
 
 
 @given(case=mha_cases())
@@ -498,15 +551,20 @@ def test_multi_head_attention_matches_nn_multihead_attention_outputs_weights_and
     # of the same scale so a wrong mapping of in_proj_bias would show. N(0, 1) weights
     # would saturate the softmax and leave ~1e-5 float32 rounding on both sides.
     bound = 1.0 / np.sqrt(C)
-    mha.load_state_dict({name: rng.uniform(-bound, bound, p.shape).astype(dtype) if name.endswith("bias") else p
-                         for name, p in mha.named_parameters()})
+    mha.load_state_dict(
+        {
+            name: rng.uniform(-bound, bound, p.shape).astype(dtype) if name.endswith("bias") else p
+            for name, p in mha.named_parameters()
+        }
+    )
     mha.train(case["training"])
     builtin = bridge.mha_to_torch_builtin(mha)
     assert builtin.training == case["training"]
 
     query = randn(rng, (B, T, C), dtype)
-    key, value = (query, query) if case["self_attention"] else (randn(rng, (B, S, C), dtype),
-                                                                  randn(rng, (B, S, C), dtype))
+    key, value = (
+        (query, query) if case["self_attention"] else (randn(rng, (B, S, C), dtype), randn(rng, (B, S, C), dtype))
+    )
     dout = randn(rng, (B, T, C), dtype)
 
     # Our masks (True = may attend) and their nn.MultiheadAttention forms (True = blocked).
@@ -534,8 +592,15 @@ def test_multi_head_attention_matches_nn_multihead_attention_outputs_weights_and
         qt = kt = vt = xt
     else:
         qt, kt, vt = leaf(query), leaf(key), leaf(value)
-    out_t, weights_t = builtin(qt, kt, vt, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                               need_weights=case["need_weights"], average_attn_weights=False)
+    out_t, weights_t = builtin(
+        qt,
+        kt,
+        vt,
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask,
+        need_weights=case["need_weights"],
+        average_attn_weights=False,
+    )
     (out_t * torch.from_numpy(dout)).sum().backward()
 
     assert out.dtype == dtype
@@ -549,14 +614,20 @@ def test_multi_head_attention_matches_nn_multihead_attention_outputs_weights_and
         assert_matches("mha dkey", dkey, kt.grad, dtype)
         assert_matches("mha dvalue", dvalue, vt.grad, dtype)
     grads = dict(mha.named_grads())
-    assert_matches("mha in_proj_weight grad",
-                   np.concatenate([grads["q_proj.weight"], grads["k_proj.weight"], grads["v_proj.weight"]]),
-                   builtin.in_proj_weight.grad, dtype)
+    assert_matches(
+        "mha in_proj_weight grad",
+        np.concatenate([grads["q_proj.weight"], grads["k_proj.weight"], grads["v_proj.weight"]]),
+        builtin.in_proj_weight.grad,
+        dtype,
+    )
     assert_matches("mha out_proj.weight grad", grads["out_proj.weight"], builtin.out_proj.weight.grad, dtype)
     if case["bias"]:
-        assert_matches("mha in_proj_bias grad",
-                       np.concatenate([grads["q_proj.bias"], grads["k_proj.bias"], grads["v_proj.bias"]]),
-                       builtin.in_proj_bias.grad, dtype)
+        assert_matches(
+            "mha in_proj_bias grad",
+            np.concatenate([grads["q_proj.bias"], grads["k_proj.bias"], grads["v_proj.bias"]]),
+            builtin.in_proj_bias.grad,
+            dtype,
+        )
         assert_matches("mha out_proj.bias grad", grads["out_proj.bias"], builtin.out_proj.bias.grad, dtype)
     else:
         assert builtin.in_proj_bias is None and builtin.out_proj.bias is None

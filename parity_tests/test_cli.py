@@ -11,14 +11,26 @@ from numpy_transformer.cli import main
 from torch_transformer.parity import CASES
 
 
+def _rows(out: str, name: str, dtype: str) -> list[str]:
+    return [line for line in out.splitlines() if line.split()[:2] == [name, dtype]]
+
+
 def test_parity_command_passes_and_prints_a_row_per_op_and_dtype(capsys):
-    assert main(["parity", "--dtype", "both", "--seed", "7"]) == 0
+    # Every op and module in float32 (no finite differences: fast) ...
+    assert main(["parity", "--dtype", "float32", "--seed", "7"]) == 0
     out = capsys.readouterr().out
     for name in CASES:
-        for dtype in ("float32", "float64"):
-            rows = [line for line in out.splitlines() if line.split()[:2] == [name, dtype]]
-            assert len(rows) == 1 and rows[0].endswith("pass"), f"no passing row for {name} {dtype}"
+        rows = _rows(out, name, "float32")
+        assert len(rows) == 1 and rows[0].endswith("pass"), f"no passing row for {name} float32"
     assert "all within the parity contract" in out
+    # ... and both dtypes, with finite differences, for a few (the full float64 run is the test suite's job).
+    assert main(["parity", "--dtype", "both", "--seed", "7", "--only", "softmax", "--only", "MultiHeadAttention"]) == 0
+    out = capsys.readouterr().out
+    for name in ("softmax", "MultiHeadAttention"):
+        for dtype in ("float32", "float64"):
+            assert len(_rows(out, name, dtype)) == 1
+    assert "vs finite differences" in out
+    assert not _rows(out, "linear", "float32")
 
 
 def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(monkeypatch, capsys):
@@ -31,7 +43,7 @@ def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(mo
     import torch_transformer.parity as parity
 
     monkeypatch.setattr(parity.F, "softmax_backward", wrong_backward)
-    assert main(["parity", "--dtype", "float64"]) == 1
+    assert main(["parity", "--dtype", "float64", "--only", "softmax", "--only", "linear"]) == 1
     captured = capsys.readouterr()
     assert "softmax" in captured.out and "FAIL" in captured.out
     assert "softmax dx" in captured.err
@@ -39,7 +51,15 @@ def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(mo
 
 @pytest.mark.parametrize(
     "argv",
-    [["parity", "--dtype", "float16"], ["parity", "--seed", "-1"], ["parity", "--seed", "x"], ["frobnicate"], []],
+    [
+        ["parity", "--dtype", "float16"],
+        ["parity", "--seed", "-1"],
+        ["parity", "--seed", "x"],
+        ["parity", "--only", "no_such_op"],
+        ["benchmark", "--steps", "0"],
+        ["frobnicate"],
+        [],
+    ],
 )
 def test_bad_arguments_give_usage_and_exit_status_2_without_traceback(argv):
     proc = subprocess.run([sys.executable, "-m", "numpy_transformer", *argv], capture_output=True, text=True)

@@ -100,7 +100,8 @@ def test_fact_sdpa_fully_masked_query_row_gives_zeros_and_zero_grad_and_ours_mat
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("grad_enabled", [True, False], ids=["grad", "no_grad"])
 def test_fact_nn_multihead_attention_with_every_key_padded_is_nan_except_on_its_sdpa_path(
-        dtype, need_weights, training, grad_enabled):
+    dtype, need_weights, training, grad_enabled
+):
     """``nn.MultiheadAttention`` with a ``key_padding_mask`` all True for one sequence.
 
     Observed on torch 2.13 CPU, float32 and float64 alike:
@@ -156,8 +157,9 @@ def test_fact_sdpa_bool_mask_true_means_take_part_but_mha_masks_true_means_block
     v = np.array([[[[10.0, 20.0], [-3.0, 7.0]]]])
     allow_key0 = np.array([[True, False]])  # (T=1, S=2): key 0 only
 
-    out_t = F.scaled_dot_product_attention(*(torch.from_numpy(a) for a in (q, k, v)),
-                                           attn_mask=torch.from_numpy(allow_key0))
+    out_t = F.scaled_dot_product_attention(
+        *(torch.from_numpy(a) for a in (q, k, v)), attn_mask=torch.from_numpy(allow_key0)
+    )
     assert_matches("sdpa: True = take part", out_t[0, 0, 0], v[0, 0, 0], dtype)
     assert_differs("sdpa: the opposite reading", out_t[0, 0, 0], v[0, 0, 1], dtype)
     out, _ = scaled_dot_product_attention_forward(q, k, v, mask=allow_key0)
@@ -330,8 +332,12 @@ def test_fact_gelu_tanh_uses_sqrt_2_over_pi_and_0_044715(dtype, seed):
     y_t = F.gelu(xt, approximate="tanh")
     (y_t * torch.from_numpy(dout)).sum().backward()
     y, cache = gelu_forward(x, approximate="tanh")
-    assert_matches("ours gelu(tanh) vs the formula", y, 0.5 * x * (1 + np.tanh(
-        math.sqrt(2 / math.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3))), dtype)
+    assert_matches(
+        "ours gelu(tanh) vs the formula",
+        y,
+        0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3))),
+        dtype,
+    )
     assert_matches("ours gelu(tanh) vs F.gelu", y, y_t, dtype)
     assert_matches("ours gelu(tanh) dx vs F.gelu", gelu_backward(dout, cache), xt.grad, dtype)
 
