@@ -202,8 +202,8 @@ class IncrementalDecoder:
                 LayerKVCache(
                     self_keys=np.zeros((B, H, self.capacity, D), dtype=model.dtype),
                     self_values=np.zeros((B, H, self.capacity, D), dtype=model.dtype),
-                    cross_keys=mha._split_heads(cross_keys),  # (B, H, S, D)
-                    cross_values=mha._split_heads(cross_values),  # (B, H, S, D)
+                    cross_keys=mha.split_heads(cross_keys),  # (B, H, S, D)
+                    cross_values=mha.split_heads(cross_values),  # (B, H, S, D)
                 )
             )
 
@@ -306,15 +306,15 @@ class IncrementalDecoder:
         q, _ = mha.q_proj.forward(x)  # (B, 1, C)
         k, _ = mha.k_proj.forward(x)  # (B, 1, C)
         v, _ = mha.v_proj.forward(x)  # (B, 1, C)
-        kv.self_keys[:, :, t : t + 1] = mha._split_heads(k)  # (B, H, 1, D) stored at position t
-        kv.self_values[:, :, t : t + 1] = mha._split_heads(v)
+        kv.self_keys[:, :, t : t + 1] = mha.split_heads(k)  # (B, H, 1, D) stored at position t
+        kv.self_values[:, :, t : t + 1] = mha.split_heads(v)
         heads, _ = scaled_dot_product_attention_forward(
-            mha._split_heads(q),  # (B, H, 1, D)
+            mha.split_heads(q),  # (B, H, 1, D)
             kv.self_keys[:, :, : t + 1],  # (B, H, t + 1, D)
             kv.self_values[:, :, : t + 1],
             mask=self_mask,
         )  # (B, H, 1, D)
-        out, _ = mha.out_proj.forward(mha._merge_heads(heads))  # (B, 1, C)
+        out, _ = mha.out_proj.forward(mha.merge_heads(heads))  # (B, 1, C)
         return out
 
     def _cross_attention(
@@ -323,9 +323,9 @@ class IncrementalDecoder:
         """Attend over the memory's cached keys and values."""
         q, _ = mha.q_proj.forward(x)  # (B, 1, C)
         heads, attention = scaled_dot_product_attention_forward(
-            mha._split_heads(q), kv.cross_keys, kv.cross_values, mask=self.memory_mask
+            mha.split_heads(q), kv.cross_keys, kv.cross_values, mask=self.memory_mask
         )  # (B, H, 1, D)
-        out, _ = mha.out_proj.forward(mha._merge_heads(heads))  # (B, 1, C)
+        out, _ = mha.out_proj.forward(mha.merge_heads(heads))  # (B, 1, C)
         return out, attention.weights  # (B, 1, C), (B, H, 1, S)
 
 

@@ -61,7 +61,8 @@ def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: 
     """Heatmaps of attention weights (H, T, S): one panel per head, queries down, keys across."""
     plt = _pyplot()
     H = weights.shape[0]
-    fig, axes = plt.subplots(1, H, figsize=(2.2 + 2.2 * H, 2.5 + 0.25 * len(rows)), squeeze=False)
+    side = 1.0 + 0.28 * max(len(rows), len(cols))  # square-ish panels, sized by the sequence lengths
+    fig, axes = plt.subplots(1, H, figsize=(1.0 + side * H, side + 0.6), squeeze=False, layout="constrained")
     for h in range(H):
         ax = axes[0, h]
         im = ax.imshow(weights[h], vmin=0.0, vmax=1.0, cmap="viridis")
@@ -75,6 +76,6 @@ def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: 
     if title:
         fig.suptitle(title, fontsize=10)
     path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

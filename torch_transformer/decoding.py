@@ -78,7 +78,7 @@ class LayerKVCache:
     cross_values: torch.Tensor  # (B, H, S, D) v_proj(memory), computed once
 
 
-def _merge_heads(heads: torch.Tensor) -> torch.Tensor:
+def merge_heads(heads: torch.Tensor) -> torch.Tensor:
     B, H, T, D = heads.shape
     return heads.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
 
@@ -209,7 +209,7 @@ class IncrementalDecoder:
             kv.self_values[:, :, : t + 1],
             mask=self_mask,
         )  # (B, H, 1, D)
-        return mha.out_proj(_merge_heads(heads))  # (B, 1, C)
+        return mha.out_proj(merge_heads(heads))  # (B, 1, C)
 
     def _cross_attention(
         self, mha: MultiHeadAttention, kv: LayerKVCache, x: torch.Tensor
@@ -218,7 +218,7 @@ class IncrementalDecoder:
         heads, weights = TF.scaled_dot_product_attention(
             mha._split(mha.q_proj(x)), kv.cross_keys, kv.cross_values, mask=self.memory_mask, return_weights=True
         )  # (B, H, 1, D), (B, H, 1, S)
-        return mha.out_proj(_merge_heads(heads)), weights  # (B, 1, C), (B, H, 1, S)
+        return mha.out_proj(merge_heads(heads)), weights  # (B, 1, C), (B, H, 1, S)
 
 
 # ---------------------------------------------------------------------------- greedy

@@ -982,3 +982,7 @@ __all__ = [
     "tolerance",
     "torch_dtype",
 ]
+
+
+# Cases of other op families register themselves into CASES when imported.
+from . import parity_classic_attention, parity_gru  # noqa: E402, F401

@@ -248,11 +248,11 @@ report_match("d out_proj.bias", dbias_o, twin.out_proj.bias.grad)
 # **merge**: $m = \mathrm{merge}(\text{heads})$, so by section 1
 # $d\,\text{heads} = \mathrm{split}(dm)$, `(B, T, C) → (B, H, T, D)`.
 #
-# The module keeps the two lines of section 1 in its helpers `_split_heads` and
-# `_merge_heads`; the backward calls them the other way round from the forward.
+# The module keeps the two lines of section 1 in its helpers `split_heads` and
+# `merge_heads`; the backward calls them the other way round from the forward.
 
 # %%
-dheads = mha._split_heads(dmerged)  # (B, T, C) -> (B, H, T, D)
+dheads = mha.split_heads(dmerged)  # (B, T, C) -> (B, H, T, D)
 report_match("dheads = split(dmerged)", dheads, heads_t.grad)
 
 # %% [markdown]
@@ -270,7 +270,7 @@ report_match("dv per head", dvh, vh_t.grad)
 # **split**: $q_h = \mathrm{split}(q)$, so $dq = \mathrm{merge}(dq_h)$, `(B, H, T, D) → (B, T, C)`.
 
 # %%
-dq, dk, dv = (mha._merge_heads(a) for a in (dqh, dkh, dvh))  # (B, H, T, D) -> (B, T, C) each
+dq, dk, dv = (mha.merge_heads(a) for a in (dqh, dkh, dvh))  # (B, H, T, D) -> (B, T, C) each
 report_match("dq = merge(dq per head)", dq, q_t.grad)
 report_match("dk = merge(dk per head)", dk, k_t.grad)
 report_match("dv = merge(dv per head)", dv, v_t.grad)

@@ -74,12 +74,14 @@ class MultiHeadAttention(Module):
             if proj.bias is not None:
                 proj.bias[...] = 0
 
-    def _split_heads(self, x: np.ndarray) -> np.ndarray:
+    def split_heads(self, x: np.ndarray) -> np.ndarray:
+        """(B, L, C) -> (B, H, L, D): head h owns features h*D .. (h+1)*D - 1. Its backward is merge_heads."""
         B, L, _ = x.shape
         return x.reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, D)
 
     @staticmethod
-    def _merge_heads(x: np.ndarray) -> np.ndarray:
+    def merge_heads(x: np.ndarray) -> np.ndarray:
+        """(B, H, L, D) -> (B, L, C), the inverse of split_heads (and its backward)."""
         B, H, L, D = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, C)
 
@@ -115,16 +117,16 @@ class MultiHeadAttention(Module):
         v, cv = self.v_proj.forward(value)  # (B, S, C)
         p = self.dropout if self.training else 0.0
         heads, ca = scaled_dot_product_attention_forward(
-            self._split_heads(q),
-            self._split_heads(k),
-            self._split_heads(v),  # (B, H, L, D)
+            self.split_heads(q),
+            self.split_heads(k),
+            self.split_heads(v),  # (B, H, L, D)
             mask=mask,
             is_causal=is_causal,
             dropout_p=p,
             rng=rng,
             dropout_mask=dropout_mask,
         )  # (B, H, T, D)
-        out, co = self.out_proj.forward(self._merge_heads(heads))  # (B, T, C)
+        out, co = self.out_proj.forward(self.merge_heads(heads))  # (B, T, C)
         return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
 
     def backward(self, dout: np.ndarray, cache: MultiHeadAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,11 +136,11 @@ class MultiHeadAttention(Module):
         """
         # out = out_proj(merge_heads(heads))
         dmerged = self.out_proj.backward(dout, cache.out_proj)  # (B, T, C)
-        dheads = self._split_heads(dmerged)  # (B, H, T, D)
+        dheads = self.split_heads(dmerged)  # (B, H, T, D)
         # heads = attention(split(q), split(k), split(v))
         dq, dk, dv = scaled_dot_product_attention_backward(dheads, cache.attention)
         # q = q_proj(query), ...
-        dquery = self.q_proj.backward(self._merge_heads(dq), cache.q_proj)  # (B, T, C)
-        dkey = self.k_proj.backward(self._merge_heads(dk), cache.k_proj)  # (B, S, C)
-        dvalue = self.v_proj.backward(self._merge_heads(dv), cache.v_proj)  # (B, S, C)
+        dquery = self.q_proj.backward(self.merge_heads(dq), cache.q_proj)  # (B, T, C)
+        dkey = self.k_proj.backward(self.merge_heads(dk), cache.k_proj)  # (B, S, C)
+        dvalue = self.v_proj.backward(self.merge_heads(dv), cache.v_proj)  # (B, S, C)
         return dquery, dkey, dvalue

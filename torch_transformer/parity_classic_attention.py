@@ -1,0 +1,1 @@
+"""Parity cases for classic attention (additive / Bahdanau, multiplicative / Luong). Registered on import."""

@@ -1,0 +1,1 @@
+"""Parity cases for the GRU cell and layer. Registered on import."""
