@@ -566,7 +566,8 @@ def clip_grad_norm(grads: Any, max_norm: float, eps: float = 1e-6, error_if_nonf
     float
         The total norm :math:`N` before clipping.
     """
-    max_norm = _number("max_norm", max_norm, low=0.0, low_inclusive=False)
+    if not (isinstance(max_norm, (int, float, np.floating)) and max_norm == math.inf):
+        max_norm = _number("max_norm", max_norm, low=0.0, low_inclusive=False)  # inf: measure only, as in PyTorch
     eps = _number("eps", eps, low=0.0)
     arrays = _collect_grads(grads)
     if not arrays:

@@ -8,7 +8,7 @@ and with the same initial weights the two loss curves agree to rounding.
 
 One training step: forward, cross-entropy with label smoothing (pad positions
 ignored), backward, clip the global gradient norm, set the learning rate from the
-warm-up + inverse-square-root schedule, Adam update.
+schedule (linear warm-up then a cosine, or the paper's inverse square root), Adam update.
 """
 
 from __future__ import annotations

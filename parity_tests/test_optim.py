@@ -722,3 +722,13 @@ def test_step_updates_the_module_arrays_in_place_in_their_own_dtype(dtype):
         results.append(module.state_dict())
     for name in results[0]:
         assert np.array_equal(results[0][name], results[1][name]), f"{name}: lr as np.float64 changed the bits"
+
+
+def test_clip_grad_norm_with_infinite_max_norm_measures_without_clipping_like_torch():
+    grads = [np.array([3.0, 4.0]), np.array([[12.0]])]
+    before = [g.copy() for g in grads]
+    assert clip_grad_norm(grads, math.inf) == 13.0
+    assert all(np.array_equal(a, b) for a, b in zip(grads, before, strict=True))
+    t = torch.zeros(2, requires_grad=True)
+    t.grad = torch.tensor([3.0, 4.0])
+    assert float(torch.nn.utils.clip_grad_norm_([t], math.inf)) == 5.0
