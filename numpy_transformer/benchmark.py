@@ -113,8 +113,10 @@ def run_all(dtypes: tuple[str, ...], threads: int, steps: int, warmup: int) -> l
         for backend in ("numpy", "torch"):
             cmd = [sys.executable, "-m", "numpy_transformer", "benchmark", "--worker", backend, "--dtype", dtype,
                    "--threads", str(threads), "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            results.append(BenchResult(**json.loads(out.strip().splitlines()[-1])))
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the {backend} {dtype} benchmark worker failed:\n{proc.stderr.strip()}")
+            results.append(BenchResult(**json.loads(proc.stdout.strip().splitlines()[-1])))
     return results
 
 

@@ -393,7 +393,11 @@ def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except ImportError as exc:
         parser.error(f"benchmark needs PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
-    results = benchmark.run_all(dtypes, args.threads, args.steps, args.warmup)
+    try:
+        results = benchmark.run_all(dtypes, args.threads, args.steps, args.warmup)
+    except RuntimeError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 1
     print(benchmark.format_table(results))
     return 0
 
