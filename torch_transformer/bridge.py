@@ -211,3 +211,67 @@ def mask_to_key_padding_mask(mask: np.ndarray) -> torch.Tensor:
     if mask.ndim != 2:
         raise ValueError(f"mask: expected shape (B, 1, 1, S) or (B, S) for a key-padding mask, got {mask.shape}")
     return torch.from_numpy(~mask)
+
+
+# ---------------------------------------------------------------------------- GRU
+# Our GRUCell / GRU use torch.nn.GRUCell's / torch.nn.GRU's parameter names, shapes and gate
+# order (rows stacked r, z, n; both bias vectors, b_hn inside the reset product), so these
+# converters are identities on names and bits; what they add is the choice of built-in and its
+# hyper-parameters (one layer, batch_first=True), and checks on what we cannot represent.
+
+
+def gru_cell_to_torch_builtin(cell: nt.GRUCell, device: str | torch.device = "cpu") -> nn.GRUCell:
+    """Our ``GRUCell`` as ``torch.nn.GRUCell`` with the same weights (names unchanged)."""
+    builtin = nn.GRUCell(
+        cell.input_size, cell.hidden_size, bias=cell.bias_ih is not None, dtype=torch_dtype(cell.dtype)
+    )
+    builtin.load_state_dict(state_dict_to_torch(cell.state_dict()), strict=True)
+    return builtin.to(device)
+
+
+def gru_cell_from_torch_builtin(builtin: nn.GRUCell) -> nt.GRUCell:
+    """A NumPy ``GRUCell`` with the weights of ``torch.nn.GRUCell`` (names unchanged)."""
+    if not isinstance(builtin, nn.GRUCell):
+        raise TypeError(f"builtin: expected a torch.nn.GRUCell, got {type(builtin).__name__}")
+    state = state_dict_to_numpy(builtin.state_dict())
+    cell = nt.GRUCell(
+        builtin.input_size, builtin.hidden_size, bias=builtin.bias, dtype=state["weight_ih"].dtype,
+        rng=np.random.default_rng(0),
+    )  # fmt: skip
+    cell.load_state_dict(state)
+    return cell
+
+
+def gru_to_torch_builtin(gru: nt.GRU, device: str | torch.device = "cpu") -> nn.GRU:
+    """Our ``GRU`` as ``torch.nn.GRU(num_layers=1, batch_first=True, bidirectional=...)``.
+
+    The state-dict keys are the same on both sides (``weight_ih_l0``, ``weight_hh_l0``,
+    ``bias_ih_l0``, ``bias_hh_l0`` and, bidirectional, ``*_l0_reverse``): nothing is
+    renamed, re-ordered or merged.
+    """
+    builtin = nn.GRU(
+        gru.input_size, gru.hidden_size, num_layers=1, bias=gru.bias_ih_l0 is not None, batch_first=True,
+        bidirectional=gru.bidirectional, dtype=torch_dtype(gru.dtype),
+    )  # fmt: skip
+    builtin.load_state_dict(state_dict_to_torch(gru.state_dict()), strict=True)
+    return builtin.to(device)
+
+
+def gru_from_torch_builtin(builtin: nn.GRU) -> nt.GRU:
+    """A NumPy ``GRU`` with the weights of a one-layer ``torch.nn.GRU`` (names unchanged).
+
+    Ours is always batch first; a built-in made with ``batch_first=False`` converts too
+    (the weights do not depend on it), but its inputs are then ``(T, B, I)`` where ours
+    take ``(B, T, I)``. Several layers raise ``ValueError``: stack one ``GRU`` per layer.
+    """
+    if not isinstance(builtin, nn.GRU):
+        raise TypeError(f"builtin: expected a torch.nn.GRU, got {type(builtin).__name__}")
+    if builtin.num_layers != 1:
+        raise ValueError(f"builtin: expected num_layers=1 (ours is one layer), got {builtin.num_layers}")
+    state = state_dict_to_numpy(builtin.state_dict())
+    gru = nt.GRU(
+        builtin.input_size, builtin.hidden_size, bidirectional=builtin.bidirectional, bias=builtin.bias,
+        dtype=state["weight_ih_l0"].dtype, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    gru.load_state_dict(state)
+    return gru
