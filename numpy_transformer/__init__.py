@@ -7,22 +7,40 @@
 """
 
 from . import functional, gradcheck, testing
-from .config import TransformerConfig
-from .models import DecoderLayer, EncoderLayer, Transformer
-from .modules import Dropout, Embedding, FeedForward, LayerNorm, Linear, Module, MultiHeadAttention
+from .config import RNNSeq2SeqConfig, TransformerConfig
+from .models import DecoderLayer, EncoderLayer, RNNSeq2Seq, Transformer
+from .modules import (
+    GRU,
+    AdditiveAttention,
+    Dropout,
+    Embedding,
+    FeedForward,
+    GRUCell,
+    LayerNorm,
+    Linear,
+    LuongAttention,
+    Module,
+    MultiHeadAttention,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "AdditiveAttention",
     "DecoderLayer",
     "Dropout",
     "Embedding",
     "EncoderLayer",
     "FeedForward",
+    "GRUCell",
     "LayerNorm",
     "Linear",
+    "LuongAttention",
     "Module",
     "MultiHeadAttention",
+    "RNNSeq2Seq",
+    "RNNSeq2SeqConfig",
     "Transformer",
     "TransformerConfig",
     "functional",

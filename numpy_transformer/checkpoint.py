@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import TransformerConfig
+from .config import RNNSeq2SeqConfig, TransformerConfig
 
 FORMAT_VERSION = 1
 
@@ -40,9 +40,12 @@ class Checkpoint:
     meta: dict[str, Any]
 
     @property
-    def config(self) -> TransformerConfig | None:
+    def config(self) -> TransformerConfig | RNNSeq2SeqConfig | None:
         cfg = self.meta.get("config")
-        return None if cfg is None else TransformerConfig(**cfg)
+        if cfg is None:
+            return None
+        kind = {"TransformerConfig": TransformerConfig, "RNNSeq2SeqConfig": RNNSeq2SeqConfig}
+        return kind[self.meta.get("config_type", "TransformerConfig")](**cfg)
 
 
 def save_checkpoint(path: str | os.PathLike, model, optimizer=None, **extra: Any) -> Path:
@@ -61,6 +64,7 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, **extra: Any
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "dtype": np.dtype(model.dtype).name, **extra}
     if getattr(model, "config", None) is not None:
         meta["config"] = asdict(model.config)
+        meta["config_type"] = type(model.config).__name__
     arrays["meta"] = np.asarray(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import TASKS
-from .training import TrainConfig
+from .training import MODELS, TrainConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "of the loss curves in --out.",
     )
     train.add_argument("--task", choices=TASKS, default="reverse")
+    train.add_argument(
+        "--model",
+        choices=MODELS,
+        default="transformer",
+        help="the encoder-decoder Transformer, or a bidirectional-GRU encoder with a GRU decoder and "
+        "Bahdanau (additive) or Luong (dot / general / concat) attention",
+    )
     train.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     length = train.add_mutually_exclusive_group()
@@ -202,7 +209,6 @@ def _limit_threads(n: int) -> None:
 
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import Transformer
     from .checkpoint import save_checkpoint
     from .data import ToyDataset
     from .training import NumpyTrainer, fit
@@ -223,15 +229,17 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
 
     defaults = TrainConfig()
-    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, seed=args.seed)
+    common = dict(task=args.task, model=args.model, batch_size=args.batch_size, seed=args.seed)
+    cfg = TrainConfig(**common)
     steps = args.epochs * cfg.steps_per_epoch() if args.epochs else (args.steps or defaults.steps)
-    cfg = TrainConfig(task=args.task, batch_size=args.batch_size, seed=args.seed, steps=steps)
+    cfg = TrainConfig(**common, steps=steps)
     label = "compare" if args.compare else args.backend
-    out = args.out or Path("runs") / f"{args.task}-{label}"
+    name = args.task if args.model == "transformer" else f"{args.task}-{args.model}"
+    out = args.out or Path("runs") / f"{name}-{label}"
     out.mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(cfg.seed)
-    model = Transformer(cfg.model_config(), dtype=np.dtype(args.dtype), rng=rng)
+    model = cfg.build_model(np.dtype(args.dtype), rng)
     dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
     trainers = []
     if args.backend == "numpy" or args.compare:
@@ -245,10 +253,16 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         f"task {cfg.task}: {cfg.n_train} training / {cfg.n_val} validation sequences, lengths "
         f"{cfg.min_len}-{cfg.max_len}, {cfg.n_symbols} symbols"
     )
-    print(
-        f"model: d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers}+{cfg.n_layers} layers, d_ff {cfg.d_ff}, "
-        f"{'pre' if cfg.norm_first else 'post'}-LN, {n_params} parameters, {args.dtype}"
-    )
+    if cfg.model == "transformer":
+        print(
+            f"model: d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers}+{cfg.n_layers} layers, "
+            f"d_ff {cfg.d_ff}, {'pre' if cfg.norm_first else 'post'}-LN, {n_params} parameters, {args.dtype}"
+        )
+    else:
+        print(
+            f"model: {cfg.model}, bidirectional GRU encoder, GRU decoder, embeddings {cfg.rnn_embed_dim}, "
+            f"hidden {cfg.rnn_hidden}, {n_params} parameters, {args.dtype}"
+        )
     print(
         f"training: {' and '.join(t.backend for t in trainers)}, {steps} steps of batch {cfg.batch_size} "
         f"({steps / cfg.steps_per_epoch():.1f} epochs), Adam, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, "
@@ -346,7 +360,7 @@ def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(
             f"--input: expected 1 to {task.max_len} symbols, each in [0, {task.n_symbols}), got {args.input!r}"
         )
-    model = Transformer(ckpt.config, dtype=np.dtype(ckpt.meta["dtype"]), rng=np.random.default_rng(0))
+    model = cfg.build_model(np.dtype(ckpt.meta["dtype"]), np.random.default_rng(0))
     try:
         model.load_state_dict(ckpt.model_state)
     except (KeyError, TypeError, ValueError) as exc:
@@ -354,7 +368,11 @@ def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     model.eval()
     src = task.make_batch([np.asarray(symbols) + N_SPECIAL]).src  # (1, S)
     max_len = task.max_seq_len
-    if args.beam > 1:
+    if not isinstance(model, Transformer):
+        if args.beam > 1:
+            parser.error("--beam: beam search is implemented for the Transformer; the rnn-* models decode greedily")
+        tokens = model.greedy_decode(src, max_len, BOS, EOS).tokens[0]
+    elif args.beam > 1:
         result = beam_search(model, src, args.beam, max_len, BOS, EOS, length_penalty=args.length_penalty)
         tokens = result.tokens[0]
     else:
@@ -376,7 +394,8 @@ def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     cols = [names.get(int(t), str(int(t) - N_SPECIAL)) for t in src[0]]
     rows = [names.get(t, str(t - N_SPECIAL)) for t in generated] or ["-"]
     heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
-    plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: last decoder layer's cross-attention")
+    which = "last decoder layer's cross-attention" if isinstance(model, Transformer) else f"{cfg.model} attention"
+    plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: {which}")
     print(f"wrote {heatmap}")
     return 0
 

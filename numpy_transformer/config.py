@@ -46,3 +46,43 @@ class TransformerConfig:
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+
+
+RNN_ATTENTIONS = ("bahdanau", "luong-dot", "luong-general", "luong-concat")
+
+
+@dataclass(frozen=True)
+class RNNSeq2SeqConfig:
+    """The recurrent encoder–decoder with classic attention.
+
+    Encoder: a bidirectional GRU with ``hidden_size // 2`` units per direction, so its
+    outputs (the keys and values of the attention) are ``hidden_size`` wide.
+    Decoder, by ``attention``:
+
+    * ``bahdanau``: attention from the *previous* decoder state (additive score), the
+      context fed into the GRU input with the embedding; logits from ``[s_t; c_t]``.
+    * ``luong-dot`` / ``luong-general`` / ``luong-concat``: the GRU runs first, attention
+      from the *current* state with that score, attentional state
+      ``tanh(W_c [c_t; s_t])`` gives the logits (no input feeding).
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    embed_dim: int = 32
+    hidden_size: int = 64  # decoder state; encoder outputs (both directions together)
+    attention: str = "bahdanau"
+    attn_dim: int = 64  # A: the additive / concat scores' hidden width
+    pad_id: int = 0
+    max_len: int = 128  # longest sequence decoding produces
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attn_dim", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.hidden_size % 2:
+            raise ValueError(f"hidden_size: expected an even number (two encoder directions), got {self.hidden_size}")
+        if self.attention not in RNN_ATTENTIONS:
+            raise ValueError(f"attention: expected one of {RNN_ATTENTIONS}, got {self.attention!r}")
+        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")

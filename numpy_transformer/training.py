@@ -21,11 +21,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import TransformerConfig
+from .config import RNN_ATTENTIONS, RNNSeq2SeqConfig, TransformerConfig
 from .data import BOS, EOS, PAD, Batch, ToyDataset, ToyTask
 from .functional.softmax import cross_entropy_backward, cross_entropy_forward
+from .models.rnn_seq2seq import RNNSeq2Seq
 from .models.transformer import Transformer
 from .optim import Adam, clip_grad_norm, inverse_sqrt_warmup, linear_warmup_cosine
+
+MODELS = ("transformer", *(f"rnn-{a}" for a in RNN_ATTENTIONS))
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,10 @@ class TrainConfig:
     max_len: int = 10
     n_train: int = 20000
     n_val: int = 500
-    # model
+    # model: "transformer", or a recurrent encoder-decoder "rnn-bahdanau", "rnn-luong-dot" | -general | -concat
+    model: str = "transformer"
+    rnn_embed_dim: int = 32  # rnn-*: token embedding width
+    rnn_hidden: int = 64  # rnn-*: decoder state = encoder output width (two directions of 32)
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2  # encoder layers = decoder layers
@@ -62,8 +68,19 @@ class TrainConfig:
     def task_spec(self) -> ToyTask:
         return ToyTask(self.task, self.n_symbols, self.min_len, self.max_len)
 
-    def model_config(self) -> TransformerConfig:
+    def model_config(self) -> TransformerConfig | RNNSeq2SeqConfig:
         task = self.task_spec()
+        if self.model != "transformer":
+            return RNNSeq2SeqConfig(
+                src_vocab_size=task.vocab_size,
+                tgt_vocab_size=task.vocab_size,
+                embed_dim=self.rnn_embed_dim,
+                hidden_size=self.rnn_hidden,
+                attention=self.model[len("rnn-") :],
+                attn_dim=self.rnn_hidden,
+                pad_id=PAD,
+                max_len=task.max_seq_len,
+            )
         return TransformerConfig(
             src_vocab_size=task.vocab_size,
             tgt_vocab_size=task.vocab_size,
@@ -80,8 +97,17 @@ class TrainConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model: expected one of {MODELS}, got {self.model!r}")
         if self.schedule not in ("cosine", "inverse_sqrt"):
             raise ValueError(f"schedule: expected 'cosine' or 'inverse_sqrt', got {self.schedule!r}")
+
+    def build_model(self, dtype: np.dtype | type, rng: np.random.Generator) -> Transformer | RNNSeq2Seq:
+        """The NumPy model this configuration trains."""
+        config = self.model_config()
+        if isinstance(config, RNNSeq2SeqConfig):
+            return RNNSeq2Seq(config, dtype=dtype, rng=rng)
+        return Transformer(config, dtype=dtype, rng=rng)
 
     def learning_rate(self, update: int) -> float:
         """The rate for update ``update`` (numbered from 1)."""
@@ -123,7 +149,7 @@ class NumpyTrainer:
 
     backend = "numpy"
 
-    def __init__(self, model: Transformer, cfg: TrainConfig, rng: np.random.Generator) -> None:
+    def __init__(self, model: Transformer | RNNSeq2Seq, cfg: TrainConfig, rng: np.random.Generator) -> None:
         self.model, self.cfg, self.rng = model, cfg, rng
         self.optimizer = Adam(model, lr=0.0, betas=cfg.betas, eps=cfg.eps)
 
@@ -154,7 +180,10 @@ class NumpyTrainer:
             total_loss += float(loss) * valid.sum()
             tokens += valid.sum()
             right_tokens += np.sum((logits.argmax(-1) == batch.tgt_out) & valid)
-            decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
+            if isinstance(model, Transformer):
+                decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
+            else:
+                decoded = model.greedy_decode(batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
             r, n = sequence_metrics(decoded.tokens[:, 1:], batch)
             right_seqs, seqs = right_seqs + r, seqs + n
         model.train(was_training)

@@ -1,20 +1,29 @@
 """The PyTorch twin of numpy_transformer: the same modules, autograd for the backward."""
 
-from numpy_transformer.config import TransformerConfig
+from numpy_transformer.config import RNNSeq2SeqConfig, TransformerConfig
 
 from . import bridge, functional
+from .classic_attention import AdditiveAttention, LuongAttention
+from .gru import GRU, GRUCell
 from .models import DecoderLayer, EncoderLayer, Transformer
 from .modules import Dropout, Embedding, FeedForward, LayerNorm, Linear, MultiHeadAttention
+from .rnn_seq2seq import RNNSeq2Seq
 
 __all__ = [
+    "GRU",
+    "AdditiveAttention",
     "DecoderLayer",
     "Dropout",
     "Embedding",
     "EncoderLayer",
     "FeedForward",
+    "GRUCell",
     "LayerNorm",
     "Linear",
+    "LuongAttention",
     "MultiHeadAttention",
+    "RNNSeq2Seq",
+    "RNNSeq2SeqConfig",
     "Transformer",
     "TransformerConfig",
     "bridge",

@@ -86,6 +86,17 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
                    m.norm_first, m.norm1.eps, dtype=dtype)  # fmt: skip
     elif isinstance(m, nt.Transformer):
         twin = tmodels.Transformer(m.config, dtype=dtype)
+    elif isinstance(m, nt.RNNSeq2Seq):
+        from .rnn_seq2seq import RNNSeq2Seq
+
+        twin = RNNSeq2Seq(m.config, dtype=dtype)
+    elif isinstance(m, (nt.GRU, nt.GRUCell)):
+        from . import gru as tgru
+
+        if isinstance(m, nt.GRU):
+            twin = tgru.GRU(m.input_size, m.hidden_size, m.bidirectional, bias=m.bias_ih_l0 is not None, dtype=dtype)
+        else:
+            twin = tgru.GRUCell(m.input_size, m.hidden_size, bias=getattr(m, "bias_ih", None) is not None, dtype=dtype)
     else:
         raise TypeError(f"np_module: no twin is known for {type(m).__name__}")
     twin = twin.to(device)

@@ -985,4 +985,4 @@ __all__ = [
 
 
 # Cases of other op families register themselves into CASES when imported.
-from . import parity_classic_attention, parity_gru  # noqa: E402, F401
+from . import parity_classic_attention, parity_gru, parity_rnn_seq2seq  # noqa: E402, F401

@@ -16,12 +16,13 @@ from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
 
 from .decoding import greedy_decode
 from .models import Transformer
+from .rnn_seq2seq import RNNSeq2Seq
 
 
 class TorchTrainer:
     backend = "torch"
 
-    def __init__(self, model: Transformer, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: Transformer | RNNSeq2Seq, cfg: TrainConfig, device: str | torch.device = "cpu") -> None:
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=0.0, betas=cfg.betas, eps=cfg.eps)
         self.updates = 0
@@ -64,7 +65,10 @@ class TorchTrainer:
             total_loss += float(loss) * int(valid.sum())
             tokens += int(valid.sum())
             right_tokens += int(((logits.argmax(-1) == tgt_out) & valid).sum())
-            decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
+            if isinstance(model, Transformer):
+                decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
+            else:
+                decoded = model.greedy_decode(batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
             r, n = sequence_metrics(decoded.tokens[:, 1:].cpu().numpy(), batch)
             right_seqs, seqs = right_seqs + r, seqs + n
         model.train(was_training)

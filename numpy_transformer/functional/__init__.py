@@ -7,8 +7,16 @@ arguments. Every op keeps its input dtype (float32 or float64).
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 from .attention import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
+from .classic_attention import (
+    additive_attention_backward,
+    additive_attention_forward,
+    additive_attention_scores,
+    luong_attention_backward,
+    luong_attention_forward,
+)
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
+from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
 from .masks import causal_mask, padding_mask
@@ -22,6 +30,9 @@ from .softmax import (
 )
 
 __all__ = [
+    "additive_attention_backward",
+    "additive_attention_forward",
+    "additive_attention_scores",
     "causal_mask",
     "cross_entropy_backward",
     "cross_entropy_forward",
@@ -31,12 +42,18 @@ __all__ = [
     "embedding_forward",
     "gelu_backward",
     "gelu_forward",
+    "gru_backward",
+    "gru_cell_backward",
+    "gru_cell_forward",
+    "gru_forward",
     "layer_norm_backward",
     "layer_norm_forward",
     "linear_backward",
     "linear_forward",
     "log_softmax_backward",
     "log_softmax_forward",
+    "luong_attention_backward",
+    "luong_attention_forward",
     "padding_mask",
     "relu_backward",
     "relu_forward",

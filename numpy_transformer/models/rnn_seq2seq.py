@@ -1,0 +1,243 @@
+"""The recurrent encoder–decoder with classic attention (Bahdanau or Luong), forward and backward by hand.
+
+Shape legend: ``B`` batch, ``S`` source length, ``T`` target length, ``E`` embedding
+width, ``H`` hidden size (decoder state = encoder output width), ``V`` vocabulary.
+
+Encoder (both styles)::
+
+    enc, h_n = BiGRU(src_embed(src), lengths)          # (B, S, H): [forward; backward], H/2 each
+    s_0 = tanh(init_proj([h_n forward; h_n backward]))  # (B, H) the decoder's first state
+
+Bahdanau decoder (attention from the previous state, context into the GRU input)::
+
+    c_t = attention(s_{t-1}, enc, enc)                   # additive score
+    s_t = GRUCell([tgt_embed(y_{t-1}); c_t], s_{t-1})
+    logits_t = out_proj([s_t; c_t])
+
+Luong decoder (attention from the current state, attentional hidden state)::
+
+    s_1..s_T = GRU(tgt_embed(y_0..y_{T-1}), s_0)         # the whole sequence at once
+    c_t = attention(s_t, enc, enc)                       # dot / general / concat score
+    logits_t = out_proj(tanh(W_c [c_t; s_t]))
+
+The Luong decoder's recurrence does not depend on the attention (no input feeding),
+so its GRU, attention and output run over all steps at once; the Bahdanau decoder
+feeds each context back in and runs step by step, forward and backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import RNNSeq2SeqConfig
+from ..functional._checks import check_int_array
+from ..functional.gru import gru_cell_forward
+from ..modules.base import Module, check_module_dtype
+from ..modules.classic_attention import AdditiveAttention, LuongAttention
+from ..modules.gru import GRU, GRUCell
+from ..modules.layers import Embedding, Linear, _rng
+
+
+@dataclass(frozen=True)
+class RNNSeq2SeqCache:
+    src_embed: Any
+    encoder: Any  # GRULayerCache
+    init_proj: Any
+    s0: np.ndarray  # (B, H) tanh output
+    tgt_embed: Any
+    decoder: Any  # per style: list of per-step caches (Bahdanau) or batched caches (Luong)
+    out: Any
+    weights: np.ndarray  # (B, T, S) attention weights at every decoder step
+    dropout_masks: dict = field(default_factory=dict)  # no dropout in this model; the trainer's interface
+
+    def cross_attention_weights(self) -> np.ndarray:
+        """(B, 1, T, S): the attention of every step, as one 'head' for the heatmap tools."""
+        return self.weights[:, None]
+
+
+class RNNSeq2Seq(Module):
+    """Bidirectional-GRU encoder, GRU decoder with Bahdanau or Luong attention (see the module docstring)."""
+
+    def __init__(
+        self, config: RNNSeq2SeqConfig, dtype: np.dtype | type = np.float64, rng: np.random.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, RNNSeq2SeqConfig):
+            raise TypeError(f"config: expected an RNNSeq2SeqConfig, got {type(config).__name__}")
+        rng = _rng(rng)
+        c = self.config = config
+        self.dtype = check_module_dtype(dtype)
+        E, H = c.embed_dim, c.hidden_size
+        self.src_embed = Embedding(c.src_vocab_size, E, dtype=dtype, rng=rng)
+        self.encoder = GRU(E, H // 2, bidirectional=True, dtype=dtype, rng=rng)
+        self.init_proj = Linear(H, H, dtype=dtype, rng=rng)
+        self.tgt_embed = Embedding(c.tgt_vocab_size, E, dtype=dtype, rng=rng)
+        if c.attention == "bahdanau":
+            self.attention = AdditiveAttention(H, H, c.attn_dim, dtype=dtype, rng=rng)
+            self.decoder = GRUCell(E + H, H, dtype=dtype, rng=rng)
+            self.out_proj = Linear(2 * H, c.tgt_vocab_size, dtype=dtype, rng=rng)
+        else:
+            score = c.attention.split("-")[1]
+            attn_dim = c.attn_dim if score == "concat" else None
+            self.decoder = GRU(E, H, dtype=dtype, rng=rng)
+            self.attention = LuongAttention(H, H, score, attn_dim, dtype=dtype, rng=rng)
+            self.combine = Linear(2 * H, H, bias=False, dtype=dtype, rng=rng)  # W_c
+            self.out_proj = Linear(H, c.tgt_vocab_size, dtype=dtype, rng=rng)
+
+    # -------------------------------------------------------------- pieces
+
+    def _check_ids(self, name: str, ids: np.ndarray, vocab: int) -> None:
+        check_int_array(name, ids)
+        if ids.ndim != 2:
+            raise ValueError(f"{name}: expected token ids of shape (B, L), got {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"{name}: expected token ids in [0, {vocab}), got range [{ids.min()}, {ids.max()}]")
+
+    def encode(self, src: np.ndarray):
+        """``src`` (B, S) -> encoder outputs (B, S, H), the first decoder state (B, H), source mask, caches."""
+        c = self.config
+        self._check_ids("src", src, c.src_vocab_size)
+        mask = src != c.pad_id  # (B, S) True = may attend
+        lengths = mask.sum(axis=1)  # right-padded: the real tokens come first
+        x, c_emb = self.src_embed.forward(src)  # (B, S, E)
+        (enc, h_n), c_enc = self.encoder.forward(x, lengths=lengths)  # (B, S, H), (2, B, H/2)
+        pre, c_init = self.init_proj.forward(np.concatenate([h_n[0], h_n[1]], axis=-1))  # (B, H)
+        s0 = np.tanh(pre)
+        return enc, s0, mask, (c_emb, c_enc, c_init)
+
+    # -------------------------------------------------------------- forward / backward
+
+    def forward(
+        self, src: np.ndarray, tgt: np.ndarray, rng: np.random.Generator | None = None, dropout_masks=None
+    ) -> tuple[np.ndarray, RNNSeq2SeqCache]:
+        """Teacher forcing: ``src`` (B, S), ``tgt`` (B, T) decoder inputs (BOS first) -> logits (B, T, V).
+
+        ``rng`` and ``dropout_masks`` are accepted for the trainer's interface; this model has no dropout.
+        """
+        c = self.config
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(f"tgt: expected batch size {src.shape[0]} (that of src), got {tgt.shape[0]}")
+        self._check_ids("tgt", tgt, c.tgt_vocab_size)
+        enc, s0, mask, (c_emb, c_enc, c_init) = self.encode(src)
+        y, c_temb = self.tgt_embed.forward(tgt)  # (B, T, E)
+        if c.attention == "bahdanau":
+            features, c_dec, weights = self._bahdanau_forward(y, enc, s0, mask)  # (B, T, 2H)
+        else:
+            features, c_dec, weights = self._luong_forward(y, enc, s0, mask)  # (B, T, H)
+        logits, c_out = self.out_proj.forward(features)  # (B, T, V)
+        cache = RNNSeq2SeqCache(c_emb, c_enc, c_init, s0, c_temb, c_dec, c_out, weights)
+        return logits, cache
+
+    def _bahdanau_forward(self, y, enc, s0, mask):
+        s, steps, states, contexts, weights = s0, [], [], [], []
+        for t in range(y.shape[1]):
+            ctx, c_att = self.attention.forward(s, enc, enc, mask)  # (B, H) from the previous state
+            s, c_cell = self.decoder.forward(np.concatenate([y[:, t], ctx], axis=-1), s)  # (B, H)
+            steps.append((c_att, c_cell))
+            states.append(s)
+            contexts.append(ctx)
+            weights.append(c_att.weights)
+        features = np.concatenate([np.stack(states, 1), np.stack(contexts, 1)], axis=-1)  # (B, T, 2H)
+        return features, steps, np.stack(weights, 1)  # (B, T, S)
+
+    def _luong_forward(self, y, enc, s0, mask):
+        (states, _), c_gru = self.decoder.forward(y, s0[None])  # (B, T, H)
+        ctx, c_att = self.attention.forward(states, enc, enc, mask)  # (B, T, H), every step at once
+        pre, c_comb = self.combine.forward(np.concatenate([ctx, states], axis=-1))  # (B, T, H)
+        attentional = np.tanh(pre)
+        return attentional, (c_gru, c_att, c_comb, attentional), c_att.weights
+
+    def backward(self, dlogits: np.ndarray, cache: RNNSeq2SeqCache) -> None:
+        """Accumulate every parameter gradient from ``dlogits`` (B, T, V)."""
+        H = self.config.hidden_size
+        dfeatures = self.out_proj.backward(dlogits, cache.out)
+        if self.config.attention == "bahdanau":
+            dy, denc, ds0 = self._bahdanau_backward(dfeatures, cache.decoder)
+        else:
+            dy, denc, ds0 = self._luong_backward(dfeatures, cache.decoder)
+        self.tgt_embed.backward(dy, cache.tgt_embed)
+        # s_0 = tanh(init_proj([h_f; h_b]))
+        dhcat = self.init_proj.backward(ds0 * (1 - cache.s0 * cache.s0), cache.init_proj)  # (B, H)
+        dh_n = np.stack([dhcat[:, : H // 2], dhcat[:, H // 2 :]])  # (2, B, H/2)
+        dx, _ = self.encoder.backward(denc, dh_n, cache.encoder)  # encoder h0 was zeros: its gradient is unused
+        self.src_embed.backward(dx, cache.src_embed)
+
+    def _bahdanau_backward(self, dfeatures, steps):
+        """Back through the steps in reverse; ``ds`` carries the gradient of the state into the step before."""
+        H = self.config.hidden_size
+        E = self.config.embed_dim
+        B, T, _ = dfeatures.shape
+        dy = np.zeros((B, T, E), dtype=dfeatures.dtype)
+        denc = None
+        ds = np.zeros((B, H), dtype=dfeatures.dtype)  # from step t + 1 into s_t
+        for t in reversed(range(T)):
+            c_att, c_cell = steps[t]
+            # logits_t = out_proj([s_t; c_t]); s_t also feeds step t + 1
+            ds_t = dfeatures[:, t, :H] + ds
+            dctx = dfeatures[:, t, H:]
+            # s_t = GRUCell([y_t; c_t], s_{t-1})
+            dx, ds_prev = self.decoder.backward(ds_t, c_cell)
+            dy[:, t] = dx[:, :E]
+            dctx = dctx + dx[:, E:]
+            # c_t = attention(s_{t-1}, enc, enc)
+            dq, dk, dv = self.attention.backward(dctx, c_att)
+            denc = dk + dv if denc is None else denc + dk + dv
+            ds = ds_prev + dq
+        return dy, denc, ds
+
+    def _luong_backward(self, dfeatures, caches):
+        c_gru, c_att, c_comb, attentional = caches
+        H = self.config.hidden_size
+        # attentional = tanh(combine([c; s]))
+        dcat = self.combine.backward(dfeatures * (1 - attentional * attentional), c_comb)  # (B, T, 2H)
+        dctx, dstates = dcat[..., :H], dcat[..., H:]
+        # c = attention(s, enc, enc): s is the query
+        dq, dk, dv = self.attention.backward(np.ascontiguousarray(dctx), c_att)
+        dstates = dstates + dq
+        # s_1..s_T = GRU(y, s_0)
+        dy, ds0 = self.decoder.backward(dstates, None, c_gru)
+        return dy, dk + dv, ds0[0]
+
+    # -------------------------------------------------------------- decoding
+
+    def greedy_decode(self, src: np.ndarray, max_len: int, bos_id: int = 1, eos_id: int = 2):
+        """Greedy decoding, one step at a time: tokens (B, 1 + L) (BOS first, PAD after EOS) and weights (B, L, S)."""
+        c = self.config
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
+        enc, s, mask, _ = self.encode(src)
+        B = src.shape[0]
+        tokens = np.full((B, max_len + 1), c.pad_id, dtype=np.int64)
+        tokens[:, 0] = bos_id
+        done = np.zeros(B, dtype=bool)
+        all_weights = []
+        for t in range(max_len):
+            y, _ = self.tgt_embed.forward(tokens[:, t])  # (B, E)
+            if c.attention == "bahdanau":
+                ctx, c_att = self.attention.forward(s, enc, enc, mask)
+                s, _ = self.decoder.forward(np.concatenate([y, ctx], axis=-1), s)
+                logits, _ = self.out_proj.forward(np.concatenate([s, ctx], axis=-1))
+            else:
+                gru = self.decoder
+                s, _ = gru_cell_forward(y, s, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+                ctx, c_att = self.attention.forward(s, enc, enc, mask)
+                pre, _ = self.combine.forward(np.concatenate([ctx, s], axis=-1))
+                logits, _ = self.out_proj.forward(np.tanh(pre))
+            logits[:, c.pad_id] = -np.inf  # never generate padding
+            nxt = logits.argmax(axis=-1)
+            tokens[:, t + 1] = np.where(done, c.pad_id, nxt)
+            all_weights.append(c_att.weights)
+            done |= nxt == eos_id
+            if done.all():
+                tokens = tokens[:, : t + 2]
+                break
+        return _Greedy(tokens=tokens, cross_attention=np.stack(all_weights, 1)[:, None])
+
+
+@dataclass(frozen=True)
+class _Greedy:
+    tokens: np.ndarray  # (B, 1 + L)
+    cross_attention: np.ndarray  # (B, 1, L, S)
