@@ -277,3 +277,54 @@ def test_reverse_task_reaches_99_percent_exact_sequence_accuracy_with_the_defaul
     final = history.evals[-1]
     assert final["val_sequence_accuracy"] >= 0.99, final
     assert torch.get_num_threads() == 1  # the suite pins threads (conftest.py)
+
+
+# --------------------------------------------------------------------------- the recurrent models
+
+
+@pytest.mark.parametrize("model", ["rnn-bahdanau", "rnn-luong-dot", "rnn-luong-general", "rnn-luong-concat"])
+def test_rnn_models_train_step_for_step_like_their_twins(model):
+    cfg = TrainConfig(
+        model=model, rnn_embed_dim=8, rnn_hidden=8, n_train=320, n_val=20, batch_size=16, max_len=6,
+        warmup_steps=10, steps=25,
+    )  # fmt: skip
+    rng = np.random.default_rng(cfg.seed)
+    np_model = cfg.build_model(np.float64, rng)
+    assert isinstance(np_model, nt.RNNSeq2Seq) and np_model.config.attention == model[4:]
+    np_trainer, torch_trainer = NumpyTrainer(np_model, cfg, rng), TorchTrainer(twin_of(np_model), cfg)
+    dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
+    history = fit([np_trainer, torch_trainer], dataset, cfg, cfg.steps)
+    ours, theirs = np.array(history.losses["numpy"]), np.array(history.losses["torch"])
+    assert ours[-1] < ours[0]
+    rel = np.abs(ours - theirs) / np.maximum(1.0, np.abs(theirs))
+    assert rel.max() <= 1e-9, f"step {rel.argmax() + 1}"
+    twin_state = state_dict_to_numpy(torch_trainer.model.state_dict())
+    for name, p in np_model.named_parameters():
+        assert_matches(f"final {name}", p, twin_state[name], np.float64)
+    evals = {e["backend"]: e for e in history.evals}
+    assert evals["numpy"]["val_sequence_accuracy"] == evals["torch"]["val_sequence_accuracy"]
+
+
+def test_rnn_train_and_decode_commands(tmp_path):
+    out = tmp_path / "rnn"
+    proc = _run("train", "--model", "rnn-luong-concat", "--steps", "3", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "rnn-luong-concat" in proc.stdout
+    ckpt = read_checkpoint(out / "checkpoint.npz")
+    assert isinstance(ckpt.config, nt.RNNSeq2SeqConfig) and ckpt.config.attention == "luong-concat"
+    proc = _run("decode", str(out / "checkpoint.npz"), "--input", "1 2 3")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "cross_attention.png").read_bytes()[:4] == b"\x89PNG"
+    proc = _run("decode", str(out / "checkpoint.npz"), "--input", "1 2 3", "--beam", "3")
+    assert proc.returncode == 2 and "--beam" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["rnn-bahdanau", "rnn-luong-general"])
+def test_rnn_models_learn_the_reverse_task(model):
+    cfg = TrainConfig(model=model, steps=400)
+    rng = np.random.default_rng(cfg.seed)
+    m = cfg.build_model(np.float32, rng)
+    dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
+    history = fit([NumpyTrainer(m, cfg, rng)], dataset, cfg, cfg.steps, eval_every=10**9)
+    assert history.evals[-1]["val_sequence_accuracy"] >= 0.99, history.evals[-1]
