@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .functional import masked_softmax
 from .modules import Linear
 
 LUONG_SCORES = ("dot", "general", "concat")
@@ -25,14 +26,10 @@ LUONG_SCORES = ("dot", "general", "concat")
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Softmax over S of (B, T, S) scores; masked positions and fully masked rows get weight 0."""
-    if mask is not None:
-        allowed = mask[:, None, :] if mask.dim() == 2 else mask  # (B, 1 or T, S)
-        scores = scores.masked_fill(~allowed.expand(scores.shape), float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True).detach()
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    e = torch.exp(scores - row_max)
-    denom = e.sum(dim=-1, keepdim=True)
-    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    if mask is None:
+        return masked_softmax(scores, torch.ones_like(scores, dtype=torch.bool))
+    allowed = mask[:, None, :] if mask.dim() == 2 else mask  # (B, 1 or T, S)
+    return masked_softmax(scores, allowed.expand(scores.shape))
 
 
 def _attend(scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, has_time: bool, return_weights: bool):

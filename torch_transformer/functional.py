@@ -94,6 +94,16 @@ def sinusoidal_positional_encoding(
     return pe.to(dtype)
 
 
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis among ``allowed`` positions; a row with none allowed gets zeros."""
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
 def scaled_dot_product_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -118,13 +128,7 @@ def scaled_dot_product_attention(
         allowed = allowed & mask
     if is_causal:
         allowed = allowed & torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-    allowed = allowed.expand(scores.shape)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True).detach()
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    e = torch.exp(scores - row_max)
-    denom = e.sum(dim=-1, keepdim=True)
-    weights = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    weights = masked_softmax(scores, allowed.expand(scores.shape))
     attn = weights
     if dropout_p > 0:
         if dropout_mask is None:

@@ -6,7 +6,7 @@ arguments. Every op keeps its input dtype (float32 or float64).
 """
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
-from .attention import scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
+from .attention import masked_softmax, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .classic_attention import (
     additive_attention_backward,
     additive_attention_forward,
@@ -54,6 +54,7 @@ __all__ = [
     "log_softmax_forward",
     "luong_attention_backward",
     "luong_attention_forward",
+    "masked_softmax",
     "padding_mask",
     "relu_backward",
     "relu_forward",

@@ -109,7 +109,7 @@ def scaled_dot_product_attention_forward(
     if allowed is None:
         weights, _ = softmax_forward(scores, axis=-1)  # (..., T, S)
     else:
-        weights = _masked_softmax(scores, np.broadcast_to(allowed, scores_shape))
+        weights = masked_softmax(scores, np.broadcast_to(allowed, scores_shape))
 
     # Dropout on the weights (the identity when dropout_p == 0).
     if dropout_mask is not None:
@@ -125,8 +125,11 @@ def scaled_dot_product_attention_forward(
     return out, cache
 
 
-def _masked_softmax(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Softmax over the allowed keys only; a row with no allowed key gets all zeros.
+def masked_softmax(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, over the allowed keys only; a row with no allowed key gets all zeros.
+
+    ``allowed`` is a bool array of ``scores``' shape (True = may attend). Its backward is
+    ``softmax_backward`` with these weights: masked keys have weight 0 and get no gradient.
 
     Equal to ``softmax_forward`` with masked scores set to ``-inf``, except on a
     fully masked row, where that would be ``0/0 = NaN``.

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import check_broadcastable, check_dout, check_float_array, check_same_dtype
-from .attention import _masked_softmax
+from .attention import masked_softmax
 from .linear import LinearCache, linear_backward, linear_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 
@@ -105,7 +105,7 @@ def _attend(scores: np.ndarray, allowed: np.ndarray | None, v: np.ndarray) -> tu
     if allowed is None:
         weights, _ = softmax_forward(scores, axis=-1)  # (B, T, S)
     else:
-        weights = _masked_softmax(scores, allowed)  # (B, T, S), zeros on a fully masked row
+        weights = masked_softmax(scores, allowed)  # (B, T, S), zeros on a fully masked row
     context = weights @ v  # (B, T, Dv)
     return weights, context
 
