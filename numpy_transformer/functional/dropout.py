@@ -73,7 +73,8 @@ def dropout_forward(
             raise TypeError(f"mask: expected a bool ndarray (True = keep), got {getattr(mask, 'dtype', type(mask))}")
         check_shape("mask", mask, x.shape)
     scale = 1.0 / (1.0 - p)
-    y = np.where(mask, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
+    y = x * mask  # bool mask: dropped units become exactly 0, kept ones unchanged
+    y *= x.dtype.type(scale)
     return y, DropoutCache(keep=mask, scale=scale, dtype=x.dtype, shape=x.shape)
 
 
@@ -82,4 +83,6 @@ def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
     check_dout(dout, cache.shape, cache.dtype)
     if cache.keep is None:
         return dout
-    return np.where(cache.keep, dout * dout.dtype.type(cache.scale), 0).astype(dout.dtype, copy=False)
+    dx = dout * cache.keep
+    dx *= dout.dtype.type(cache.scale)
+    return dx
