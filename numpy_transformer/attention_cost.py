@@ -18,7 +18,8 @@ general    2·B·Dq·Dk + 2·B·S·Dk                          all
 Additive: ``W_q q`` (2·B·A·Dq), ``W_k k_s`` (2·B·S·A·Dk), the add (B·S·A), the
 tanh (B·S·A) and the product with ``v_a`` (2·B·S·A). ``W_k k`` does not depend on
 the decoder step, so a decoder that caches it pays only the last column per
-step: then the additive score is ~2x the dot score, not ~A x. ``general``
+step: then the additive score costs (2 + d/S) times the dot score (with A = D = d),
+not ~A times. ``general``
 projects the query (``q^T W``, once per step), not the ``S`` keys. Every score
 is followed by the same masked softmax (counted as 4·B·S) and weighted sum
 (2·B·S·Dv).

@@ -416,3 +416,26 @@ def test_layer_norm_init_is_ones_and_zeros_like_the_twin_and_nn_layer_norm(dtype
         assert_bitwise_equal(f"{who} weight", m.weight, ours.weight)
         assert_bitwise_equal(f"{who} bias", m.bias, ours.bias)
     assert np.array_equal(ours.weight, np.ones(6)) and np.array_equal(ours.bias, np.zeros(6))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nt.AdditiveAttention(4, 6, 5, rng=np.random.default_rng(0)),
+        lambda: nt.LuongAttention(4, 6, "general", rng=np.random.default_rng(0)),
+        lambda: nt.LuongAttention(4, 6, "concat", 3, rng=np.random.default_rng(0)),
+        lambda: nt.GRU(3, 4, bidirectional=True, rng=np.random.default_rng(0)),
+        lambda: nt.GRUCell(3, 4, rng=np.random.default_rng(0)),
+        lambda: nt.EncoderLayer(8, 2, 16, rng=np.random.default_rng(0)),
+        lambda: nt.DecoderLayer(8, 2, 16, norm_first=True, rng=np.random.default_rng(0)),
+        lambda: nt.Transformer(nt.TransformerConfig(7, 7, d_model=8, n_heads=2, d_ff=8), rng=np.random.default_rng(0)),
+        lambda: nt.RNNSeq2Seq(nt.RNNSeq2SeqConfig(7, 7, embed_dim=4, hidden_size=4), rng=np.random.default_rng(0)),
+    ],
+)
+def test_twin_of_builds_every_layer_and_model_with_the_same_weights(make):
+    module = make()
+    twin = bridge.twin_of(module)
+    back = bridge.state_dict_to_numpy(twin.state_dict())
+    assert list(back) == list(module.state_dict())
+    for name, p in module.named_parameters():
+        assert back[name].dtype == p.dtype and np.array_equal(back[name], p), name

@@ -86,6 +86,14 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
                    m.norm_first, m.norm1.eps, dtype=dtype)  # fmt: skip
     elif isinstance(m, nt.Transformer):
         twin = tmodels.Transformer(m.config, dtype=dtype)
+    elif isinstance(m, (nt.AdditiveAttention, nt.LuongAttention)):
+        from . import classic_attention as tca
+
+        if isinstance(m, nt.AdditiveAttention):
+            twin = tca.AdditiveAttention(m.query_dim, m.key_dim, m.attn_dim, dtype=dtype)
+        else:
+            attn_dim = m.attn_dim if m.score == "concat" else None
+            twin = tca.LuongAttention(m.query_dim, m.key_dim, m.score, attn_dim, dtype=dtype)
     elif isinstance(m, nt.RNNSeq2Seq):
         from .rnn_seq2seq import RNNSeq2Seq
 
