@@ -326,3 +326,15 @@ def test_key_projection_bias_has_no_effect_and_a_zero_gradient_up_to_rounding():
     mha.k_proj.bias[...] = rng.standard_normal(8)
     out2, _ = mha.forward(x, x, x, is_causal=True)
     assert_matches("output with another key bias", out2, out, np.float64)
+
+
+def test_dropout_module_draws_from_its_own_generator_unless_given_one():
+    x = np.ones((4, 50))
+    a, _ = nt.Dropout(0.5, rng=np.random.default_rng(7)).forward(x)
+    b, _ = nt.Dropout(0.5, rng=np.random.default_rng(7)).forward(x)
+    c, _ = nt.Dropout(0.5, rng=np.random.default_rng(7)).forward(x, rng=np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(TypeError, match="rng"):
+        nt.Dropout(0.5).forward(x)  # training mode, p > 0, no generator anywhere
+    with pytest.raises(TypeError, match="rng"):
+        nt.Dropout(0.5, rng=7)

@@ -103,7 +103,14 @@ class Embedding(Module):
 class LayerNorm(Module):
     """LayerNorm over the last dimension; ``weight`` ones and ``bias`` zeros at init."""
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype: np.dtype | type = np.float64) -> None:
+    def __init__(
+        self,
+        normalized_shape: int,
+        eps: float = 1e-5,
+        dtype: np.dtype | type = np.float64,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        """``rng`` is accepted like every module's, and unused: the initial values are fixed (1 and 0)."""
         super().__init__()
         self.normalized_shape = _positive_int("normalized_shape", normalized_shape)
         self.eps = float(eps)
@@ -121,16 +128,23 @@ class LayerNorm(Module):
 
 
 class Dropout(Module):
-    """Inverted dropout, active only in training mode."""
+    """Inverted dropout, active only in training mode.
 
-    def __init__(self, p: float = 0.1) -> None:
+    ``rng`` given here is the default generator for ``forward``'s masks; a generator or
+    an explicit ``mask`` passed to ``forward`` takes precedence.
+    """
+
+    def __init__(self, p: float = 0.1, rng: np.random.Generator | None = None) -> None:
         super().__init__()
         self.p = check_dropout_p(p)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng: expected a numpy.random.Generator or None, got {type(rng).__name__}")
+        self.rng = rng
 
     def forward(
         self, x: np.ndarray, rng: np.random.Generator | None = None, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, DropoutCache]:
-        return dropout_forward(x, self.p, rng=rng, mask=mask, training=self.training)
+        return dropout_forward(x, self.p, rng=rng or self.rng, mask=mask, training=self.training)
 
     def backward(self, dout: np.ndarray, cache: DropoutCache) -> np.ndarray:
         return dropout_backward(dout, cache)
