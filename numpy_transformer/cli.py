@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train the encoder-decoder Transformer on a built-in toy task",
-        description="Train the encoder-decoder Transformer on a toy task (generated from the seed, no download), "
+        help="train the Transformer (or a recurrent seq2seq model, --model) on a built-in toy task",
+        description="Train the encoder-decoder Transformer or a recurrent seq2seq model on a toy task (no download), "
         "print per-epoch train/validation loss and accuracy, and save a checkpoint, the history and a PNG "
         "of the loss curves in --out.",
     )
