@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -86,3 +88,21 @@ class RNNSeq2SeqConfig:
             raise ValueError(f"attention: expected one of {RNN_ATTENTIONS}, got {self.attention!r}")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
+
+
+def check_int_in(name: str, value: object, low: int, high: int | None) -> int:
+    """``value`` must be an int in ``[low, high]`` (no upper bound when ``high`` is None)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: expected an int {bound}, got {value}")
+    return int(value)
+
+
+def check_special_ids(config: TransformerConfig, bos_id: object, eos_id: object) -> None:
+    """Decoding arguments: ``bos_id`` and ``eos_id`` must be target ids other than ``pad_id``."""
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        check_int_in(name, value, 0, config.tgt_vocab_size - 1)
+        if value == config.pad_id:
+            raise ValueError(f"{name}: expected an id other than pad_id={config.pad_id}, got {value}")

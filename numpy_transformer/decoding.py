@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import check_int_in, check_special_ids
 from .functional._checks import check_float_array, check_int_array
 from .functional.attention import scaled_dot_product_attention_forward
 from .functional.linear import linear_forward
@@ -187,7 +188,7 @@ class IncrementalDecoder:
         if memory.dtype != model.dtype:
             raise TypeError(f"memory: expected dtype {model.dtype} (the model's), got {memory.dtype}")
         capacity = config.max_len if capacity is None else capacity
-        self.capacity = _check_int_in("capacity", capacity, 1, config.max_len)
+        self.capacity = check_int_in("capacity", capacity, 1, config.max_len)
         self.model = model
         self.memory_mask = model.source_mask(src)  # (B, 1, 1, S)
         self.tokens = np.full((B, self.capacity), config.pad_id, dtype=np.int64)  # every token fed, by position
@@ -366,8 +367,8 @@ def greedy_decode(
     """
     _check_model(model)
     src = _check_src(model, src)
-    max_len = _check_int_in("max_len", max_len, 1, model.config.max_len)
-    _check_special_ids(model, bos_id, eos_id)
+    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(use_cache, (bool, np.bool_)):
         raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
     pad_id = model.config.pad_id
@@ -462,9 +463,9 @@ def beam_search(
     """
     _check_model(model)
     src = _check_src(model, src)
-    K = _check_int_in("beam_size", beam_size, 1, None)
-    max_len = _check_int_in("max_len", max_len, 1, model.config.max_len)
-    _check_special_ids(model, bos_id, eos_id)
+    K = check_int_in("beam_size", beam_size, 1, None)
+    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(length_penalty, (int, float, np.integer, np.floating)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")
     pad_id, V, dtype = model.config.pad_id, model.config.tgt_vocab_size, model.dtype
@@ -566,22 +567,3 @@ def _check_src(model: Transformer, src: object) -> np.ndarray:
             f"src: expected token ids in [0, {config.src_vocab_size}), got range [{src.min()}, {src.max()}]"
         )
     return src
-
-
-def _check_int_in(name: str, value: object, low: int, high: int | None) -> int:
-    """``value`` must be an int in ``[low, high]`` (no upper bound when ``high`` is None)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {bound}, got {value}")
-    return int(value)
-
-
-def _check_special_ids(model: Transformer, bos_id: object, eos_id: object) -> None:
-    """``bos_id`` and ``eos_id`` must be target ids other than ``pad_id``."""
-    config = model.config
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        _check_int_in(name, value, 0, config.tgt_vocab_size - 1)
-        if value == config.pad_id:
-            raise ValueError(f"{name}: expected an id other than pad_id={config.pad_id}, got {value}")

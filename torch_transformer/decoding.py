@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from numpy_transformer.config import check_int_in, check_special_ids
+
 from . import functional as TF
 from .models import DecoderLayer, Transformer
 from .modules import MultiHeadAttention
@@ -109,7 +111,7 @@ class IncrementalDecoder:
                 f"memory: expected shape ({B}, {S}, {config.d_model}) to match src, got {tuple(memory.shape)}"
             )
         capacity = config.max_len if capacity is None else capacity
-        self.capacity = _check_int_in("capacity", capacity, 1, config.max_len)
+        self.capacity = check_int_in("capacity", capacity, 1, config.max_len)
         self.model = model
         device, dtype = memory.device, memory.dtype
         self.memory_mask = model.source_mask(src.to(device))  # (B, 1, 1, S)
@@ -253,8 +255,8 @@ def greedy_decode(
     """
     _check_model(model)
     src = _check_src(model, src)
-    max_len = _check_int_in("max_len", max_len, 1, model.config.max_len)
-    _check_special_ids(model, bos_id, eos_id)
+    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(use_cache, (bool, np.bool_)):
         raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
     pad_id = model.config.pad_id
@@ -338,9 +340,9 @@ def beam_search(
     """
     _check_model(model)
     src = _check_src(model, src)
-    K = _check_int_in("beam_size", beam_size, 1, None)
-    max_len = _check_int_in("max_len", max_len, 1, model.config.max_len)
-    _check_special_ids(model, bos_id, eos_id)
+    K = check_int_in("beam_size", beam_size, 1, None)
+    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(length_penalty, (int, float, np.integer, np.floating)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")
     pad_id, V = model.config.pad_id, model.config.tgt_vocab_size
@@ -451,22 +453,3 @@ def _check_src(model: Transformer, src: object) -> torch.Tensor:
     if low < 0 or high >= config.src_vocab_size:
         raise ValueError(f"src: expected token ids in [0, {config.src_vocab_size}), got range [{low}, {high}]")
     return src.long()
-
-
-def _check_int_in(name: str, value: object, low: int, high: int | None) -> int:
-    """``value`` must be an int in ``[low, high]`` (no upper bound when ``high`` is None)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {bound}, got {value}")
-    return int(value)
-
-
-def _check_special_ids(model: Transformer, bos_id: object, eos_id: object) -> None:
-    """``bos_id`` and ``eos_id`` must be target ids other than ``pad_id``."""
-    config = model.config
-    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        _check_int_in(name, value, 0, config.tgt_vocab_size - 1)
-        if value == config.pad_id:
-            raise ValueError(f"{name}: expected an id other than pad_id={config.pad_id}, got {value}")

@@ -493,9 +493,6 @@ def _x_btc(rng, dtype, d):
     return {"x": _normal(rng, (d["B"], d["T"], d["D"] * d["H"]), dtype)}
 
 
-_MODULE_SPECS: list[tuple] = []
-
-
 def _register_module(
     name,
     make_np,

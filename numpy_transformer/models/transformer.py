@@ -47,8 +47,16 @@ def _drop(x: np.ndarray, p: float, masks: DropoutMasks, site: str, training: boo
     return dropout_forward(x, p, mask=keep, training=keep is not None)
 
 
-def _attn_mask_shape(mha: MultiHeadAttention, q: np.ndarray, k: np.ndarray) -> tuple[int, int, int, int]:
-    return (q.shape[0], mha.n_heads, q.shape[1], k.shape[1])  # (B, H, T, S)
+def _attend(mha: MultiHeadAttention, site: str, q: np.ndarray, kv: np.ndarray, mask, masks: DropoutMasks):
+    """``mha(q, kv, kv)`` with the attention-weight dropout mask of ``site``, shape (B, H, T, S)."""
+    keep = masks.mask(site, (q.shape[0], mha.n_heads, q.shape[1], kv.shape[1]), mha.dropout, mha.training)
+    return mha.forward(q, kv, kv, mask=mask, dropout_mask=keep)
+
+
+def _feed_forward(ff: FeedForward, x: np.ndarray, masks: DropoutMasks):
+    """``ff(x)`` with the hidden-layer dropout mask of site ``ff``, shape (..., F)."""
+    keep = masks.mask("ff", x.shape[:-1] + (ff.linear1.out_features,), ff.dropout.p, ff.training)
+    return ff.forward(x, dropout_mask=keep)
 
 
 @dataclass(frozen=True)
@@ -86,14 +94,6 @@ class EncoderLayer(Module):
         self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
         self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
 
-    def _self_attention(self, x, mask, masks):
-        keep = masks.mask("self_attn", _attn_mask_shape(self.self_attn, x, x), self.self_attn.dropout, self.training)
-        return self.self_attn.forward(x, x, x, mask=mask, dropout_mask=keep)
-
-    def _feed_forward(self, x, masks):
-        keep = masks.mask("ff", x.shape[:-1] + (self.ff.linear1.out_features,), self.p, self.training)
-        return self.ff.forward(x, dropout_mask=keep)
-
     def forward(
         self, x: np.ndarray, mask: np.ndarray | None = None, masks: DropoutMasks | None = None
     ) -> tuple[np.ndarray, EncoderLayerCache]:
@@ -101,18 +101,18 @@ class EncoderLayer(Module):
         masks = masks or DropoutMasks()
         if self.norm_first:
             n1, c_n1 = self.norm1.forward(x)
-            a, c_sa = self._self_attention(n1, mask, masks)
+            a, c_sa = _attend(self.self_attn, "self_attn", n1, n1, mask, masks)
             a, c_d1 = _drop(a, self.p, masks, "dropout1", self.training)
             h = x + a  # (B, S, C)
             n2, c_n2 = self.norm2.forward(h)
-            f, c_ff = self._feed_forward(n2, masks)
+            f, c_ff = _feed_forward(self.ff, n2, masks)
             f, c_d2 = _drop(f, self.p, masks, "dropout2", self.training)
             y = h + f
         else:
-            a, c_sa = self._self_attention(x, mask, masks)
+            a, c_sa = _attend(self.self_attn, "self_attn", x, x, mask, masks)
             a, c_d1 = _drop(a, self.p, masks, "dropout1", self.training)
             h, c_n1 = self.norm1.forward(x + a)  # (B, S, C)
-            f, c_ff = self._feed_forward(h, masks)
+            f, c_ff = _feed_forward(self.ff, h, masks)
             f, c_d2 = _drop(f, self.p, masks, "dropout2", self.training)
             y, c_n2 = self.norm2.forward(h + f)
         return y, EncoderLayerCache(c_sa, c_d1, c_n1, c_ff, c_d2, c_n2)
@@ -175,14 +175,6 @@ class DecoderLayer(Module):
         self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
         self.norm3 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
 
-    def _attend(self, mha, name, q, kv, mask, masks):
-        keep = masks.mask(name, _attn_mask_shape(mha, q, kv), mha.dropout, self.training)
-        return mha.forward(q, kv, kv, mask=mask, dropout_mask=keep)
-
-    def _feed_forward(self, x, masks):
-        keep = masks.mask("ff", x.shape[:-1] + (self.ff.linear1.out_features,), self.p, self.training)
-        return self.ff.forward(x, dropout_mask=keep)
-
     def forward(
         self,
         x: np.ndarray,
@@ -200,25 +192,25 @@ class DecoderLayer(Module):
         p, tr = self.p, self.training
         if self.norm_first:
             n1, c_n1 = self.norm1.forward(x)
-            a, c_sa = self._attend(self.self_attn, "self_attn", n1, n1, tgt_mask, masks)
+            a, c_sa = _attend(self.self_attn, "self_attn", n1, n1, tgt_mask, masks)
             a, c_d1 = _drop(a, p, masks, "dropout1", tr)
             h1 = x + a
             n2, c_n2 = self.norm2.forward(h1)
-            b, c_ca = self._attend(self.cross_attn, "cross_attn", n2, memory, memory_mask, masks)
+            b, c_ca = _attend(self.cross_attn, "cross_attn", n2, memory, memory_mask, masks)
             b, c_d2 = _drop(b, p, masks, "dropout2", tr)
             h2 = h1 + b
             n3, c_n3 = self.norm3.forward(h2)
-            f, c_ff = self._feed_forward(n3, masks)
+            f, c_ff = _feed_forward(self.ff, n3, masks)
             f, c_d3 = _drop(f, p, masks, "dropout3", tr)
             y = h2 + f
         else:
-            a, c_sa = self._attend(self.self_attn, "self_attn", x, x, tgt_mask, masks)
+            a, c_sa = _attend(self.self_attn, "self_attn", x, x, tgt_mask, masks)
             a, c_d1 = _drop(a, p, masks, "dropout1", tr)
             h1, c_n1 = self.norm1.forward(x + a)
-            b, c_ca = self._attend(self.cross_attn, "cross_attn", h1, memory, memory_mask, masks)
+            b, c_ca = _attend(self.cross_attn, "cross_attn", h1, memory, memory_mask, masks)
             b, c_d2 = _drop(b, p, masks, "dropout2", tr)
             h2, c_n2 = self.norm2.forward(h1 + b)
-            f, c_ff = self._feed_forward(h2, masks)
+            f, c_ff = _feed_forward(self.ff, h2, masks)
             f, c_d3 = _drop(f, p, masks, "dropout3", tr)
             y, c_n3 = self.norm3.forward(h2 + f)
         return y, DecoderLayerCache(c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
