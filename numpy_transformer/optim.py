@@ -13,6 +13,18 @@ order, like :class:`numpy_transformer.Module`) or a list of ``(name, param, grad
 triples. It keeps references to those arrays and updates the parameters **in place**,
 so the module sees the new values without any copying back. Gradients are read, never
 written, by :meth:`Optimizer.step`; :meth:`Optimizer.zero_grad` zeroes them in place.
+Only the parameters given to the optimizer are ever read or written.
+
+Parameter groups
+----------------
+As in ``torch.optim``, ``params`` may instead be a list of dicts, each
+``{"params": <module or triples>, <hyper-parameter>: value, ...}``; a key a group leaves out
+takes the constructor's value, so ``AdamW([{"params": body, "lr": 1e-4}, {"params": head}],
+lr=1e-3)`` gives the body a tenth of the head's rate. ``opt.param_groups[i]`` is a dict-like
+view of group ``i`` (``["lr"]``, ``["betas"]``, ``["params"]`` = its names, ``["initial_lr"]``);
+assignments are checked like constructor arguments. Parameter names are unique over all
+groups and no array is in two groups. A key the optimizer does not know is an error
+(torch keeps it silently).
 
 All arithmetic happens in each parameter's own dtype (float32 or float64): scalars such
 as the learning rate stay Python floats, which NumPy applies in the array's dtype, the
@@ -26,6 +38,14 @@ is a pure function of the update number; set the rate just before each update::
     opt.lr = inverse_sqrt_warmup(opt.step_count + 1, d_model=512, warmup_steps=4000)
     opt.step()
 
+``opt.lr`` exists only with one group; with several, reading or assigning it raises
+``AttributeError`` (assigning one rate to all would silently erase a layer-wise decay).
+Set ``opt.param_groups[i]["lr"]``, or scale every group's ``initial_lr`` at once with
+:meth:`Optimizer.set_lr_scale` (``LambdaLR``'s rule)::
+
+    opt.set_lr_scale(linear_warmup_cosine(opt.step_count + 1, 1.0, warmup_steps=100, total_steps=1000))
+    opt.step()
+
 Updates are numbered from 1 (the first ``step()`` is update 1), as in the Transformer
 paper. In the usual PyTorch loop (``optimizer.step(); scheduler.step()``) a
 ``LambdaLR`` calls its function with ``last_epoch`` = 0 for the first update, so update
@@ -37,7 +57,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,6 +67,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Optimizer",
+    "ParamGroup",
     "clip_grad_norm",
     "inverse_sqrt_warmup",
     "linear_warmup_cosine",
@@ -102,23 +123,26 @@ def _beta(name: str, value: object) -> float:
     return out
 
 
-def _check_pair(name: str, param: object, grad: object) -> None:
+def _check_pair(name: str, param: object, grad: object, label: str = "params") -> None:
     for what, a in (("parameter", param), ("gradient", grad)):
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"params: {what} {name!r} must be a numpy.ndarray, got {type(a).__name__}")
+            raise TypeError(f"{label}: {what} {name!r} must be a numpy.ndarray, got {type(a).__name__}")
         if a.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"params: {what} {name!r} must be float32 or float64, got {a.dtype}")
+            raise TypeError(f"{label}: {what} {name!r} must be float32 or float64, got {a.dtype}")
         if not a.flags.writeable:
-            raise ValueError(f"params: {what} {name!r} is read-only; the optimizer updates it in place")
+            raise ValueError(f"{label}: {what} {name!r} is read-only; the optimizer updates it in place")
     if grad.shape != param.shape or grad.dtype != param.dtype:
         raise ValueError(
-            f"params: gradient {name!r} must match its parameter, shape {param.shape} dtype {param.dtype}; "
+            f"{label}: gradient {name!r} must match its parameter, shape {param.shape} dtype {param.dtype}; "
             f"got shape {grad.shape} dtype {grad.dtype}"
         )
 
 
-def _collect_params(params: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, param, grad)`` triples from a module-like object or an iterable of triples."""
+def _collect_params(params: Any, label: str = "params") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(name, param, grad)`` triples from a module-like object or an iterable of triples.
+
+    ``label`` names the argument in error messages (``params``, or ``param_groups[i]['params']``).
+    """
     if hasattr(params, "named_parameters") and hasattr(params, "named_grads"):
         named_p = list(params.named_parameters())
         named_g = list(params.named_grads())
@@ -126,30 +150,43 @@ def _collect_params(params: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
         names_g = [n for n, _ in named_g]
         if names_p != names_g:
             raise ValueError(
-                f"params: named_parameters() and named_grads() must give the same names in the same order, "
+                f"{label}: named_parameters() and named_grads() must give the same names in the same order, "
                 f"got {names_p} and {names_g}"
             )
         triples = [(n, p, g) for (n, p), (_, g) in zip(named_p, named_g, strict=True)]
     else:
         if isinstance(params, (np.ndarray, str, Mapping)) or not isinstance(params, Iterable):
             raise TypeError(
-                "params: expected an object with named_parameters() and named_grads(), or an iterable of "
-                f"(name, param, grad) triples; got {type(params).__name__}"
+                f"{label}: expected an object with named_parameters() and named_grads(), an iterable of "
+                f"(name, param, grad) triples or a list of parameter-group dicts; got {type(params).__name__}"
             )
         triples = []
         for item in params:
             if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)):
-                raise TypeError(f"params: expected (name, param, grad) triples, got {item!r:.80}")
+                raise TypeError(f"{label}: expected (name, param, grad) triples, got {item!r:.80}")
             triples.append(item)
     if not triples:
-        raise ValueError("params: got no parameters to optimize")
+        raise ValueError(f"{label}: got no parameters to optimize")
     seen: set[str] = set()
     for name, p, g in triples:
         if name in seen:
-            raise ValueError(f"params: duplicate parameter name {name!r}")
+            raise ValueError(f"{label}: duplicate parameter name {name!r}")
         seen.add(name)
-        _check_pair(name, p, g)
+        _check_pair(name, p, g, label)
     return triples
+
+
+def _is_group_list(params: Any) -> bool:
+    """Whether ``params`` (already a list) is a list of parameter-group dicts, as torch.optim takes."""
+    if not (isinstance(params, list) and params and isinstance(params[0], Mapping)):
+        return False
+    for i, item in enumerate(params):
+        if not isinstance(item, Mapping):
+            raise TypeError(
+                f"params: item 0 is a parameter-group dict, so every item must be one; item {i} is "
+                f"{type(item).__name__}"
+            )
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -157,57 +194,276 @@ def _collect_params(params: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
 # ---------------------------------------------------------------------------
 
 
-class Optimizer:
-    """Shared machinery: parameter bookkeeping, ``lr``, ``zero_grad`` and the flat state dict.
+class ParamGroup(MutableMapping):
+    """One parameter group of an optimizer: a dict-like view of its hyper-parameters, as in ``torch.optim``.
 
-    A subclass lists its hyper-parameters in ``_HYPER`` (validated by
-    :meth:`_validate`) and its per-parameter buffers in :meth:`_buffer_names`.
+    ``opt.param_groups[i]["lr"] = 1e-4`` sets group ``i``'s learning rate for the next
+    :meth:`Optimizer.step`; every assignment is checked like the constructor's argument and
+    raises naming the group and the key (``param_groups[1]['lr']: ...``), leaving the group
+    unchanged. The keys are the constructor's (``lr``, ``betas``, ``eps``, ... for Adam),
+    plus:
+
+    * ``"params"`` -- the names of the group's parameters, a tuple (read-only: membership
+      is fixed at construction);
+    * ``"initial_lr"`` -- the base learning rate :meth:`Optimizer.set_lr_scale` multiplies
+      (the group's ``lr`` at construction unless the group dict gave one; ``LambdaLR``'s
+      ``initial_lr``).
+
+    Hyper-parameters that decide which state buffers exist (SGD's ``momentum`` being zero or
+    not, Adam's ``amsgrad``) can be changed only in ways that keep the buffers.
+    """
+
+    def __init__(self, optimizer: Optimizer, index: int, triples: list, hyper: dict[str, Any], initial_lr: float):
+        self._opt = optimizer
+        self._index = index
+        self._triples = triples
+        self._hyper = hyper  # checked, in the optimizer's flat form (Adam: beta1, beta2)
+        self._initial_lr = initial_lr
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self._triples)
+
+    def _label(self) -> str:
+        return f"param_groups[{self._index}]"
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "params":
+            return self.names
+        if key == "initial_lr":
+            return self._initial_lr
+        if key in self._opt._GROUP_KEYS:
+            return self._opt._unflatten(self._hyper)[key]
+        raise KeyError(f"{self._label()}: no key {key!r}; the keys are {list(self)}")
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if key == "params":
+            raise TypeError(f"{self._label()}['params']: a group's parameters are fixed at construction")
+        if key == "initial_lr":
+            self._initial_lr = _number(f"{self._label()}['initial_lr']", value, low=0.0)
+        elif key in self._opt._GROUP_KEYS:
+            self._update(self._opt._flatten({key: value}, self._label()), self._label())
+        else:
+            raise KeyError(f"{self._label()}: no key {key!r}; the keys are {list(self)}")
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"{self._label()}: keys cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("params", *self._opt._GROUP_KEYS, "initial_lr"))
+
+    def __len__(self) -> int:
+        return len(self._opt._GROUP_KEYS) + 2
+
+    def _update(self, flat: Mapping[str, object], prefix: str) -> None:
+        """Check ``flat`` (flat-form keys) together with the rest of the group, then commit it."""
+        hyper = self._opt._validate({**self._hyper, **flat}, prefix)
+        self._opt._check_same_structure(self._hyper, hyper, lambda key: self._opt._label(prefix, key))
+        self._hyper = hyper
+
+    def __repr__(self) -> str:
+        return f"ParamGroup({dict(self)!r})"
+
+
+class _OneGroup:
+    """``opt.<key>``: a hyper-parameter of a one-group optimizer, read and assigned (checked) through the group.
+
+    With several groups there is no single value: reading or assigning raises ``AttributeError``
+    pointing to ``opt.param_groups``.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    def __get__(self, opt: Optimizer | None, owner: type | None = None) -> Any:
+        if opt is None:
+            return self
+        return opt._only_group(self.key)._hyper[self.key]
+
+    def __set__(self, opt: Optimizer, value: object) -> None:
+        opt._only_group(self.key)._update({self.key: value}, "")
+
+
+class Optimizer:
+    """Shared machinery: parameter groups, ``lr``, ``zero_grad`` and the flat state dict.
+
+    A subclass lists its hyper-parameters in ``_HYPER`` (flat form, the state-dict keys;
+    validated by :meth:`_validate`), their constructor / group-dict names in ``_GROUP_KEYS``
+    (:meth:`_flatten` / :meth:`_unflatten` convert) and its per-parameter buffers in
+    :meth:`_buffer_names`.
+
+    Parameter groups
+    ----------------
+    ``params`` may be a list of dicts ``{"params": <module or triples>, "lr": ..., ...}``, as
+    in ``torch.optim``: a key a group leaves out takes the constructor's value. Unlike
+    torch, a key the optimizer does not know is an error (torch keeps it silently), so a
+    typo such as ``"weight_decy"`` cannot pass unnoticed. Every parameter name is unique
+    over all groups (take the triples from the whole model, or give a sub-module's names a
+    prefix: ``sub.named_parameters("encoder.")``) and no array may be in two groups.
 
     Attributes
     ----------
+    param_groups : list[ParamGroup]
+        One dict-like view per group; ``opt.param_groups[i]["lr"] = ...`` sets group ``i``'s rate.
     lr : float
-        Learning rate used by the next :meth:`step`; schedules assign it. Must be >= 0.
+        With one group: its learning rate, read at every :meth:`step`; schedules assign it
+        (checked: >= 0). With several groups, reading or assigning ``opt.lr`` raises
+        ``AttributeError``: use ``param_groups[i]["lr"]`` or :meth:`set_lr_scale`. The other
+        hyper-parameters (``opt.momentum``, ``opt.eps``, ...) follow the same rule.
     step_count : int
         Number of updates made so far (``step()`` calls).
     state : dict[str, dict[str, numpy.ndarray]]
         ``state[buffer][param_name]``: the per-parameter buffers, e.g. ``state["exp_avg"]["weight"]``,
-        allocated as zeros at construction in the parameter's shape and dtype.
+        allocated as zeros at construction in the parameter's shape and dtype, for the
+        parameters whose group needs that buffer.
     """
 
     _HYPER: ClassVar[tuple[str, ...]] = ("lr",)
+    _GROUP_KEYS: ClassVar[tuple[str, ...]] = ("lr",)
+    # flat key -> (group key, index) where a group key holds several flat ones (Adam's betas)
+    _PARTS: ClassVar[dict[str, tuple[str, int]]] = {}
 
-    def __init__(self, params: Any, **hyper: object) -> None:
-        self._params = _collect_params(params)
-        for key, value in self._validate(hyper).items():
-            setattr(self, "_lr" if key == "lr" else key, value)
+    lr = _OneGroup()
+
+    def __init__(self, params: Any, **defaults: object) -> None:
+        module_like = hasattr(params, "named_parameters") and hasattr(params, "named_grads")
+        if not module_like and isinstance(params, Iterable) and not isinstance(params, (np.ndarray, str, Mapping)):
+            params = list(params)  # a generator is read once, here
+        lr_required = defaults["lr"] is None  # torch's `required`: then every group must give its lr
+        flat_defaults = self._flatten(defaults, "")
+        self._validate({**flat_defaults, "lr": 0.0} if lr_required else flat_defaults, "")
+        specs = list(params) if _is_group_list(params) else [{"params": params}]
+        self.param_groups: list[ParamGroup] = []
+        owner: dict[str, int] = {}  # parameter name -> group index
+        arrays: dict[int, tuple[str, int]] = {}  # id(param) -> (name, group index)
+        for i, spec in enumerate(specs):
+            label = "params" if len(specs) == 1 and spec.get("params") is params else f"param_groups[{i}]"
+            if "params" not in spec:
+                raise ValueError(f"{label}: a parameter group needs a 'params' key, got keys {sorted(spec)}")
+            unknown = [k for k in spec if k not in ("params", "initial_lr", *self._GROUP_KEYS)]
+            if unknown:
+                raise ValueError(
+                    f"{label}: unknown key {unknown[0]!r}; a {type(self).__name__} group takes "
+                    f"{['params', *self._GROUP_KEYS, 'initial_lr']}"
+                )
+            where = label if label == "params" else f"{label}['params']"
+            triples = _collect_params(spec["params"], where)
+            for name, p, _ in triples:
+                if name in owner:
+                    raise ValueError(
+                        f"{where}: parameter {name!r} is already in param_groups[{owner[name]}]; names must be "
+                        "unique over all groups (take the triples from the whole model's named_parameters() and "
+                        "named_grads(), or give a sub-module's names a prefix)"
+                    )
+                if id(p) in arrays:
+                    other, j = arrays[id(p)]
+                    raise ValueError(
+                        f"{where}: parameter {name!r} is the same array as {other!r} in param_groups[{j}]; "
+                        "a parameter may be in one group only"
+                    )
+                owner[name] = i
+                arrays[id(p)] = (name, i)
+            prefix = "" if label == "params" else label
+            given = {k: v for k, v in spec.items() if k in self._GROUP_KEYS}
+            if lr_required and "lr" not in given:
+                raise TypeError(
+                    f"{prefix or 'lr'}: no learning rate; give {type(self).__name__} lr=..., or an 'lr' in every group"
+                )
+            hyper = self._validate({**flat_defaults, **self._flatten(given, prefix)}, prefix)
+            initial_lr = spec.get("initial_lr", hyper["lr"])
+            initial_lr = _number(f"{prefix}['initial_lr']" if prefix else "initial_lr", initial_lr, low=0.0)
+            self.param_groups.append(ParamGroup(self, i, triples, hyper, initial_lr))
+        self._params = [t for group in self.param_groups for t in group._triples]
         self.step_count = 0
-        self.state: dict[str, dict[str, np.ndarray]] = {
-            buf: {name: np.zeros_like(p) for name, p, _ in self._params} for buf in self._buffer_names()
-        }
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        for group in self.param_groups:
+            for buf in self._buffer_names(group._hyper):
+                self.state.setdefault(buf, {}).update({name: np.zeros_like(p) for name, p, _ in group._triples})
 
     # -- to be provided by subclasses ------------------------------------------------
-    def _validate(self, hyper: Mapping[str, object]) -> dict[str, Any]:
-        """Checked, normalised hyper-parameters (Python scalars); raise naming the bad one."""
-        return {"lr": _number("lr", hyper["lr"], low=0.0)}
+    def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
+        """Checked, normalised flat hyper-parameters (Python scalars); raise naming the bad one.
 
-    def _buffer_names(self) -> tuple[str, ...]:
+        ``prefix`` is ``""`` for the constructor's own arguments (messages say ``lr: ...``) or
+        ``"param_groups[i]"`` for a group (``param_groups[i]['lr']: ...``).
+        """
+        return {"lr": _number(self._label(prefix, "lr"), hyper["lr"], low=0.0)}
+
+    def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
+        """The state buffers a group with these (flat) hyper-parameters needs."""
         return ()
 
-    def step(self) -> None:
+    def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
         raise NotImplementedError
 
-    # -- shared ----------------------------------------------------------------------
-    @property
-    def lr(self) -> float:
-        return self._lr
+    def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
+        """Reject new hyper-parameters that would need other buffers than the group has (``label(key)`` names one)."""
 
-    @lr.setter
-    def lr(self, value: object) -> None:
-        self._lr = _number("lr", value, low=0.0)
+    # -- shared ----------------------------------------------------------------------
+    def _label(self, prefix: str, key: str) -> str:
+        """How messages name flat ``key``: ``betas[0]`` on its own, ``param_groups[1]['betas'][0]`` in a group."""
+        outer, index = self._PARTS.get(key, (key, None))
+        if not prefix:
+            return outer if index is None else f"{outer}[{index}]"
+        return f"{prefix}[{outer!r}]" + ("" if index is None else f"[{index}]")
+
+    def _flatten(self, group: Mapping[str, object], prefix: str) -> dict[str, object]:
+        """Constructor / group-dict keys (``betas``) -> flat keys (``beta1``, ``beta2``); unchecked values."""
+        return dict(group)
+
+    def _unflatten(self, hyper: Mapping[str, Any]) -> dict[str, Any]:
+        """Flat keys -> constructor / group-dict keys, in ``_GROUP_KEYS`` order."""
+        return {key: hyper[key] for key in self._GROUP_KEYS}
+
+    def _only_group(self, what: str) -> ParamGroup:
+        if len(self.param_groups) != 1:
+            key = self._PARTS.get(what, (what,))[0]
+            hint = f"opt.param_groups[i][{key!r}]" if key in self._GROUP_KEYS else "opt.param_groups[i]"
+            more = ", or scale every group's initial_lr with opt.set_lr_scale(factor)" if what == "lr" else ""
+            raise AttributeError(
+                f"{what}: this {type(self).__name__} has {len(self.param_groups)} parameter groups, each with its "
+                f"own hyper-parameters; use {hint}{more}"
+            )
+        return self.param_groups[0]
+
+    def step(self) -> None:
+        """One update of every parameter of every group, in place (see the class docstring for the rule)."""
+        self.step_count += 1
+        for group in self.param_groups:
+            self._step_group(group._hyper, group._triples)
+
+    def set_lr_scale(self, factor: object) -> None:
+        """Set every group's ``lr`` to its ``initial_lr`` times ``factor`` (one number, or one per group).
+
+        The rule of ``torch.optim.lr_scheduler.LambdaLR``: ``lr_i = initial_lr_i * f(last_epoch)``.
+        Its usual loop (``opt.step(); sched.step()``) corresponds to::
+
+            opt.set_lr_scale(f(opt.step_count))   # LambdaLR's last_epoch = our step_count
+            opt.step()
+
+        so a layer-wise decay set through the groups' rates keeps its ratios under the schedule.
+        Checked before anything is written (``factor`` >= 0, finite products).
+        """
+        n = len(self.param_groups)
+        if isinstance(factor, (list, tuple)):
+            if len(factor) != n:
+                raise ValueError(f"factor: expected one factor per parameter group ({n}), got {len(factor)}")
+            factors = [_number(f"factor[{i}]", f, low=0.0) for i, f in enumerate(factor)]
+        else:
+            factors = [_number("factor", factor, low=0.0)] * n
+        new = [
+            _number(f"param_groups[{i}]['lr']", group._initial_lr * f, low=0.0)
+            for i, (group, f) in enumerate(zip(self.param_groups, factors, strict=True))
+        ]
+        for group, lr in zip(self.param_groups, new, strict=True):
+            group._hyper["lr"] = lr
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The current hyper-parameters, keyed as in the constructor (betas split into beta1, beta2)."""
-        return {key: getattr(self, key) for key in self._HYPER}
+        """The only group's hyper-parameters, flat (betas split into beta1, beta2).
+
+        With several groups: ``AttributeError``; read ``param_groups`` instead.
+        """
+        return dict(self._only_group("hyperparameters")._hyper)
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, p, _ in self._params:
@@ -222,14 +478,28 @@ class Optimizer:
         for _, _, g in self._params:
             g.fill(0)
 
+    def _group_prefixes(self) -> list[str]:
+        """State-dict key prefix of each group: ``""`` with one group, ``"param_groups.<i>."`` with several."""
+        if len(self.param_groups) == 1:
+            return [""]
+        return [f"param_groups.{i}." for i in range(len(self.param_groups))]
+
     def state_dict(self) -> dict[str, Any]:
         """A flat dict of Python scalars and array copies, ready for ``np.savez(path, **state)``.
 
-        Keys: ``"type"`` (the class name), ``"step"``, every hyper-parameter (``"lr"``, ...)
-        and ``"<buffer>.<param name>"`` for every buffer, e.g. ``"exp_avg.q_proj.weight"``.
+        Keys: ``"type"`` (the class name), ``"step"``, the hyper-parameters and
+        ``"<buffer>.<param name>"`` for every buffer, e.g. ``"exp_avg.q_proj.weight"``.
+        With one group the hyper-parameters are top-level keys (``"lr"``, ``"beta1"``, ...,
+        ``"initial_lr"``), as before groups existed. With several, group ``i`` has
+        ``"param_groups.<i>.<key>"`` for each of them and ``"param_groups.<i>.params"``, its
+        parameter names as a string array.
         """
         out: dict[str, Any] = {"type": type(self).__name__, "step": self.step_count}
-        out.update(self.hyperparameters())
+        for group, prefix in zip(self.param_groups, self._group_prefixes(), strict=True):
+            if prefix:
+                out[f"{prefix}params"] = np.array(group.names)
+            out.update({f"{prefix}{key}": value for key, value in group._hyper.items()})
+            out[f"{prefix}initial_lr"] = group._initial_lr
         for buf, arrays in self.state.items():
             for name, a in arrays.items():
                 out[f"{buf}.{name}"] = a.copy()
@@ -239,14 +509,31 @@ class Optimizer:
         """Restore step count, hyper-parameters and buffers from :meth:`state_dict` (or its ``.npz``).
 
         Scalars may be Python scalars or 0-d arrays (what ``np.load`` gives back). The keys
-        must be exactly those of this optimizer's own state dict, every buffer must have its
-        parameter's shape and dtype, and the hyper-parameters must pass the constructor's
-        checks. Everything is checked before anything is written, so on error
-        (``KeyError``, ``TypeError``, ``ValueError``) the optimizer is unchanged.
+        must be exactly those of this optimizer's own state dict (same number of groups,
+        each with the same parameter names), every buffer must have its parameter's shape
+        and dtype, and the hyper-parameters must pass the constructor's checks. A one-group
+        state without ``"initial_lr"`` (saved before parameter groups existed) loads and
+        keeps this optimizer's ``initial_lr``. Everything is checked before anything is
+        written, so on error (``KeyError``, ``TypeError``, ``ValueError``) the optimizer is
+        unchanged.
         """
-        buffer_keys = {f"{buf}.{name}": (buf, name) for buf in self.state for name, _, _ in self._params}
-        own_keys = {"type", "step", *self._HYPER, *buffer_keys}
-        missing = sorted(own_keys - set(state))
+        n = len(self.param_groups)
+        saved = {key.split(".")[1] for key in state if key.startswith("param_groups.")}
+        n_saved = len(saved) if saved else int("lr" in state)
+        if n_saved != n:
+            raise ValueError(
+                f"state: saved from an optimizer with {n_saved} parameter group(s), this {type(self).__name__} has {n}"
+            )
+        prefixes = self._group_prefixes()
+        buffer_keys = {f"{buf}.{name}": (buf, name) for buf, arrays in self.state.items() for name in arrays}
+        group_keys = {
+            f"{prefix}{key}"
+            for prefix in prefixes
+            for key in (*self._HYPER, "initial_lr", *(("params",) if prefix else ()))
+        }
+        own_keys = {"type", "step", *group_keys, *buffer_keys}
+        optional = {"initial_lr"} if n == 1 else set()
+        missing = sorted(own_keys - set(state) - optional)
         extra = sorted(set(state) - own_keys)
         if missing or extra:
             raise KeyError(f"state: keys do not match {type(self).__name__}: missing {missing}, unexpected {extra}")
@@ -255,8 +542,25 @@ class Optimizer:
         if str(kind) != type(self).__name__:
             raise ValueError(f"state['type']: this is a {type(self).__name__}, the state is from a {kind!s}")
         step = _integer("state['step']", state["step"])
-        hyper = self._validate({key: state[key] for key in self._HYPER})
-        self._check_same_structure(hyper)
+        new_groups = []
+        for i, (group, prefix) in enumerate(zip(self.param_groups, prefixes, strict=True)):
+            if prefix:
+                names = state[f"{prefix}params"]
+                names = np.asarray(names) if isinstance(names, (np.ndarray, list, tuple)) else None
+                if names is None or names.ndim != 1 or names.dtype.kind not in "US":
+                    raise TypeError(f"state['{prefix}params']: expected a 1-d array of parameter names")
+                if [str(x) for x in names] != list(group.names):
+                    raise ValueError(
+                        f"state['{prefix}params']: the state's group {i} holds {[str(x) for x in names]}, "
+                        f"this optimizer's holds {list(group.names)}"
+                    )
+            flat = {key: state[f"{prefix}{key}"] for key in self._HYPER}
+            hyper = self._validate(flat, prefix and f"param_groups[{i}]")
+            self._check_same_structure(group._hyper, hyper, lambda key, prefix=prefix: f"state['{prefix}{key}']")
+            initial_lr = group._initial_lr
+            if f"{prefix}initial_lr" in state:
+                initial_lr = _number(f"state['{prefix}initial_lr']", state[f"{prefix}initial_lr"], low=0.0)
+            new_groups.append((hyper, initial_lr))
         for key, (_, name) in buffer_keys.items():
             value, param = state[key], self._param(name)
             if not isinstance(value, np.ndarray):
@@ -267,20 +571,21 @@ class Optimizer:
                 raise TypeError(f"state[{key!r}]: expected dtype {param.dtype}, got {value.dtype}")
         # everything checked: commit
         self.step_count = step
-        for key, value in hyper.items():
-            setattr(self, "_lr" if key == "lr" else key, value)
+        for group, (hyper, initial_lr) in zip(self.param_groups, new_groups, strict=True):
+            group._hyper, group._initial_lr = hyper, initial_lr
         for key, (buf, name) in buffer_keys.items():
             np.copyto(self.state[buf][name], state[key])
-
-    def _check_same_structure(self, hyper: Mapping[str, Any]) -> None:
-        """Reject a state whose hyper-parameters would need other buffers than this optimizer has."""
 
     def _param(self, name: str) -> np.ndarray:
         return next(p for n, p, _ in self._params if n == name)
 
     def __repr__(self) -> str:
-        hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
-        return f"{type(self).__name__}({len(self._params)} parameters, step_count={self.step_count}, {hp})"
+        head = f"{type(self).__name__}({len(self._params)} parameters, step_count={self.step_count}"
+        if len(self.param_groups) == 1:
+            hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+            return f"{head}, {hp})"
+        groups = ", ".join(repr({k: v for k, v in g.items() if k != "params"}) for g in self.param_groups)
+        return f"{head}, param_groups=[{groups}])"
 
 
 class SGD(Optimizer):
@@ -298,11 +603,13 @@ class SGD(Optimizer):
 
     Parameters
     ----------
-    params : module or iterable of (name, param, grad)
-        Anything with ``named_parameters()`` / ``named_grads()``, or ``(name, param, grad)``
-        triples of float32/float64 arrays of matching shape and dtype.
+    params : module, iterable of (name, param, grad), or list of group dicts
+        Anything with ``named_parameters()`` / ``named_grads()``, ``(name, param, grad)``
+        triples of float32/float64 arrays of matching shape and dtype, or parameter groups
+        ``[{"params": ..., "lr": ..., "momentum": ...}, ...]`` (see :class:`Optimizer`).
     lr : float
-        Learning rate :math:`\gamma` >= 0.
+        Learning rate :math:`\gamma` >= 0. Required, unless every group gives its own
+        (torch's ``required``; leave it ``None`` then).
     momentum : float, default 0
         :math:`\mu` >= 0. With 0 there is no buffer.
     dampening : float, default 0
@@ -312,15 +619,21 @@ class SGD(Optimizer):
     nesterov : bool, default False
         Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0`` (as in PyTorch).
 
-    State buffers: ``momentum_buffer`` (only when ``momentum != 0``).
+    State buffers: ``momentum_buffer`` (only for parameters in a group with ``momentum != 0``).
     """
 
     _HYPER: ClassVar[tuple[str, ...]] = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _GROUP_KEYS: ClassVar[tuple[str, ...]] = _HYPER
+
+    momentum = _OneGroup()
+    dampening = _OneGroup()
+    weight_decay = _OneGroup()
+    nesterov = _OneGroup()
 
     def __init__(
         self,
         params: Any,
-        lr: float,
+        lr: float | None = None,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
@@ -330,36 +643,35 @@ class SGD(Optimizer):
             params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
         )
 
-    def _validate(self, hyper: Mapping[str, object]) -> dict[str, Any]:
-        out = super()._validate(hyper)
-        out["momentum"] = _number("momentum", hyper["momentum"], low=0.0)
-        out["dampening"] = _number("dampening", hyper["dampening"], low=0.0)
+    def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
+        out = super()._validate(hyper, prefix)
+        label = self._label
+        out["momentum"] = _number(label(prefix, "momentum"), hyper["momentum"], low=0.0)
+        out["dampening"] = _number(label(prefix, "dampening"), hyper["dampening"], low=0.0)
         if out["dampening"] > 1.0:
-            raise ValueError(f"dampening: expected a number in [0, 1], got {out['dampening']!r}")
-        out["weight_decay"] = _number("weight_decay", hyper["weight_decay"], low=0.0)
-        out["nesterov"] = _flag("nesterov", hyper["nesterov"])
+            raise ValueError(f"{label(prefix, 'dampening')}: expected a number in [0, 1], got {out['dampening']!r}")
+        out["weight_decay"] = _number(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
+        out["nesterov"] = _flag(label(prefix, "nesterov"), hyper["nesterov"])
         if out["nesterov"] and (out["momentum"] == 0.0 or out["dampening"] != 0.0):
             raise ValueError(
-                f"nesterov: Nesterov momentum needs momentum > 0 and dampening == 0, "
+                f"{label(prefix, 'nesterov')}: Nesterov momentum needs momentum > 0 and dampening == 0, "
                 f"got momentum={out['momentum']!r}, dampening={out['dampening']!r}"
             )
         return out
 
-    def _buffer_names(self) -> tuple[str, ...]:
-        return ("momentum_buffer",) if self.momentum != 0.0 else ()
+    def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if hyper["momentum"] != 0.0 else ()
 
-    def _check_same_structure(self, hyper: Mapping[str, Any]) -> None:
-        if (hyper["momentum"] != 0.0) != (self.momentum != 0.0):
+    def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
+        if (new["momentum"] != 0.0) != (old["momentum"] != 0.0):
             raise ValueError(
-                f"state['momentum']: {hyper['momentum']!r} and this optimizer's {self.momentum!r} disagree "
-                "on whether there is a momentum buffer"
+                f"{label('momentum')}: {new['momentum']!r} and the group's {old['momentum']!r} disagree "
+                "on whether there is a momentum buffer (fixed at construction)"
             )
 
-    def step(self) -> None:
-        """One update of every parameter, in place (see the class docstring for the rule)."""
-        lr, mu, tau, wd = self._lr, self.momentum, self.dampening, self.weight_decay
-        self.step_count += 1
-        for name, p, g in self._params:
+    def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
+        lr, mu, tau, wd, nesterov = (hyper[k] for k in self._HYPER)
+        for name, p, g in triples:
             d_p = g + wd * p if wd != 0.0 else g  # a new array: the stored gradient stays as backward wrote it
             if mu != 0.0:
                 buf = self.state["momentum_buffer"][name]
@@ -368,7 +680,7 @@ class SGD(Optimizer):
                 else:
                     buf *= mu
                     buf += (1.0 - tau) * d_p
-                d_p = d_p + mu * buf if self.nesterov else buf
+                d_p = d_p + mu * buf if nesterov else buf
             p -= lr * d_p
 
 
@@ -392,9 +704,10 @@ class Adam(Optimizer):
 
     Parameters
     ----------
-    params : module or iterable of (name, param, grad)
-        Anything with ``named_parameters()`` / ``named_grads()``, or ``(name, param, grad)``
-        triples of float32/float64 arrays of matching shape and dtype.
+    params : module, iterable of (name, param, grad), or list of group dicts
+        Anything with ``named_parameters()`` / ``named_grads()``, ``(name, param, grad)``
+        triples of float32/float64 arrays of matching shape and dtype, or parameter groups
+        ``[{"params": ..., "lr": ..., "betas": ...}, ...]`` (see :class:`Optimizer`).
     lr : float, default 1e-3
         :math:`\gamma` >= 0.
     betas : (float, float), default (0.9, 0.999)
@@ -412,7 +725,15 @@ class Adam(Optimizer):
     """
 
     _HYPER: ClassVar[tuple[str, ...]] = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad")
+    _GROUP_KEYS: ClassVar[tuple[str, ...]] = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    _PARTS: ClassVar[dict[str, tuple[str, int]]] = {"beta1": ("betas", 0), "beta2": ("betas", 1)}
     _DECOUPLED: ClassVar[bool] = False
+
+    beta1 = _OneGroup()
+    beta2 = _OneGroup()
+    eps = _OneGroup()
+    weight_decay = _OneGroup()
+    amsgrad = _OneGroup()
 
     def __init__(
         self,
@@ -423,40 +744,52 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
     ) -> None:
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        super().__init__(
-            params, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
-        )
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
     @property
     def betas(self) -> tuple[float, float]:
         return (self.beta1, self.beta2)
 
-    def _validate(self, hyper: Mapping[str, object]) -> dict[str, Any]:
-        out = super()._validate(hyper)
-        out["beta1"] = _beta("betas[0]", hyper["beta1"])
-        out["beta2"] = _beta("betas[1]", hyper["beta2"])
-        out["eps"] = _number("eps", hyper["eps"], low=0.0, low_inclusive=False)
-        out["weight_decay"] = _number("weight_decay", hyper["weight_decay"], low=0.0)
-        out["amsgrad"] = _flag("amsgrad", hyper["amsgrad"])
+    def _flatten(self, group: Mapping[str, object], prefix: str) -> dict[str, object]:
+        out = dict(group)
+        if "betas" in out:
+            betas = out.pop("betas")
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+                raise TypeError(f"{self._label(prefix, 'betas')}: expected a pair (beta1, beta2), got {betas!r}")
+            out["beta1"], out["beta2"] = betas
         return out
 
-    def _buffer_names(self) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
+    def _unflatten(self, hyper: Mapping[str, Any]) -> dict[str, Any]:
+        out = {key: hyper[key] for key in self._HYPER}
+        out["betas"] = (out.pop("beta1"), out.pop("beta2"))
+        return {key: out[key] for key in self._GROUP_KEYS}
 
-    def _check_same_structure(self, hyper: Mapping[str, Any]) -> None:
-        if hyper["amsgrad"] != self.amsgrad:
-            raise ValueError(f"state['amsgrad']: the state has {hyper['amsgrad']}, this optimizer {self.amsgrad}")
+    def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
+        out = super()._validate(hyper, prefix)
+        label = self._label
+        out["beta1"] = _beta(label(prefix, "beta1"), hyper["beta1"])
+        out["beta2"] = _beta(label(prefix, "beta2"), hyper["beta2"])
+        out["eps"] = _number(label(prefix, "eps"), hyper["eps"], low=0.0, low_inclusive=False)
+        out["weight_decay"] = _number(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
+        out["amsgrad"] = _flag(label(prefix, "amsgrad"), hyper["amsgrad"])
+        return out
 
-    def step(self) -> None:
-        """One update of every parameter, in place (see the class docstring for the rule)."""
-        lr, beta1, beta2, eps, wd = self._lr, self.beta1, self.beta2, self.eps, self.weight_decay
-        self.step_count += 1
+    def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
+        if new["amsgrad"] != old["amsgrad"]:
+            raise ValueError(
+                f"{label('amsgrad')}: {new['amsgrad']} but the group has {old['amsgrad']} "
+                "(fixed at construction: it decides the max_exp_avg_sq buffer)"
+            )
+
+    def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
+        lr, beta1, beta2, eps, wd, amsgrad = (hyper[k] for k in self._HYPER)
         t = self.step_count
         step_size = lr / (1.0 - beta1**t)  # gamma / (1 - beta1^t), a Python float
         bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-        for name, p, g in self._params:
+        for name, p, g in triples:
             if wd != 0.0:
                 if self._DECOUPLED:
                     p *= 1.0 - lr * wd  # AdamW: shrink the parameter first, the moments never see it
@@ -467,7 +800,7 @@ class Adam(Optimizer):
             m += (1.0 - beta1) * (g - m)  # = beta1 m + (1 - beta1) g, written as a step towards g
             v *= beta2
             v += (1.0 - beta2) * (g * g)
-            if self.amsgrad:
+            if amsgrad:
                 v_hat = self.state["max_exp_avg_sq"][name]
                 np.maximum(v_hat, v, out=v_hat)
             else:
