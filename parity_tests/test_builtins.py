@@ -39,6 +39,8 @@ from numpy_transformer.functional import (
     scaled_dot_product_attention_forward,
     softmax_backward,
     softmax_forward,
+    tanh_backward,
+    tanh_forward,
 )
 from parity_tests.helpers import assert_matches
 from torch_transformer import bridge
@@ -402,6 +404,26 @@ def test_relu_matches_f_relu_forward_and_backward_including_exact_zeros(shape, d
     assert y.dtype == dtype and dx.dtype == dtype
     assert_matches("relu y", y, yt, dtype)
     assert_matches("relu dx", dx, xt.grad, dtype)
+
+
+@given(shape=st.lists(small, min_size=1, max_size=3), dtype=dtypes, seed=seeds)
+def test_tanh_matches_torch_tanh_forward_and_backward_including_saturation(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = randn(rng, shape, dtype) * 3
+    x[rng.random(shape) < 0.2] = 40.0  # saturated: y = 1, derivative 0, no overflow
+    dout = randn(rng, shape, dtype)
+
+    y, cache = tanh_forward(x)
+    dx = tanh_backward(dout, cache)
+
+    xt = leaf(x)
+    yt = torch.tanh(xt)
+    (yt * torch.from_numpy(dout)).sum().backward()
+
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert np.all(np.isfinite(y)) and np.all(np.abs(y) <= 1)
+    assert_matches("tanh y", y, yt, dtype)
+    assert_matches("tanh dx", dx, xt.grad, dtype)
 
 
 @given(

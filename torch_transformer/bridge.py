@@ -84,8 +84,22 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
         cls = tmodels.EncoderLayer if isinstance(m, nt.EncoderLayer) else tmodels.DecoderLayer
         twin = cls(m.self_attn.d_model, m.self_attn.n_heads, m.ff.linear1.out_features, m.p, m.ff.activation,
                    m.norm_first, m.norm1.eps, dtype=dtype)  # fmt: skip
+        twin.ff.dropout.p = m.ff.dropout.p  # ff_dropout may differ from the layer's dropout
     elif isinstance(m, nt.Transformer):
         twin = tmodels.Transformer(m.config, dtype=dtype)
+    elif isinstance(m, (nt.BertModel, nt.BertForMaskedLM, nt.BertForSequenceClassification)):
+        from . import bert as tbert
+
+        if isinstance(m, nt.BertModel):
+            twin = tbert.BertModel(m.config, dtype=dtype, add_pooler=m.pooler is not None)
+        elif isinstance(m, nt.BertForMaskedLM):
+            twin = tbert.BertForMaskedLM(m.config, dtype=dtype)
+        else:
+            twin = tbert.BertForSequenceClassification(m.config, m.num_labels, dtype=dtype)
+    elif isinstance(m, nt.GPT):
+        from .gpt import GPT
+
+        twin = GPT(m.config, dtype=dtype)
     elif isinstance(m, (nt.AdditiveAttention, nt.LuongAttention)):
         from . import classic_attention as tca
 

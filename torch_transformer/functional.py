@@ -38,6 +38,11 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    e2 = torch.exp(-2.0 * x.abs())  # tanh|x| = (1 - e^{-2|x|}) / (1 + e^{-2|x|}), no overflow
+    return torch.sign(x) * (1.0 - e2) / (1.0 + e2)
+
+
 def dropout(x: torch.Tensor, p: float, mask: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
     """Inverted dropout with an explicit keep-mask (True = kept), or a fresh one from torch."""
     if not training or p == 0.0:

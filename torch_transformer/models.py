@@ -38,11 +38,12 @@ def _drop(x: torch.Tensor, p: float, masks: _Masks, site: str, training: bool) -
 
 class EncoderLayer(nn.Module):
     def __init__(self, d_model, n_heads, d_ff, dropout=0.1, activation="relu", norm_first=False,
-                 layer_norm_eps=1e-5, dtype=torch.float64, device=None) -> None:  # fmt: skip
+                 layer_norm_eps=1e-5, dtype=torch.float64, device=None, ff_dropout=None) -> None:  # fmt: skip
         super().__init__()
         self.norm_first, self.p = norm_first, dropout
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, dtype=dtype, device=device)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, dtype=dtype, device=device)
+        ff_p = dropout if ff_dropout is None else ff_dropout
+        self.ff = FeedForward(d_model, d_ff, activation, ff_p, dtype=dtype, device=device)
         self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype, device=device)
         self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype, device=device)
 

@@ -5,7 +5,7 @@ returns the gradients of the differentiable inputs, in the order of the forward'
 arguments. Every op keeps its input dtype (float32 or float64).
 """
 
-from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward, tanh_backward, tanh_forward
 from .attention import masked_softmax, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .classic_attention import (
     additive_attention_backward,
@@ -63,4 +63,6 @@ __all__ = [
     "sinusoidal_positional_encoding",
     "softmax_backward",
     "softmax_forward",
+    "tanh_backward",
+    "tanh_forward",
 ]

@@ -1,4 +1,4 @@
-"""Element-wise activations: ReLU and GELU (exact erf and tanh forms)."""
+"""Element-wise activations: ReLU, GELU (exact erf and tanh forms) and tanh."""
 
 from __future__ import annotations
 
@@ -87,3 +87,21 @@ def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_COEF * x * x)
         local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx
     return (dout * local).astype(dout.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class TanhCache:
+    y: np.ndarray  # (...) the output: the derivative is written in terms of it
+
+
+def tanh_forward(x: np.ndarray) -> tuple[np.ndarray, TanhCache]:
+    """``y = tanh(x)``; shape and dtype kept (BERT's pooler uses it)."""
+    check_float_array("x", x)
+    y = np.tanh(x)
+    return y, TanhCache(y=y)
+
+
+def tanh_backward(dout: np.ndarray, cache: TanhCache) -> np.ndarray:
+    r"""Forward ``y = tanh(x)``; backward :math:`dx = dy\,(1 - y^2)`."""
+    check_dout(dout, cache.y.shape, cache.y.dtype)
+    return dout * (1.0 - cache.y * cache.y)

@@ -83,14 +83,20 @@ class EncoderLayer(Module):
         layer_norm_eps: float = 1e-5,
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
+        ff_dropout: float | None = None,
     ) -> None:
+        """``ff_dropout``: dropout inside the feed-forward (after the activation); ``None`` = ``dropout``.
+
+        BERT and GPT-2 have none there (``ff_dropout=0.0``).
+        """
         super().__init__()
         rng = _rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm_first = norm_first
         self.p = dropout
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, dtype=dtype, rng=rng)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, dtype=dtype, rng=rng)
+        ff_p = dropout if ff_dropout is None else ff_dropout
+        self.ff = FeedForward(d_model, d_ff, activation, ff_p, dtype=dtype, rng=rng)
         self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
         self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
 
@@ -442,9 +448,9 @@ class Transformer(Module):
         # logits = h @ W^T, W = out_proj.weight or (tied) tgt_embed.weight
         dh, dweight, _ = linear_backward(dlogits, c.head)  # (B, T, C), (V, C)
         if self.out_proj is None:
-            self.tgt_embed.grads["weight"] += dweight  # the tied matrix collects both of its uses
+            self.tgt_embed._accumulate("weight", dweight)  # the tied matrix collects both of its uses
         else:
-            self.out_proj.grads["weight"] += dweight
+            self.out_proj._accumulate("weight", dweight)
         dx_tgt, dmemory = self.decoder.backward(dh, c.decoder)  # (B, T, C), (B, S, C)
         # x = dropout(embed(tgt) * sqrt(C) + PE): the positions are constants
         de = dropout_backward(dx_tgt, c.tgt_drop) * self._embed_scale

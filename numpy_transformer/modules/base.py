@@ -7,6 +7,12 @@ makes a module that is used twice in one step, like tied embeddings, correct.
 Activations live only in the cache the caller holds, so nothing is hidden on
 ``self``.
 
+Freezing: ``module.requires_grad_(False)`` (as in PyTorch) marks a module and all
+its sub-modules frozen. A frozen module's backward still returns the input
+gradient (layers below may be trainable) but adds nothing to its own
+``grads``, and optimizers skip its parameters, so they get neither a gradient
+nor an update.
+
 Parameter names, nested with dots, equal the state-dict keys of the PyTorch
 twin, e.g. ``q_proj.weight`` or ``norm1.bias``.
 """
@@ -32,6 +38,7 @@ class Module:
 
     def __init__(self) -> None:
         self.training = True
+        self.requires_grad = True  # False: frozen (see requires_grad_)
         self._param_names: tuple[str, ...] = ()
         self.grads: dict[str, np.ndarray] = {}
 
@@ -43,7 +50,7 @@ class Module:
         self.grads = {name: np.zeros_like(getattr(self, name)) for name in self._param_names}
 
     def _accumulate(self, name: str, grad: np.ndarray | None) -> None:
-        if grad is not None:
+        if grad is not None and self.requires_grad:
             self.grads[name] += grad
 
     def children(self) -> Iterator[tuple[str, Module]]:
@@ -63,6 +70,23 @@ class Module:
             yield prefix + name, self.grads[name]
         for child_name, child in self.children():
             yield from child.named_grads(prefix + child_name + ".")
+
+    def named_trainable(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(name, param, grad)`` of every parameter of a module that is not frozen."""
+        if self.requires_grad:
+            for name in self._param_names:
+                yield prefix + name, getattr(self, name), self.grads[name]
+        for child_name, child in self.children():
+            yield from child.named_trainable(prefix + child_name + ".")
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Freeze (``False``) or unfreeze this module and every sub-module, like ``torch.nn.Module``."""
+        if not isinstance(requires_grad, bool):
+            raise TypeError(f"requires_grad: expected a bool, got {type(requires_grad).__name__}")
+        self.requires_grad = requires_grad
+        for _, child in self.children():
+            child.requires_grad_(requires_grad)
+        return self
 
     def parameters(self) -> list[np.ndarray]:
         return [p for _, p in self.named_parameters()]
