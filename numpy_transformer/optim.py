@@ -143,7 +143,18 @@ def _collect_params(params: Any, label: str = "params") -> list[tuple[str, np.nd
 
     ``label`` names the argument in error messages (``params``, or ``param_groups[i]['params']``).
     """
-    if hasattr(params, "named_parameters") and hasattr(params, "named_grads"):
+    return [t[:3] for t in _collect_refs(params, label)]
+
+
+def _collect_refs(params: Any, label: str = "params") -> list[tuple]:
+    """Like :func:`_collect_params`, keeping the owning module as a 4th item where it is known.
+
+    A :class:`numpy_transformer.Module` gives ``(name, param, grad, owner)`` through
+    ``named_parameter_refs()``; a triple may also carry its owner as a 4th item.
+    """
+    if hasattr(params, "named_parameter_refs"):
+        triples = list(params.named_parameter_refs())
+    elif hasattr(params, "named_parameters") and hasattr(params, "named_grads"):
         named_p = list(params.named_parameters())
         named_g = list(params.named_grads())
         names_p = [n for n, _ in named_p]
@@ -162,13 +173,15 @@ def _collect_params(params: Any, label: str = "params") -> list[tuple[str, np.nd
             )
         triples = []
         for item in params:
-            if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)):
+            if not (isinstance(item, tuple) and len(item) in (3, 4) and isinstance(item[0], str)):
                 raise TypeError(f"{label}: expected (name, param, grad) triples, got {item!r:.80}")
+            if len(item) == 4 and not hasattr(item[3], "requires_grad"):
+                raise TypeError(f"{label}: the 4th item of {item[0]!r} must be its owning module, got {item[3]!r:.80}")
             triples.append(item)
     if not triples:
         raise ValueError(f"{label}: got no parameters to optimize")
     seen: set[str] = set()
-    for name, p, g in triples:
+    for name, p, g, *_ in triples:
         if name in seen:
             raise ValueError(f"{label}: duplicate parameter name {name!r}")
         seen.add(name)
@@ -334,6 +347,7 @@ class Optimizer:
         self._validate({**flat_defaults, "lr": 0.0} if lr_required else flat_defaults, "")
         specs = list(params) if _is_group_list(params) else [{"params": params}]
         self.param_groups: list[ParamGroup] = []
+        self._owners: dict[str, Any] = {}  # parameter name -> owning module, where known (for freezing)
         owner: dict[str, int] = {}  # parameter name -> group index
         arrays: dict[int, tuple[str, int]] = {}  # id(param) -> (name, group index)
         for i, spec in enumerate(specs):
@@ -347,7 +361,9 @@ class Optimizer:
                     f"{['params', *self._GROUP_KEYS, 'initial_lr']}"
                 )
             where = label if label == "params" else f"{label}['params']"
-            triples = _collect_params(spec["params"], where)
+            refs = _collect_refs(spec["params"], where)
+            triples = [r[:3] for r in refs]
+            self._owners.update({r[0]: r[3] for r in refs if len(r) == 4})
             for name, p, _ in triples:
                 if name in owner:
                     raise ValueError(
@@ -375,6 +391,8 @@ class Optimizer:
             self.param_groups.append(ParamGroup(self, i, triples, hyper, initial_lr))
         self._params = [t for group in self.param_groups for t in group._triples]
         self.step_count = 0
+        # Updates each parameter has had: equal to step_count unless it was frozen for some steps.
+        self.param_steps: dict[str, int] = {name: 0 for name, _, _ in self._params}
         self.state: dict[str, dict[str, np.ndarray]] = {}
         for group in self.param_groups:
             for buf in self._buffer_names(group._hyper):
@@ -427,10 +445,25 @@ class Optimizer:
         return self.param_groups[0]
 
     def step(self) -> None:
-        """One update of every parameter of every group, in place (see the class docstring for the rule)."""
+        """One update of every parameter of every group, in place (see the class docstring for the rule).
+
+        A parameter whose module is frozen (``module.requires_grad_(False)``) is skipped: no
+        update, no change to its buffers or to its own update count (``param_steps``), as
+        ``torch.optim`` skips a parameter whose ``.grad`` is ``None``. Adam's bias correction
+        uses that per-parameter count, so a layer unfrozen late starts its moments afresh,
+        exactly as in PyTorch.
+        """
         self.step_count += 1
         for group in self.param_groups:
-            self._step_group(group._hyper, group._triples)
+            active = [t for t in group._triples if self.is_trainable(t[0])]
+            for name, _, _ in active:
+                self.param_steps[name] += 1
+            self._step_group(group._hyper, active)
+
+    def is_trainable(self, name: str) -> bool:
+        """False when the parameter's owning module is known and frozen."""
+        owner = self._owners.get(name)
+        return owner is None or bool(owner.requires_grad)
 
     def set_lr_scale(self, factor: object) -> None:
         """Set every group's ``lr`` to its ``initial_lr`` times ``factor`` (one number, or one per group).
@@ -503,6 +536,9 @@ class Optimizer:
         for buf, arrays in self.state.items():
             for name, a in arrays.items():
                 out[f"{buf}.{name}"] = a.copy()
+        for name, count in self.param_steps.items():
+            if count != self.step_count:  # only parameters that were frozen for some updates
+                out[f"param_step.{name}"] = count
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -531,8 +567,9 @@ class Optimizer:
             for prefix in prefixes
             for key in (*self._HYPER, "initial_lr", *(("params",) if prefix else ()))
         }
-        own_keys = {"type", "step", *group_keys, *buffer_keys}
-        optional = {"initial_lr"} if n == 1 else set()
+        step_keys = {f"param_step.{name}": name for name in self.param_steps}
+        own_keys = {"type", "step", *group_keys, *buffer_keys, *step_keys}
+        optional = ({"initial_lr"} if n == 1 else set()) | set(step_keys)
         missing = sorted(own_keys - set(state) - optional)
         extra = sorted(set(state) - own_keys)
         if missing or extra:
@@ -542,6 +579,12 @@ class Optimizer:
         if str(kind) != type(self).__name__:
             raise ValueError(f"state['type']: this is a {type(self).__name__}, the state is from a {kind!s}")
         step = _integer("state['step']", state["step"])
+        param_steps = {name: step for name in self.param_steps}
+        for key, name in step_keys.items():
+            if key in state:
+                param_steps[name] = _integer(f"state[{key!r}]", state[key])
+                if param_steps[name] > step:
+                    raise ValueError(f"state[{key!r}]: expected at most state['step']={step}, got {param_steps[name]}")
         new_groups = []
         for i, (group, prefix) in enumerate(zip(self.param_groups, prefixes, strict=True)):
             if prefix:
@@ -571,6 +614,7 @@ class Optimizer:
                 raise TypeError(f"state[{key!r}]: expected dtype {param.dtype}, got {value.dtype}")
         # everything checked: commit
         self.step_count = step
+        self.param_steps = param_steps
         for group, (hyper, initial_lr) in zip(self.param_groups, new_groups, strict=True):
             group._hyper, group._initial_lr = hyper, initial_lr
         for key, (buf, name) in buffer_keys.items():
@@ -675,7 +719,7 @@ class SGD(Optimizer):
             d_p = g + wd * p if wd != 0.0 else g  # a new array: the stored gradient stays as backward wrote it
             if mu != 0.0:
                 buf = self.state["momentum_buffer"][name]
-                if self.step_count == 1:
+                if self.param_steps[name] == 1:
                     np.copyto(buf, d_p)  # PyTorch starts the buffer at the gradient itself
                 else:
                     buf *= mu
@@ -786,10 +830,10 @@ class Adam(Optimizer):
 
     def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
         lr, beta1, beta2, eps, wd, amsgrad = (hyper[k] for k in self._HYPER)
-        t = self.step_count
-        step_size = lr / (1.0 - beta1**t)  # gamma / (1 - beta1^t), a Python float
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
         for name, p, g in triples:
+            t = self.param_steps[name]  # = step_count unless the parameter was frozen for a while
+            step_size = lr / (1.0 - beta1**t)  # gamma / (1 - beta1^t), a Python float
+            bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
             if wd != 0.0:
                 if self._DECOUPLED:
                     p *= 1.0 - lr * wd  # AdamW: shrink the parameter first, the moments never see it

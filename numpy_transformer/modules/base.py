@@ -79,6 +79,13 @@ class Module:
         for child_name, child in self.children():
             yield from child.named_trainable(prefix + child_name + ".")
 
+    def named_parameter_refs(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray, Module]]:
+        """``(name, param, grad, owner)`` for every parameter: optimizers read ``owner.requires_grad``."""
+        for name in self._param_names:
+            yield prefix + name, getattr(self, name), self.grads[name], self
+        for child_name, child in self.children():
+            yield from child.named_parameter_refs(prefix + child_name + ".")
+
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Freeze (``False``) or unfreeze this module and every sub-module, like ``torch.nn.Module``."""
         if not isinstance(requires_grad, bool):
