@@ -106,3 +106,92 @@ def check_special_ids(config: TransformerConfig, bos_id: object, eos_id: object)
         check_int_in(name, value, 0, config.tgt_vocab_size - 1)
         if value == config.pad_id:
             raise ValueError(f"{name}: expected an id other than pad_id={config.pad_id}, got {value}")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """A BERT encoder: token + position + segment embeddings, post-LN layers with GELU, a pooler.
+
+    The defaults are all-MiniLM-L6-v2's (``numpy_transformer.pretrained.load_minilm``).
+    ``dropout`` is used on the embeddings, the attention probabilities and both
+    sub-layer outputs, as BERT's ``hidden_dropout_prob`` and
+    ``attention_probs_dropout_prob`` (equal in every released BERT); there is none
+    inside the feed-forward.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384  # C
+    n_layers: int = 6
+    n_heads: int = 12
+    intermediate_size: int = 1536  # F
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    pad_id: int = 0
+    activation: str = "gelu"  # exact erf, as BERT's "gelu"
+    initializer_range: float = 0.02  # std of the normal initialisation of weights and embeddings
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "n_heads", "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("n_layers", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+        if self.type_vocab_size < 1:
+            raise ValueError(f"type_vocab_size: expected a positive int, got {self.type_vocab_size!r}")
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of hidden_size={self.hidden_size}, got {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"activation: expected 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id: expected an id in [0, {self.vocab_size}), got {self.pad_id}")
+        if not self.initializer_range > 0:
+            raise ValueError(f"initializer_range: expected a positive float, got {self.initializer_range!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """A GPT-style decoder: token + learned position embeddings, pre-LN causal blocks, a final LayerNorm,
+    and an LM head tied to the token embeddings.
+
+    The defaults are the character-level model of ``python -m numpy_transformer train --task charlm``.
+    """
+
+    vocab_size: int  # V
+    max_len: int = 128  # rows of the learned position table: the longest sequence the model reads
+    d_model: int = 128  # C
+    n_heads: int = 4  # H; head width D = d_model // n_heads
+    n_layers: int = 4
+    d_ff: int = 512  # F, hidden width of each feed-forward block (4 * C, as GPT-2)
+    dropout: float = 0.0  # embeddings, attention weights, residual branches, feed-forward hidden
+    activation: str = "gelu"  # "gelu" (exact erf) or "gelu_tanh" (GPT-2's approximation)
+    layer_norm_eps: float = 1e-5
+    pad_id: int | None = None  # None: no padding. Set: keys holding pad_id are never attended to
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
+            raise ValueError(f"n_layers: expected a non-negative int, got {self.n_layers!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation: expected 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+        if self.pad_id is not None and (
+            not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < self.vocab_size
+        ):
+            raise ValueError(f"pad_id: expected None or an id in [0, {self.vocab_size}), got {self.pad_id!r}")

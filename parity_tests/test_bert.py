@@ -311,3 +311,23 @@ def test_backward_rejects_missing_or_malformed_upstream_gradients():
     _, c2 = no_pooler.forward(ids, mask)
     with pytest.raises(ValueError, match="no pooler"):
         no_pooler.backward(None, np.zeros((3, 8)), c2)
+
+
+def test_initialisation_is_berts_and_an_untrained_mlm_starts_near_uniform():
+    cfg = nt.BertConfig(vocab_size=500, hidden_size=64, n_layers=2, n_heads=4, intermediate_size=128, dropout=0.0)
+    model = nt.BertForMaskedLM(cfg, np.float64, np.random.default_rng(0))
+    params = dict(model.named_parameters())
+    word = params["bert.embeddings.word_embeddings.weight"]
+    assert not word[cfg.pad_id].any()
+    for name, p in params.items():
+        if name.endswith(("norm.weight", "norm1.weight", "norm2.weight")):
+            assert np.all(p == 1), name
+        elif name.endswith("bias"):
+            assert not p.any(), name
+        else:
+            assert abs(p[p != 0].std() - cfg.initializer_range) < 0.1 * cfg.initializer_range, name
+    ids = np.random.default_rng(1).integers(1, 500, size=(4, 16))
+    logits, _ = model.forward(ids)
+    labels = np.random.default_rng(2).integers(1, 500, size=ids.shape)
+    loss, _ = cross_entropy_forward(logits, labels)
+    assert abs(float(loss) - np.log(500)) < 0.1  # small logits: the uniform distribution's loss

@@ -45,6 +45,21 @@ from .transformer import EncoderLayer, _drop
 IGNORE_INDEX = -100  # label of a position that is not scored (as in PyTorch and Hugging Face)
 
 
+def init_bert_weights(module: Module, rng: np.random.Generator, std: float) -> None:
+    """BERT's initialisation, in place: every Linear weight and embedding table ~ N(0, std^2),
+    biases 0, an embedding's padding row 0; LayerNorms keep weight 1, bias 0."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if isinstance(m, (Linear, Embedding)):
+            m.weight[...] = rng.normal(0.0, std, m.weight.shape)
+            if isinstance(m, Linear) and m.bias is not None:
+                m.bias[...] = 0
+            if isinstance(m, Embedding) and m.padding_idx is not None:
+                m.weight[m.padding_idx] = 0
+        stack.extend(child for _, child in m.children())
+
+
 def _trains(module: Module) -> bool:
     """Whether any parameter of ``module`` is not frozen."""
     return any(True for _ in module.named_trainable())
@@ -200,6 +215,7 @@ class BertModel(Module):
             ]
         )
         self.pooler = Linear(c.hidden_size, c.hidden_size, dtype=dtype, rng=rng) if add_pooler else None
+        init_bert_weights(self, rng, c.initializer_range)
 
     def forward(
         self,
@@ -294,6 +310,7 @@ class BertForMaskedLM(Module):
         self.mlm_dense = Linear(C, C, dtype=dtype, rng=rng)
         self.mlm_norm = LayerNorm(C, config.layer_norm_eps, dtype=dtype)
         self._init_parameters(mlm_bias=np.zeros(config.vocab_size, dtype=self.dtype))
+        init_bert_weights(self.mlm_dense, rng, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, rng=None, dropout_masks=None):
         """-> logits (B, S, V) and the cache. Score them with ``cross_entropy_forward(logits, labels)``:
@@ -337,9 +354,7 @@ class BertForSequenceClassification(Module):
         self.dtype = check_module_dtype(dtype)
         self.bert = BertModel(config, dtype, rng, add_pooler=True)
         self.classifier = Linear(config.hidden_size, num_labels, dtype=dtype, rng=rng)
-        # BERT's initialisation of a new head: N(0, 0.02^2) weights, zero bias
-        self.classifier.weight[...] = rng.normal(0.0, 0.02, self.classifier.weight.shape)
-        self.classifier.bias[...] = 0
+        init_bert_weights(self.classifier, rng, config.initializer_range)  # a new head: N(0, 0.02^2), bias 0
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, rng=None, dropout_masks=None):
         masks = DropoutMasks(rng, dropout_masks)
