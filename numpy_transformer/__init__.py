@@ -7,8 +7,17 @@
 """
 
 from . import functional, gradcheck, testing
-from .config import RNNSeq2SeqConfig, TransformerConfig
-from .models import DecoderLayer, EncoderLayer, RNNSeq2Seq, Transformer
+from .config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
+from .models import (
+    GPT,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    DecoderLayer,
+    EncoderLayer,
+    RNNSeq2Seq,
+    Transformer,
+)
 from .modules import (
     GRU,
     AdditiveAttention,
@@ -26,13 +35,19 @@ from .modules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPT",
     "GRU",
     "AdditiveAttention",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertModel",
     "DecoderLayer",
     "Dropout",
     "Embedding",
     "EncoderLayer",
     "FeedForward",
+    "GPTConfig",
     "GRUCell",
     "LayerNorm",
     "Linear",

@@ -45,7 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         "print per-epoch train/validation loss and accuracy, and save a checkpoint, the history and a PNG "
         "of the loss curves in --out.",
     )
-    train.add_argument("--task", choices=TASKS, default="reverse")
+    train.add_argument(
+        "--task",
+        choices=(*TASKS, "charlm"),
+        default="reverse",
+        help="a seq2seq toy task, or charlm: a GPT character-level language model on a generated English corpus",
+    )
     train.add_argument(
         "--model",
         choices=MODELS,
@@ -58,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=_positive_int, help=f"updates to make (default {TrainConfig.steps})")
     length.add_argument("--epochs", type=_positive_int, help="passes over the training set instead of --steps")
-    train.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
+    train.add_argument(
+        "--batch-size", type=_positive_int, help=f"sequences per step (default {TrainConfig.batch_size}; charlm 32)"
+    )
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the torch backend runs")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--out", type=Path, help="output folder (default runs/TASK-BACKEND)")
@@ -70,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--threads", type=_positive_int, default=1, help="BLAS / torch threads (default 1)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--temperature", type=float, default=0.8, help="charlm samples: temperature (0 = greedy)")
+    train.add_argument("--top-k", type=_positive_int, help="charlm samples: keep the k most likely characters")
+    train.add_argument("--top-p", type=float, help="charlm samples: nucleus sampling, a probability in (0, 1]")
+    train.add_argument("--samples", type=_positive_int, default=3, help="charlm: samples printed at the end")
 
     decode = sub.add_parser(
         "decode",
@@ -209,6 +220,11 @@ def _limit_threads(n: int) -> None:
 
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.task == "charlm":
+        from .charlm import run_cli
+
+        _limit_threads(args.threads)
+        return run_cli(parser, args)
     from .checkpoint import save_checkpoint
     from .data import ToyDataset
     from .training import NumpyTrainer, fit
@@ -229,7 +245,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
 
     defaults = TrainConfig()
-    common = dict(task=args.task, model=args.model, batch_size=args.batch_size, seed=args.seed)
+    common = dict(task=args.task, model=args.model, batch_size=args.batch_size or defaults.batch_size, seed=args.seed)
     cfg = TrainConfig(**common)
     steps = args.epochs * cfg.steps_per_epoch() if args.epochs else (args.steps or defaults.steps)
     cfg = TrainConfig(**common, steps=steps)

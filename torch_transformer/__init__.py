@@ -1,15 +1,17 @@
 """The PyTorch twin of numpy_transformer: the same modules, autograd for the backward."""
 
-from numpy_transformer.config import RNNSeq2SeqConfig, TransformerConfig
+from numpy_transformer.config import GPTConfig, RNNSeq2SeqConfig, TransformerConfig
 
 from . import bridge, functional
 from .classic_attention import AdditiveAttention, LuongAttention
+from .gpt import GPT
 from .gru import GRU, GRUCell
 from .models import DecoderLayer, EncoderLayer, Transformer
 from .modules import Dropout, Embedding, FeedForward, LayerNorm, Linear, MultiHeadAttention
 from .rnn_seq2seq import RNNSeq2Seq
 
 __all__ = [
+    "GPT",
     "GRU",
     "AdditiveAttention",
     "DecoderLayer",
@@ -17,6 +19,7 @@ __all__ = [
     "Embedding",
     "EncoderLayer",
     "FeedForward",
+    "GPTConfig",
     "GRUCell",
     "LayerNorm",
     "Linear",

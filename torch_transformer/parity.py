@@ -223,6 +223,24 @@ _register(
 )
 
 
+def _np_tanh(a, d):
+    y, cache = F.tanh_forward(a["x"])
+    return y, lambda dout: {"x": F.tanh_backward(dout, cache)}
+
+
+_register(
+    Case(
+        "tanh",
+        "op",
+        _draw_pointwise,
+        lambda d: ("x",),
+        _np_tanh,
+        lambda t, d: (TF.tanh(t["x"]), t),
+        uses=("B", "T", "D"),
+    )
+)
+
+
 def _np_gelu(a, d):
     y, cache = F.gelu_forward(a["x"], d["variant"])
     return y, lambda dout: {"x": F.gelu_backward(dout, cache)}
@@ -982,4 +1000,4 @@ __all__ = [
 
 
 # Cases of other op families register themselves into CASES when imported.
-from . import parity_classic_attention, parity_gru, parity_rnn_seq2seq  # noqa: E402, F401
+from . import parity_bert, parity_classic_attention, parity_gpt, parity_gru, parity_rnn_seq2seq  # noqa: E402, F401

@@ -1,15 +1,23 @@
 """Full networks built from the modules, one file each."""
 
+from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel, mask_tokens
+from .gpt import GPT, GPTCache
 from .rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqCache
 from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerCache
 
 __all__ = [
+    "GPT",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertModel",
     "Decoder",
     "DecoderLayer",
     "Encoder",
     "EncoderLayer",
+    "GPTCache",
     "RNNSeq2Seq",
     "RNNSeq2SeqCache",
     "Transformer",
     "TransformerCache",
+    "mask_tokens",
 ]
