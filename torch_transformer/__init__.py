@@ -1,8 +1,9 @@
 """The PyTorch twin of numpy_transformer: the same modules, autograd for the backward."""
 
-from numpy_transformer.config import GPTConfig, RNNSeq2SeqConfig, TransformerConfig
+from numpy_transformer.config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
 
 from . import bridge, functional
+from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 from .classic_attention import AdditiveAttention, LuongAttention
 from .gpt import GPT
 from .gru import GRU, GRUCell
@@ -14,6 +15,10 @@ __all__ = [
     "GPT",
     "GRU",
     "AdditiveAttention",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertModel",
     "DecoderLayer",
     "Dropout",
     "Embedding",
