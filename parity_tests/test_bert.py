@@ -307,6 +307,10 @@ def test_backward_rejects_missing_or_malformed_upstream_gradients():
         model.backward(None, None, cache)
     with pytest.raises(ValueError, match="d_hidden"):
         model.backward(np.zeros((3, 7, 4)), None, cache)
+    with pytest.raises(TypeError, match="d_hidden"):
+        model.backward([[0.0]], None, cache)
+    with pytest.raises(ValueError, match="d_pooled"):
+        model.backward(None, np.zeros((3, 8), dtype=np.float32), cache)
     no_pooler = nt.BertModel(CFG, np.float64, rng, add_pooler=False)
     _, c2 = no_pooler.forward(ids, mask)
     with pytest.raises(ValueError, match="no pooler"):

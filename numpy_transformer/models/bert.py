@@ -258,13 +258,12 @@ class BertModel(Module):
             raise ValueError("d_hidden, d_pooled: expected at least one upstream gradient, got neither")
         B, S = cache.keep.shape
         C = self.config.hidden_size
+        for name, grad, shape in (("d_hidden", d_hidden, (B, S, C)), ("d_pooled", d_pooled, (B, C))):
+            if grad is not None:
+                check_float_array(name, grad)
+                if grad.shape != shape or grad.dtype != self.dtype:
+                    raise ValueError(f"{name}: expected {self.dtype} of shape {shape}, got {grad.dtype} {grad.shape}")
         dx = np.zeros((B, S, C), dtype=self.dtype) if d_hidden is None else d_hidden.copy()
-        if d_hidden is not None:
-            check_float_array("d_hidden", d_hidden)
-            if d_hidden.shape != (B, S, C) or d_hidden.dtype != self.dtype:
-                raise ValueError(
-                    f"d_hidden: expected {self.dtype} of shape {(B, S, C)}, got {d_hidden.dtype} {d_hidden.shape}"
-                )
         if d_pooled is not None:
             if cache.pooler is None:
                 raise ValueError("d_pooled: this model has no pooler")
