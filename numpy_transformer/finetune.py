@@ -575,7 +575,7 @@ def format_table(histories: Sequence[FineTuneHistory], backend: str = "numpy", t
         f"| {'strategy':<8} | {'val acc before':>14} | {'val acc after':>13} | {'final train loss':>16} "
         f"| {'wall time':>9} | {'trained parameters':>18} |"
     )
-    rule = "|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|"
+    rule = "|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|"
     rows = [header, rule]
     for h in histories:
         losses = h.losses[backend]
