@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import check_int_in, check_special_ids
-from .functional._checks import check_float_array, check_int_array
+from .functional._checks import check_float_array, check_int_array, check_token_ids
 from .functional.attention import scaled_dot_product_attention_forward
 from .functional.linear import linear_forward
 from .functional.softmax import log_softmax_forward
@@ -556,14 +556,4 @@ def _check_model(model: object) -> None:
 
 def _check_src(model: Transformer, src: object) -> np.ndarray:
     """``src`` must be (B, S) integer ids, ``B, S >= 1``, ``S <= max_len``, inside the source vocabulary."""
-    check_int_array("src", src)
-    config = model.config
-    if src.ndim != 2 or src.shape[0] < 1 or src.shape[1] < 1:
-        raise ValueError(f"src: expected token ids of shape (B, S) with B, S >= 1, got {src.shape}")
-    if src.shape[1] > config.max_len:
-        raise ValueError(f"src: expected length <= max_len={config.max_len}, got {src.shape[1]}")
-    if src.min() < 0 or src.max() >= config.src_vocab_size:
-        raise ValueError(
-            f"src: expected token ids in [0, {config.src_vocab_size}), got range [{src.min()}, {src.max()}]"
-        )
-    return src
+    return check_token_ids("src", src, model.config.src_vocab_size, model.config.max_len)

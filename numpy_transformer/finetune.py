@@ -62,6 +62,7 @@ import numpy as np
 from .functional.softmax import cross_entropy_backward, cross_entropy_forward
 from .models.bert import BertForSequenceClassification, BertModel
 from .optim import AdamW
+from .training import max_loss_difference
 
 STRATEGIES = ("frozen", "gradual", "full")
 LABEL_NAMES = ("negative", "positive")
@@ -518,11 +519,7 @@ class FineTuneHistory:
 
     def max_loss_difference(self) -> tuple[float, int] | None:
         """Largest relative per-update loss difference between two backends, and its update."""
-        if len(self.losses) != 2:
-            return None
-        a, b = (np.asarray(v) for v in self.losses.values())
-        rel = np.abs(a - b) / np.maximum(1.0, np.abs(b))
-        return float(rel.max()), int(rel.argmax()) + 1
+        return max_loss_difference(self.losses)
 
 
 def run_fine_tuning(

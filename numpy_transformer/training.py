@@ -194,6 +194,18 @@ class NumpyTrainer:
         }
 
 
+def max_loss_difference(losses: dict[str, list[float]]) -> tuple[float, int] | None:
+    """Largest relative per-update loss difference between two backends' runs, and its update (from 1).
+
+    ``losses``: backend -> loss of each update; None unless exactly two backends ran.
+    """
+    if len(losses) != 2:
+        return None
+    a, b = (np.asarray(v) for v in losses.values())
+    rel = np.abs(a - b) / np.maximum(1.0, np.abs(b))
+    return float(rel.max()), int(rel.argmax()) + 1
+
+
 @dataclass
 class History:
     """Per-step losses of each backend and per-evaluation metrics."""
@@ -205,11 +217,7 @@ class History:
 
     def max_loss_difference(self) -> tuple[float, int] | None:
         """Largest relative per-step loss difference between two backends, and its step."""
-        if len(self.losses) != 2:
-            return None
-        a, b = (np.asarray(v) for v in self.losses.values())
-        rel = np.abs(a - b) / np.maximum(1.0, np.abs(b))
-        return float(rel.max()), int(rel.argmax()) + 1
+        return max_loss_difference(self.losses)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -264,7 +264,7 @@ def test_optimizer_state_keeps_per_parameter_update_counts():
     ("kwargs", "error", "match"),
     [
         ({"input_ids": np.ones((2, 3))}, TypeError, "input_ids"),
-        ({"input_ids": np.ones(3, dtype=np.int64)}, ValueError, r"input_ids: expected token ids of shape \(B, S\)"),
+        ({"input_ids": np.ones(3, dtype=np.int64)}, ValueError, r"input_ids: expected token ids of shape \(B, L\)"),
         ({"input_ids": np.ones((1, 13), dtype=np.int64)}, ValueError, "max_position_embeddings=12"),
         ({"input_ids": np.full((1, 3), 40)}, ValueError, r"input_ids: expected token ids in \[0, 40\)"),
         ({"attention_mask": np.ones((2, 4), dtype=np.int64)}, ValueError, r"attention_mask: expected shape \(2, 3\)"),

@@ -176,11 +176,11 @@ def test_gpt_bad_input_raises_clear_errors():
         model.forward(np.zeros((1, 3)))
     with pytest.raises(TypeError, match=r"ids: expected a numpy\.ndarray"):
         model.forward([[1, 2]])
-    with pytest.raises(ValueError, match=r"ids: expected token ids of shape \(B, T\)"):
+    with pytest.raises(ValueError, match=r"ids: expected token ids of shape \(B, L\)"):
         model.forward(np.array([1, 2]))
-    with pytest.raises(ValueError, match=r"ids: expected token ids of shape \(B, T\)"):
+    with pytest.raises(ValueError, match=r"ids: expected token ids of shape \(B, L\)"):
         model.forward(np.zeros((1, 0), dtype=np.int64))
-    with pytest.raises(ValueError, match="ids: expected length T <= max_len=4, got 5"):
+    with pytest.raises(ValueError, match="ids: expected length L <= max_len=4, got 5"):
         model.forward(np.zeros((1, 5), dtype=np.int64))
     with pytest.raises(ValueError, match=r"ids: expected token ids in \[0, 5\), got range \[0, 5\]"):
         model.forward(np.array([[0, 5]]))
@@ -261,7 +261,7 @@ def test_adamw_training_steps_match_torch_adamw_on_the_twin_loss_by_loss_and_wei
         ours.step()
         theirs.step()
         losses_ours.append(float(loss))
-        losses_theirs.append(float(loss_t))
+        losses_theirs.append(loss_t.item())
 
     assert len(cache.dropout_masks) > 0
     assert losses_ours[-1] < losses_ours[0], "training did not lower the loss"
@@ -380,7 +380,7 @@ def test_bad_sampling_arguments_raise_clear_errors(kwargs, message):
 def test_generate_rejects_prompts_and_lengths_beyond_max_len():
     cfg = nt.GPTConfig(vocab_size=5, max_len=6, d_model=4, n_heads=2, n_layers=1, d_ff=4)
     model, rng = _model(cfg, np.float64, 0)
-    with pytest.raises(ValueError, match="prompt_ids: expected length T <= max_len=6, got 7"):
+    with pytest.raises(ValueError, match="prompt_ids: expected length L <= max_len=6, got 7"):
         generate(model, np.ones((1, 7), dtype=np.int64), 1, rng=rng)
     with pytest.raises(ValueError, match=r"max_new_tokens: the prompt's 4 tokens \+ 3 new ones = 7 exceed max_len=6"):
         generate(model, np.ones((1, 4), dtype=np.int64), 3, rng=rng)

@@ -52,6 +52,23 @@ def check_int_array(name: str, x: object) -> np.ndarray:
     return x
 
 
+def check_token_ids(
+    name: str, ids: object, vocab_size: int, max_len: int | None = None, *, length_name: str = "max_len"
+) -> np.ndarray:
+    """Return ``ids`` if it is a (B, L) integer array, ``B, L >= 1``, ``L <= max_len``, ids in ``[0, vocab_size)``.
+
+    ``length_name`` is how the limit is called in the message (``max_position_embeddings`` for BERT).
+    """
+    check_int_array(name, ids)
+    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"{name}: expected token ids of shape (B, L) with B, L >= 1, got {ids.shape}")
+    if max_len is not None and ids.shape[1] > max_len:
+        raise ValueError(f"{name}: expected length L <= {length_name}={max_len}, got {ids.shape[1]}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"{name}: expected token ids in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]")
+    return ids
+
+
 def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> None:
     """``x`` must broadcast to ``target`` without growing ``target``.
 

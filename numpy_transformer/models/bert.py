@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..config import BertConfig
-from ..functional._checks import check_float_array, check_int_array
+from ..functional._checks import check_float_array, check_int_array, check_token_ids
 from ..functional.activations import TanhCache, gelu_backward, gelu_forward, tanh_backward, tanh_forward
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
@@ -69,19 +69,9 @@ def check_bert_inputs(
     input_ids: object, attention_mask: object, token_type_ids: object, config: BertConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validate the three inputs; return ``(ids, keep (B, S) bool, token_type_ids)``."""
-    check_int_array("input_ids", input_ids)
-    ids = input_ids
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"input_ids: expected token ids of shape (B, S) with S >= 1, got {ids.shape}")
-    length = ids.shape[1]
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"input_ids: expected length <= max_position_embeddings={config.max_position_embeddings}, got {length}"
-        )
-    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
-        raise ValueError(
-            f"input_ids: expected token ids in [0, {config.vocab_size}), got range [{ids.min()}, {ids.max()}]"
-        )
+    ids = check_token_ids(
+        "input_ids", input_ids, config.vocab_size, config.max_position_embeddings, length_name="max_position_embeddings"
+    )
     if attention_mask is None:
         keep = np.ones(ids.shape, dtype=bool)
     else:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..config import GPTConfig
-from ..functional._checks import check_float_array, check_int_array
+from ..functional._checks import check_float_array, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.embedding import EmbeddingCache
 from ..functional.linear import LinearCache, linear_backward, linear_forward
@@ -99,15 +99,7 @@ class GPT(Module):
 
     def check_ids(self, ids: object, name: str = "ids") -> np.ndarray:
         """``ids`` must be (B, T) integer token ids, ``B, T >= 1``, ``T <= max_len``, inside the vocabulary."""
-        check_int_array(name, ids)
-        c = self.config
-        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise ValueError(f"{name}: expected token ids of shape (B, T) with B, T >= 1, got {ids.shape}")
-        if ids.shape[1] > c.max_len:
-            raise ValueError(f"{name}: expected length T <= max_len={c.max_len}, got {ids.shape[1]}")
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise ValueError(f"{name}: expected token ids in [0, {c.vocab_size}), got range [{ids.min()}, {ids.max()}]")
-        return ids
+        return check_token_ids(name, ids, self.config.vocab_size, self.config.max_len)
 
     def attention_mask(self, ids: np.ndarray) -> np.ndarray:
         """(T, T) causal mask, or (B, 1, T, T) causal and not-a-pad-key when ``pad_id`` is set."""

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..config import RNNSeq2SeqConfig
-from ..functional._checks import check_int_array
+from ..functional._checks import check_token_ids
 from ..functional.gru import gru_cell_forward
 from ..modules.base import Module, check_module_dtype
 from ..modules.classic_attention import AdditiveAttention, LuongAttention
@@ -90,11 +90,7 @@ class RNNSeq2Seq(Module):
     # -------------------------------------------------------------- pieces
 
     def _check_ids(self, name: str, ids: np.ndarray, vocab: int) -> None:
-        check_int_array(name, ids)
-        if ids.ndim != 2:
-            raise ValueError(f"{name}: expected token ids of shape (B, L), got {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            raise ValueError(f"{name}: expected token ids in [0, {vocab}), got range [{ids.min()}, {ids.max()}]")
+        check_token_ids(name, ids, vocab)  # no length limit: a recurrent model has no position table
 
     def encode(self, src: np.ndarray):
         """``src`` (B, S) -> encoder outputs (B, S, H), the first decoder state (B, H), source mask, caches."""

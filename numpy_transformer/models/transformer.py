@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TransformerConfig
-from ..functional._checks import check_int_array
+from ..functional._checks import check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import sinusoidal_positional_encoding
 from ..functional.linear import LinearCache, linear_backward, linear_forward
@@ -386,13 +386,7 @@ class Transformer(Module):
     # -------------------------------------------------------------- pieces
 
     def _check_ids(self, name: str, ids: np.ndarray, vocab: int) -> None:
-        check_int_array(name, ids)
-        if ids.ndim != 2:
-            raise ValueError(f"{name}: expected token ids of shape (B, L), got {ids.shape}")
-        if ids.shape[1] > self.config.max_len:
-            raise ValueError(f"{name}: expected length <= max_len={self.config.max_len}, got {ids.shape[1]}")
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            raise ValueError(f"{name}: expected token ids in [0, {vocab}), got range [{ids.min()}, {ids.max()}]")
+        check_token_ids(name, ids, vocab, self.config.max_len)
 
     def _embed(self, embed: Embedding, ids: np.ndarray, masks: DropoutMasks, site: str):
         e, c_e = embed.forward(ids)  # (B, L, C)
