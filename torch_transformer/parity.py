@@ -241,6 +241,49 @@ _register(
 )
 
 
+def _draw_pooling(rng, dtype, d):
+    B, T = d["B"], d["T"]
+    lengths = rng.integers(1, T + 1, size=B)  # at least one real token per row
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"hidden": _normal(rng, (B, T, d["D"]), dtype), "attention_mask": mask}
+
+
+def _np_mean_pooling(a, d):
+    y, cache = F.mean_pooling_forward(a["hidden"], a["attention_mask"])
+    return y, lambda dout: {"hidden": F.mean_pooling_backward(dout, cache)}
+
+
+_register(
+    Case(
+        "mean_pooling",
+        "op",
+        _draw_pooling,
+        lambda d: ("hidden",),
+        _np_mean_pooling,
+        lambda t, d: (TF.mean_pooling(t["hidden"], t["attention_mask"]), t),
+        uses=("B", "T", "D"),
+    )
+)
+
+
+def _np_l2_normalize(a, d):
+    y, cache = F.l2_normalize_forward(a["x"])
+    return y, lambda dout: {"x": F.l2_normalize_backward(dout, cache)}
+
+
+_register(
+    Case(
+        "l2_normalize",
+        "op",
+        _draw_pointwise,
+        lambda d: ("x",),
+        _np_l2_normalize,
+        lambda t, d: (TF.l2_normalize(t["x"]), t),
+        uses=("B", "T", "D"),
+    )
+)
+
+
 def _np_gelu(a, d):
     y, cache = F.gelu_forward(a["x"], d["variant"])
     return y, lambda dout: {"x": F.gelu_backward(dout, cache)}

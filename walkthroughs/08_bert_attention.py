@@ -46,6 +46,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from numpy_transformer import functional as NF
 from numpy_transformer import inspect_attention as ia
 from numpy_transformer import pretrained as P
 from numpy_transformer.testing import relative_error, report_match, tolerance
@@ -248,11 +249,11 @@ ids, mask, types = bert.tokenize(["A cat sat on the mat.", "Dogs bark.", "Birds 
 N = ids.shape[0]
 W, U = rng.standard_normal((N, N)), rng.standard_normal((N, bert.config.hidden_size))
 out, cache = bert.model.forward(ids, mask, types)
-pooled, c_pool = P.mean_pooling_forward(out.last_hidden_state, mask)  # (N, C)
-emb, c_norm = P.l2_normalize_forward(pooled)  # (N, C)
+pooled, c_pool = NF.mean_pooling_forward(out.last_hidden_state, mask)  # (N, C)
+emb, c_norm = NF.l2_normalize_forward(pooled)  # (N, C)
 demb = (W + W.T) @ emb  # (N, C)
-dpooled = P.l2_normalize_backward(demb, c_norm)  # (N, C)
-dhidden = P.mean_pooling_backward(dpooled, c_pool)  # (N, S, C)
+dpooled = NF.l2_normalize_backward(demb, c_norm)  # (N, C)
+dhidden = NF.mean_pooling_backward(dpooled, c_pool)  # (N, S, C)
 
 twin = twin_of(bert.model)
 h_t, pooler_t = twin(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types))

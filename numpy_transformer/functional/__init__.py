@@ -20,6 +20,7 @@ from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
 from .masks import causal_mask, padding_mask
+from .pooling import l2_normalize_backward, l2_normalize_forward, mean_pooling_backward, mean_pooling_forward
 from .softmax import (
     cross_entropy_backward,
     cross_entropy_forward,
@@ -46,6 +47,8 @@ __all__ = [
     "gru_cell_backward",
     "gru_cell_forward",
     "gru_forward",
+    "l2_normalize_backward",
+    "l2_normalize_forward",
     "layer_norm_backward",
     "layer_norm_forward",
     "linear_backward",
@@ -55,6 +58,8 @@ __all__ = [
     "luong_attention_backward",
     "luong_attention_forward",
     "masked_softmax",
+    "mean_pooling_backward",
+    "mean_pooling_forward",
     "padding_mask",
     "relu_backward",
     "relu_forward",
