@@ -35,7 +35,7 @@ class GPT(nn.Module):
             self.tok_embed.weight.normal_(0.0, EMBED_INIT_STD)
             self.pos_embed.weight.normal_(0.0, EMBED_INIT_STD)
         block = dict(activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype,
-                     device=device)  # fmt: skip
+                     device=device, ff_dropout=0.0)  # fmt: skip
         self.layers = nn.ModuleList(
             [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, **block) for _ in range(c.n_layers)]
         )

@@ -23,8 +23,8 @@ Two things make it a *language model* rather than an encoder:
 
 Dropout sites, named for :class:`DropoutMasks` (so the twin can replay them):
 ``embed_dropout`` and, per layer ``i``, ``layers.i.self_attn`` (attention weights),
-``layers.i.dropout1`` / ``layers.i.dropout2`` (residual branches) and ``layers.i.ff``
-(feed-forward hidden layer), the sites of :class:`EncoderLayer`.
+``layers.i.dropout1`` / ``layers.i.dropout2`` (residual branches), the sites of
+:class:`EncoderLayer`. As in GPT-2 there is none inside the feed-forward (``ff_dropout=0``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ class GPT(Module):
         self.pos_embed = Embedding(c.max_len, c.d_model, dtype=dtype, rng=rng)
         for table in (self.tok_embed, self.pos_embed):
             table.weight[...] = rng.normal(0.0, EMBED_INIT_STD, table.weight.shape)
-        block = dict(activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng)
+        block = dict(
+            activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng,
+            ff_dropout=0.0,  # as GPT-2: dropout on the residual branches, none inside the feed-forward
+        )  # fmt: skip
         self.layers = ModuleList(
             [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, **block) for _ in range(c.n_layers)]
         )
