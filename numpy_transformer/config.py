@@ -171,7 +171,7 @@ class GPTConfig:
     n_heads: int = 4  # H; head width D = d_model // n_heads
     n_layers: int = 4
     d_ff: int = 512  # F, hidden width of each feed-forward block (4 * C, as GPT-2)
-    dropout: float = 0.0  # embeddings, attention weights, residual branches, feed-forward hidden
+    dropout: float = 0.0  # embeddings, attention weights, residual branches (none inside the feed-forward)
     activation: str = "gelu"  # "gelu" (exact erf) or "gelu_tanh" (GPT-2's approximation)
     layer_norm_eps: float = 1e-5
     pad_id: int | None = None  # None: no padding. Set: keys holding pad_id are never attended to

@@ -436,3 +436,22 @@ def test_fact_minilm_layer_norm_eps_is_1e_12_and_it_matters_for_nearly_constant_
     y12, _ = layer_norm_forward(x, w, b, eps=1e-12)
     y5, _ = layer_norm_forward(x, w, b, eps=1e-5)
     assert np.abs(y12 - y5).max() > 0.1
+
+
+def test_fact_hf_causal_lm_loss_is_computed_in_float32_even_for_a_float64_model():
+    """Observed with transformers 5.24: ``GPT2LMHeadModel(labels=...)`` casts the logits to float32
+    before the cross-entropy ("upcast" for half precision), so a float64 model gets a float32
+    loss, off by ~1e-8 relative. Compare float64 logits, or recompute the loss, for float64 parity."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers.loss.loss_utils")  # the shared loss functions (transformers >= 4.46)
+    cfg = transformers.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2, bos_token_id=0,
+                                  eos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).double()
+    ids = torch.randint(0, 11, (2, 6))
+    out = model(input_ids=ids, labels=ids)
+    float64_loss = F.cross_entropy(out.logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
+    assert out.logits.dtype == torch.float64 and out.loss.dtype == torch.float32
+    ours, _ = cross_entropy_forward(out.logits[:, :-1].detach().numpy(), ids[:, 1:].numpy())
+    assert relative_error("loss", ours, float64_loss.detach()).error <= tolerance("cpu", np.float64)
+    assert relative_error("loss", ours, out.loss.detach().double()).error <= tolerance("cpu", np.float32)
