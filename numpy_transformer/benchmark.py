@@ -1,5 +1,8 @@
 """Time one training step (forward + backward + Adam) of the NumPy model and of its twin on the CPU.
 
+Two models: the encoder–decoder Transformer of ``BENCH_CONFIG`` (``--model transformer``,
+the default) and all-MiniLM-L6-v2 fine-tuned with a classification head (``--model minilm``).
+
 Both backends get the same configuration, dtype, batch and number of threads. Each
 (backend, dtype) runs in a fresh subprocess, so that its peak memory is its own:
 the figure reported is the process's peak resident set over the warm-up and timed
@@ -46,11 +49,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_worker(backend: str, dtype: str, threads: int, steps: int, warmup: int) -> BenchResult:
-    """One backend in this process: build, warm up, time ``steps`` training steps."""
-    from threadpoolctl import threadpool_limits
+MODELS = ("transformer", "minilm")
 
-    threadpool_limits(threads)
+
+def _transformer_step(backend: str, dtype: str):
+    """(step, rss before the optimizer) for the encoder–decoder Transformer of ``BENCH_CONFIG``."""
     from .config import TransformerConfig
     from .functional.softmax import cross_entropy_backward, cross_entropy_forward
 
@@ -75,24 +78,92 @@ def run_worker(backend: str, dtype: str, threads: int, steps: int, warmup: int) 
             model.backward(cross_entropy_backward(1.0, loss_cache), cache)
             opt.step()
 
-    else:
-        import torch
-        import torch.nn.functional as F
+        return step, before
 
-        from torch_transformer.models import Transformer as TwinTransformer
+    import torch
+    import torch.nn.functional as F
 
-        torch.set_num_threads(threads)
-        model = TwinTransformer(cfg, dtype=getattr(torch, dtype))
-        src_t, tgt_in_t, tgt_out_t = (torch.from_numpy(a) for a in (src, tgt_in, tgt_out))
+    from torch_transformer.models import Transformer as TwinTransformer
+
+    model = TwinTransformer(cfg, dtype=getattr(torch, dtype))
+    src_t, tgt_in_t, tgt_out_t = (torch.from_numpy(a) for a in (src, tgt_in, tgt_out))
+    before = _rss_mb()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        logits = model(src_t, tgt_in_t)
+        loss = F.cross_entropy(logits.transpose(1, 2), tgt_out_t, ignore_index=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, before
+
+
+def _minilm_step(backend: str, dtype: str):
+    """(step, rss before the optimizer) for one full fine-tuning step of all-MiniLM-L6-v2 with a
+    2-class head: forward, cross-entropy, backward through every layer, AdamW."""
+    from .functional.softmax import cross_entropy_backward, cross_entropy_forward
+    from .models.bert import BertForSequenceClassification
+    from .optim import AdamW
+    from .pretrained import load_minilm
+
+    bert = load_minilm(np.dtype(dtype)).model
+    model = BertForSequenceClassification(bert.config, 2, np.dtype(dtype), np.random.default_rng(0))
+    model.bert.load_state_dict(bert.state_dict())
+    del bert
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1000, model.config.vocab_size, size=(BATCH, LENGTH))
+    ids[:, 0] = 101  # [CLS]
+    mask = np.ones_like(ids)
+    labels = rng.integers(0, 2, size=BATCH)
+
+    if backend == "numpy":
         before = _rss_mb()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = AdamW(model, lr=5e-5)
 
         def step() -> None:
-            logits = model(src_t, tgt_in_t)
-            loss = F.cross_entropy(logits.transpose(1, 2), tgt_out_t, ignore_index=0)
-            opt.zero_grad()
-            loss.backward()
+            logits, cache = model.forward(ids, mask, rng=rng)
+            _, loss_cache = cross_entropy_forward(logits, labels)
+            model.zero_grad()
+            model.backward(cross_entropy_backward(1.0, loss_cache), cache)
             opt.step()
+
+        return step, before
+
+    import torch
+    import torch.nn.functional as F
+
+    from torch_transformer.bridge import twin_of
+
+    twin = twin_of(model)  # the NumPy model stays alive; "before" counts it, so the peak does not
+    ids_t, mask_t, labels_t = (torch.from_numpy(a) for a in (ids, mask, labels))
+    before = _rss_mb()
+    opt = torch.optim.AdamW(twin.parameters(), lr=5e-5)
+
+    def step() -> None:
+        loss = F.cross_entropy(twin(ids_t, mask_t), labels_t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, before
+
+
+def run_worker(
+    backend: str, dtype: str, threads: int, steps: int, warmup: int, model: str = "transformer"
+) -> BenchResult:
+    """One backend in this process: build, warm up, time ``steps`` training steps."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    step, before = (_transformer_step if model == "transformer" else _minilm_step)(backend, dtype)
 
     for _ in range(warmup):
         step()
@@ -106,13 +177,16 @@ def run_worker(backend: str, dtype: str, threads: int, steps: int, warmup: int) 
     return BenchResult(backend, dtype, threads, float(np.median(ms)), float(ms.min()), max(peak, 0.0))
 
 
-def run_all(dtypes: tuple[str, ...], threads: int, steps: int, warmup: int) -> list[BenchResult]:
+def run_all(
+    dtypes: tuple[str, ...], threads: int, steps: int, warmup: int, model: str = "transformer"
+) -> list[BenchResult]:
     """Each (backend, dtype) in its own subprocess; backends alternate so drift hits both alike."""
     results = []
     for dtype in dtypes:
         for backend in ("numpy", "torch"):
             cmd = [sys.executable, "-m", "numpy_transformer", "benchmark", "--worker", backend, "--dtype", dtype,
-                   "--threads", str(threads), "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
+                   "--threads", str(threads), "--steps", str(steps), "--warmup", str(warmup),
+                   "--model", model]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"the {backend} {dtype} benchmark worker failed:\n{proc.stderr.strip()}")
@@ -120,12 +194,21 @@ def run_all(dtypes: tuple[str, ...], threads: int, steps: int, warmup: int) -> l
     return results
 
 
-def format_table(results: list[BenchResult]) -> str:
+def format_table(results: list[BenchResult], model: str = "transformer") -> str:
     c = BENCH_CONFIG
+    if model == "transformer":
+        title = (
+            f"one training step (forward + backward + Adam), d_model {c['d_model']}, {c['n_heads']} heads, "
+            f"{c['n_encoder_layers']}+{c['n_decoder_layers']} layers, d_ff {c['d_ff']}, batch {BATCH}, "
+            f"lengths {LENGTH}, vocab {c['src_vocab_size']}, dropout {c['dropout']}, {results[0].threads} thread(s)"
+        )
+    else:
+        title = (
+            f"one full fine-tuning step of all-MiniLM-L6-v2 + a 2-class head (forward + backward through all 6 "
+            f"layers + AdamW), batch {BATCH}, length {LENGTH}, dropout 0.1, {results[0].threads} thread(s)"
+        )
     lines = [
-        f"one training step (forward + backward + Adam), d_model {c['d_model']}, {c['n_heads']} heads, "
-        f"{c['n_encoder_layers']}+{c['n_decoder_layers']} layers, d_ff {c['d_ff']}, batch {BATCH}, "
-        f"lengths {LENGTH}, vocab {c['src_vocab_size']}, dropout {c['dropout']}, {results[0].threads} thread(s)",
+        title,
         "",
         "| dtype | NumPy step (ms) | PyTorch step (ms) | NumPy / PyTorch | NumPy peak (MB) | PyTorch peak (MB) |",
         "|---|---|---|---|---|---|",

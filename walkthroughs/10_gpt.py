@@ -289,6 +289,14 @@ fig.savefig(OUT / "10_kv_cache.png", dpi=110)
 plt.close(fig)
 
 # %% [markdown]
+# **Checking against GPT-2.** With `activation="gelu_tanh"` this model *is* GPT-2's
+# architecture, and `parity_tests/test_gpt_hf.py` maps a random `transformers.GPT2LMHeadModel`
+# into it (Conv1D weights transposed, the packed `c_attn` split into q, k, v): logits and every
+# gradient agree to float64 rounding. One thing to know when you do such a check yourself:
+# `GPT2LMHeadModel(labels=...)` casts the logits to **float32** before its loss, so even a
+# float64 model reports a loss good to ~1e-8 only — compare logits, or recompute the loss.
+
+# %% [markdown]
 # ## 5. A character-level model, trained for a few seconds
 #
 # `numpy_transformer.charlm` generates its corpus (seeded English sentences from a small
