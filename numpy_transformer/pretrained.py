@@ -73,6 +73,21 @@ HF_TO_OURS: tuple[tuple[str, str], ...] = (
     ("pooler.dense.bias", "pooler.bias"),
 )
 
+# The heads of ``transformers.BertForMaskedLM`` / ``BertForSequenceClassification`` -> our
+# ``BertForMaskedLM`` / ``BertForSequenceClassification`` (whose encoder is ``bert.`` + the
+# names above, as Hugging Face's is ``bert.`` + theirs). The MLM decoder's weight is the
+# word-embedding table on both sides (tied), so it has no row; its bias is ``cls.predictions.bias``.
+# Tested against both Hugging Face models in ``parity_tests/test_bert_hf_heads.py``.
+HF_HEADS_TO_OURS: dict[str, str] = {
+    "cls.predictions.transform.dense.weight": "mlm_dense.weight",
+    "cls.predictions.transform.dense.bias": "mlm_dense.bias",
+    "cls.predictions.transform.LayerNorm.weight": "mlm_norm.weight",
+    "cls.predictions.transform.LayerNorm.bias": "mlm_norm.bias",
+    "cls.predictions.bias": "mlm_bias",
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
+}
+
 # Present in Hugging Face checkpoints but not parameters: ``position_ids`` is the buffer
 # 0 .. max_position_embeddings - 1 (ours computes ``np.arange(S)``). Skipped on purpose.
 HF_IGNORED_KEYS: frozenset[str] = frozenset({"embeddings.position_ids"})

@@ -3,7 +3,7 @@
 ``transformers.BertForMaskedLM`` and ``transformers.BertForSequenceClassification``, built
 from a small random config (eager attention, float64), hold the reference weights; they are
 renamed to ours (the encoder through ``numpy_transformer.pretrained.hf_key_map``, the heads
-through the table below) and both sides run the same padded batch. Compared: the logits,
+through ``HF_HEADS_TO_OURS``) and both sides run the same padded batch. Compared: the logits,
 the loss Hugging Face computes from ``labels``, and the gradient of that loss with respect
 to every parameter. (The real all-MiniLM-L6-v2 checkpoint against ``transformers.BertModel``
 is in ``test_pretrained.py``.)
@@ -18,22 +18,10 @@ import torch
 import numpy_transformer as nt
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
 from numpy_transformer.models.bert import IGNORE_INDEX, mask_tokens
-from numpy_transformer.pretrained import hf_key_map
+from numpy_transformer.pretrained import HF_HEADS_TO_OURS, hf_key_map
 from parity_tests.helpers import assert_matches
 
 transformers = pytest.importorskip("transformers")
-
-# Hugging Face head parameter -> ours. The MLM decoder weight is the word-embedding table
-# in both (tied), so it has no row of its own; its bias is ``cls.predictions.bias``.
-HF_HEADS_TO_OURS = {
-    "cls.predictions.transform.dense.weight": "mlm_dense.weight",
-    "cls.predictions.transform.dense.bias": "mlm_dense.bias",
-    "cls.predictions.transform.LayerNorm.weight": "mlm_norm.weight",
-    "cls.predictions.transform.LayerNorm.bias": "mlm_norm.bias",
-    "cls.predictions.bias": "mlm_bias",
-    "classifier.weight": "classifier.weight",
-    "classifier.bias": "classifier.bias",
-}
 
 V, LAYERS, LABELS = 50, 2, 3
 
