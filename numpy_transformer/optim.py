@@ -834,23 +834,48 @@ class Adam(Optimizer):
             t = self.param_steps[name]  # = step_count unless the parameter was frozen for a while
             step_size = lr / (1.0 - beta1**t)  # gamma / (1 - beta1^t), a Python float
             bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-            if wd != 0.0:
-                if self._DECOUPLED:
-                    p *= 1.0 - lr * wd  # AdamW: shrink the parameter first, the moments never see it
-                else:
-                    g = g + wd * p  # Adam: L2 term joins the gradient (a new array; the stored grad is kept)
-            m = self.state["exp_avg"][name]
-            v = self.state["exp_avg_sq"][name]
-            m += (1.0 - beta1) * (g - m)  # = beta1 m + (1 - beta1) g, written as a step towards g
-            v *= beta2
-            v += (1.0 - beta2) * (g * g)
+            buffers = [p, g, self.state["exp_avg"][name], self.state["exp_avg_sq"][name]]
             if amsgrad:
-                v_hat = self.state["max_exp_avg_sq"][name]
-                np.maximum(v_hat, v, out=v_hat)
+                buffers.append(self.state["max_exp_avg_sq"][name])
+            # Element-wise, so it can run slice by slice: on a large parameter (an embedding
+            # table) every temporary of a slice stays in cache. Same operations, same numbers.
+            for p_s, g_s, m_s, v_s, *max_s in _slices(buffers):
+                v_max = max_s[0] if max_s else None
+                self._update_slice(
+                    p_s, g_s, m_s, v_s, v_max, lr, beta1, beta2, eps, wd, step_size, bias_correction2_sqrt
+                )
+
+    def _update_slice(self, p, g, m, v, v_max, lr, beta1, beta2, eps, wd, step_size, bias_correction2_sqrt) -> None:
+        """The rule of the class docstring on (a slice of) one parameter; ``v_max`` only with AMSGrad."""
+        if wd != 0.0:
+            if self._DECOUPLED:
+                p *= 1.0 - lr * wd  # AdamW: shrink the parameter first, the moments never see it
             else:
-                v_hat = v
-            denom = np.sqrt(v_hat) / bias_correction2_sqrt + eps  # eps after the bias correction
-            p -= step_size * (m / denom)
+                g = g + wd * p  # Adam: L2 term joins the gradient (a new array; the stored grad is kept)
+        m += (1.0 - beta1) * (g - m)  # = beta1 m + (1 - beta1) g, written as a step towards g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        if v_max is not None:  # AMSGrad: the running maximum of v
+            np.maximum(v_max, v, out=v_max)
+            v_hat = v_max
+        else:
+            v_hat = v
+        denom = np.sqrt(v_hat) / bias_correction2_sqrt + eps  # eps after the bias correction
+        p -= step_size * (m / denom)
+
+
+_SLICE = 1 << 15  # elements per slice of a large parameter's update
+
+
+def _slices(arrays: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """Matching flat views of ``_SLICE`` elements of same-shaped arrays (the whole arrays if any is
+    not contiguous: then no flat view exists)."""
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield arrays
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, flat[0].size, _SLICE):
+        yield [f[start : start + _SLICE] for f in flat]
 
 
 class AdamW(Adam):

@@ -42,8 +42,9 @@ def relu_backward(dout: np.ndarray, cache: ReluCache) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GeluCache:
-    x: np.ndarray  # (...) the input; everything else is recomputed in the backward
+    x: np.ndarray  # (...) the input
     approximate: str
+    cdf: np.ndarray | None  # (...) Phi(x) for the exact form (erf is the costly part: computed once); None for tanh
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, GeluCache]:
@@ -55,13 +56,15 @@ def gelu_forward(x: np.ndarray, approximate: str = "none") -> tuple[np.ndarray, 
     :math:`y = \tfrac12 x\,(1 + \tanh(\sqrt{2/\pi}\,(x + 0.044715\,x^3)))`.
     """
     check_float_array("x", x)
+    cdf = None
     if approximate == "none":
-        y = 0.5 * x * (1.0 + erf(x / _SQRT_2))
+        cdf = (0.5 * (1.0 + erf(x / _SQRT_2))).astype(x.dtype, copy=False)  # Phi(x)
+        y = x * cdf
     elif approximate == "tanh":
         y = 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_COEF * x**3)))
     else:
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
-    return y.astype(x.dtype, copy=False), GeluCache(x=x, approximate=approximate)
+    return y.astype(x.dtype, copy=False), GeluCache(x=x, approximate=approximate, cdf=cdf)
 
 
 def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
@@ -78,9 +81,8 @@ def gelu_backward(dout: np.ndarray, cache: GeluCache) -> np.ndarray:
     x = cache.x
     check_dout(dout, x.shape, x.dtype)
     if cache.approximate == "none":
-        cdf = 0.5 * (1.0 + erf(x / _SQRT_2))
         pdf = np.exp(-0.5 * x * x) / _SQRT_2PI
-        local = cdf + x * pdf
+        local = cache.cdf + x * pdf
     else:
         u = _SQRT_2_OVER_PI * (x + _GELU_TANH_COEF * x**3)
         t = np.tanh(u)
