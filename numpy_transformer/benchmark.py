@@ -103,15 +103,12 @@ def _transformer_step(backend: str, dtype: str):
 def _minilm_step(backend: str, dtype: str):
     """(step, rss before the optimizer) for one full fine-tuning step of all-MiniLM-L6-v2 with a
     2-class head: forward, cross-entropy, backward through every layer, AdamW."""
+    from .finetune import classifier_from_pretrained
     from .functional.softmax import cross_entropy_backward, cross_entropy_forward
-    from .models.bert import BertForSequenceClassification
     from .optim import AdamW
     from .pretrained import load_minilm
 
-    bert = load_minilm(np.dtype(dtype)).model
-    model = BertForSequenceClassification(bert.config, 2, np.dtype(dtype), np.random.default_rng(0))
-    model.bert.load_state_dict(bert.state_dict())
-    del bert
+    model = classifier_from_pretrained(load_minilm(np.dtype(dtype)).model, 2, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     ids = rng.integers(1000, model.config.vocab_size, size=(BATCH, LENGTH))
     ids[:, 0] = 101  # [CLS]

@@ -138,19 +138,13 @@ def _check_pair(name: str, param: object, grad: object, label: str = "params") -
         )
 
 
-def _collect_params(params: Any, label: str = "params") -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, param, grad)`` triples from a module-like object or an iterable of triples.
-
-    ``label`` names the argument in error messages (``params``, or ``param_groups[i]['params']``).
-    """
-    return [t[:3] for t in _collect_refs(params, label)]
-
-
 def _collect_refs(params: Any, label: str = "params") -> list[tuple]:
-    """Like :func:`_collect_params`, keeping the owning module as a 4th item where it is known.
+    """``(name, param, grad)`` triples from a module-like object or an iterable of triples, with the
+    owning module as a 4th item where it is known (for freezing).
 
     A :class:`numpy_transformer.Module` gives ``(name, param, grad, owner)`` through
-    ``named_parameter_refs()``; a triple may also carry its owner as a 4th item.
+    ``named_parameter_refs()``; a triple may also carry its owner as a 4th item. ``label`` names
+    the argument in error messages (``params``, or ``param_groups[i]['params']``).
     """
     if hasattr(params, "named_parameter_refs"):
         triples = list(params.named_parameter_refs())

@@ -205,40 +205,21 @@ def _draw_pointwise(rng, dtype, d):
     return {"x": (2.0 * x).astype(dtype)}
 
 
-def _np_relu(a, d):
-    y, cache = F.relu_forward(a["x"])
-    return y, lambda dout: {"x": F.relu_backward(dout, cache)}
+def _register_unary(name: str, forward: Callable, backward: Callable, twin: Callable) -> None:
+    """A case for an op of one input ``x`` (B, T, D) and no parameters: relu, tanh, l2_normalize."""
 
+    def run(a, d):
+        y, cache = forward(a["x"])
+        return y, lambda dout: {"x": backward(dout, cache)}
 
-_register(
-    Case(
-        "relu",
-        "op",
-        _draw_pointwise,
-        lambda d: ("x",),
-        _np_relu,
-        lambda t, d: (TF.relu(t["x"]), t),
-        uses=("B", "T", "D"),
+    _register(
+        Case(name, "op", _draw_pointwise, lambda d: ("x",), run, lambda t, d: (twin(t["x"]), t), uses=("B", "T", "D"))
     )
-)
 
 
-def _np_tanh(a, d):
-    y, cache = F.tanh_forward(a["x"])
-    return y, lambda dout: {"x": F.tanh_backward(dout, cache)}
-
-
-_register(
-    Case(
-        "tanh",
-        "op",
-        _draw_pointwise,
-        lambda d: ("x",),
-        _np_tanh,
-        lambda t, d: (TF.tanh(t["x"]), t),
-        uses=("B", "T", "D"),
-    )
-)
+_register_unary("relu", F.relu_forward, F.relu_backward, TF.relu)
+_register_unary("tanh", F.tanh_forward, F.tanh_backward, TF.tanh)
+_register_unary("l2_normalize", F.l2_normalize_forward, F.l2_normalize_backward, TF.l2_normalize)
 
 
 def _draw_pooling(rng, dtype, d):
@@ -261,24 +242,6 @@ _register(
         lambda d: ("hidden",),
         _np_mean_pooling,
         lambda t, d: (TF.mean_pooling(t["hidden"], t["attention_mask"]), t),
-        uses=("B", "T", "D"),
-    )
-)
-
-
-def _np_l2_normalize(a, d):
-    y, cache = F.l2_normalize_forward(a["x"])
-    return y, lambda dout: {"x": F.l2_normalize_backward(dout, cache)}
-
-
-_register(
-    Case(
-        "l2_normalize",
-        "op",
-        _draw_pointwise,
-        lambda d: ("x",),
-        _np_l2_normalize,
-        lambda t, d: (TF.l2_normalize(t["x"]), t),
         uses=("B", "T", "D"),
     )
 )

@@ -53,7 +53,7 @@ def _attend(mha: MultiHeadAttention, site: str, q: np.ndarray, kv: np.ndarray, m
     return mha.forward(q, kv, kv, mask=mask, dropout_mask=keep)
 
 
-def _feed_forward(ff: FeedForward, x: np.ndarray, masks: DropoutMasks):
+def _ff_at_site(ff: FeedForward, x: np.ndarray, masks: DropoutMasks):
     """``ff(x)`` with the hidden-layer dropout mask of site ``ff``, shape (..., F)."""
     keep = masks.mask("ff", x.shape[:-1] + (ff.linear1.out_features,), ff.dropout.p, ff.training)
     return ff.forward(x, dropout_mask=keep)
@@ -111,14 +111,14 @@ class EncoderLayer(Module):
             a, c_d1 = _drop(a, self.p, masks, "dropout1", self.training)
             h = x + a  # (B, S, C)
             n2, c_n2 = self.norm2.forward(h)
-            f, c_ff = _feed_forward(self.ff, n2, masks)
+            f, c_ff = _ff_at_site(self.ff, n2, masks)
             f, c_d2 = _drop(f, self.p, masks, "dropout2", self.training)
             y = h + f
         else:
             a, c_sa = _attend(self.self_attn, "self_attn", x, x, mask, masks)
             a, c_d1 = _drop(a, self.p, masks, "dropout1", self.training)
             h, c_n1 = self.norm1.forward(x + a)  # (B, S, C)
-            f, c_ff = _feed_forward(self.ff, h, masks)
+            f, c_ff = _ff_at_site(self.ff, h, masks)
             f, c_d2 = _drop(f, self.p, masks, "dropout2", self.training)
             y, c_n2 = self.norm2.forward(h + f)
         return y, EncoderLayerCache(c_sa, c_d1, c_n1, c_ff, c_d2, c_n2)
@@ -206,7 +206,7 @@ class DecoderLayer(Module):
             b, c_d2 = _drop(b, p, masks, "dropout2", tr)
             h2 = h1 + b
             n3, c_n3 = self.norm3.forward(h2)
-            f, c_ff = _feed_forward(self.ff, n3, masks)
+            f, c_ff = _ff_at_site(self.ff, n3, masks)
             f, c_d3 = _drop(f, p, masks, "dropout3", tr)
             y = h2 + f
         else:
@@ -216,7 +216,7 @@ class DecoderLayer(Module):
             b, c_ca = _attend(self.cross_attn, "cross_attn", h1, memory, memory_mask, masks)
             b, c_d2 = _drop(b, p, masks, "dropout2", tr)
             h2, c_n2 = self.norm2.forward(h1 + b)
-            f, c_ff = _feed_forward(self.ff, h2, masks)
+            f, c_ff = _ff_at_site(self.ff, h2, masks)
             f, c_d3 = _drop(f, p, masks, "dropout3", tr)
             y, c_n3 = self.norm3.forward(h2 + f)
         return y, DecoderLayerCache(c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
