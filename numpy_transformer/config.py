@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from .functional.checks import check_int, check_non_negative_int, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("n_encoder_layers", "n_decoder_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+            check_non_negative_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -79,9 +75,7 @@ class RNNSeq2SeqConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "embed_dim", "hidden_size", "attn_dim", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.hidden_size % 2:
             raise ValueError(f"hidden_size: expected an even number (two encoder directions), got {self.hidden_size}")
         if self.attention not in RNN_ATTENTIONS:
@@ -90,20 +84,10 @@ class RNNSeq2SeqConfig:
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
 
 
-def check_int_in(name: str, value: object, low: int, high: int | None) -> int:
-    """``value`` must be an int in ``[low, high]`` (no upper bound when ``high`` is None)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}: expected an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {bound}, got {value}")
-    return int(value)
-
-
 def check_special_ids(config: TransformerConfig, bos_id: object, eos_id: object) -> None:
     """Decoding arguments: ``bos_id`` and ``eos_id`` must be target ids other than ``pad_id``."""
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        check_int_in(name, value, 0, config.tgt_vocab_size - 1)
+        check_int(name, value, 0, config.tgt_vocab_size - 1)
         if value == config.pad_id:
             raise ValueError(f"{name}: expected an id other than pad_id={config.pad_id}, got {value}")
 
@@ -134,13 +118,9 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_heads", "intermediate_size", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("n_layers", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+            check_non_negative_int(name, getattr(self, name))
         if self.type_vocab_size < 1:
             raise ValueError(f"type_vocab_size: expected a positive int, got {self.type_vocab_size!r}")
         if self.hidden_size % self.n_heads:
@@ -178,11 +158,8 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
-            raise ValueError(f"n_layers: expected a non-negative int, got {self.n_layers!r}")
+            check_positive_int(name, getattr(self, name))
+        check_non_negative_int("n_layers", self.n_layers)
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:

@@ -51,9 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import check_int_in, check_special_ids
-from .functional._checks import check_float_array, check_int_array, check_token_ids
+from .config import check_special_ids
 from .functional.attention import scaled_dot_product_attention_forward
+from .functional.checks import check_float_array, check_int, check_int_array, check_token_ids
 from .functional.linear import linear_forward
 from .functional.softmax import log_softmax_forward
 from .models.transformer import DecoderLayer, Transformer
@@ -188,7 +188,7 @@ class IncrementalDecoder:
         if memory.dtype != model.dtype:
             raise TypeError(f"memory: expected dtype {model.dtype} (the model's), got {memory.dtype}")
         capacity = config.max_len if capacity is None else capacity
-        self.capacity = check_int_in("capacity", capacity, 1, config.max_len)
+        self.capacity = check_int("capacity", capacity, 1, config.max_len)
         self.model = model
         self.memory_mask = model.source_mask(src)  # (B, 1, 1, S)
         self.tokens = np.full((B, self.capacity), config.pad_id, dtype=np.int64)  # every token fed, by position
@@ -367,7 +367,7 @@ def greedy_decode(
     """
     _check_model(model)
     src = _check_src(model, src)
-    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    max_len = check_int("max_len", max_len, 1, model.config.max_len)
     check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(use_cache, (bool, np.bool_)):
         raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
@@ -463,8 +463,8 @@ def beam_search(
     """
     _check_model(model)
     src = _check_src(model, src)
-    K = check_int_in("beam_size", beam_size, 1, None)
-    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    K = check_int("beam_size", beam_size, 1, None)
+    max_len = check_int("max_len", max_len, 1, model.config.max_len)
     check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(length_penalty, (int, float, np.integer, np.floating)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")

@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .functional.checks import check_int, check_positive_number
 from .functional.softmax import cross_entropy_backward, cross_entropy_forward
 from .models.bert import BertForSequenceClassification, BertModel
 from .optim import AdamW
@@ -232,18 +233,6 @@ class WordTokenizer:
 # ---------------------------------------------------------------------------- configuration
 
 
-def _positive_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class FineTuneConfig:
     """One fine-tuning run. Defaults: the ``finetune`` command's (MiniLM, a few minutes on one thread)."""
@@ -263,20 +252,20 @@ class FineTuneConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
-        _positive_number("lr", self.lr)
-        _positive_number("head_lr", self.head_lr)
+        check_positive_number("lr", self.lr)
+        check_positive_number("head_lr", self.head_lr)
         decay = self.layer_decay
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay <= 1.0:
             raise ValueError(f"layer_decay: expected a number in (0, 1] (1 = no decay), got {decay!r}")
-        _positive_int("unfreeze_every", self.unfreeze_every)
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
+        check_int("unfreeze_every", self.unfreeze_every, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
         wd = self.weight_decay
         if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (math.isfinite(wd) and wd >= 0):
             raise ValueError(f"weight_decay: expected a finite number >= 0, got {wd!r}")
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas: expected a pair of numbers in [0, 1), got {self.betas!r}")
-        _positive_number("eps", self.eps)
+        check_positive_number("eps", self.eps)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
 
@@ -356,8 +345,8 @@ def frozen_modules(strategy: str, n_layers: int, update: int, unfreeze_every: in
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
-    _positive_int("update", update)
-    _positive_int("unfreeze_every", unfreeze_every)
+    check_int("update", update, 1)
+    check_int("unfreeze_every", unfreeze_every, 1)
     encoder = ("bert.embeddings", *(f"bert.layers.{i}" for i in range(n_layers)))  # bottom to top
     if strategy == "full":
         return ()
@@ -537,7 +526,7 @@ def run_fine_tuning(
     them. With ``evaluate``, validation loss and accuracy before and after.
     """
     per_epoch = cfg.steps_per_epoch(len(dataset.train_sentences))
-    steps = cfg.epochs * per_epoch if steps is None else _positive_int("steps", steps)
+    steps = cfg.epochs * per_epoch if steps is None else check_int("steps", steps, 1)
     history = FineTuneHistory(cfg.strategy, losses={t.backend: [] for t in trainers})
     if evaluate:
         history.before = {t.backend: t.evaluate(dataset, encode) for t in trainers}

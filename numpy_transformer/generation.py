@@ -47,10 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import check_int_in
 from .decoding import _eval_mode, _modules
-from .functional._checks import check_float_array
 from .functional.attention import scaled_dot_product_attention_forward
+from .functional.checks import check_float_array, check_int
 from .functional.linear import linear_forward
 from .functional.softmax import softmax_forward
 from .models.gpt import GPT
@@ -81,7 +80,7 @@ def check_sampling_args(temperature: object, top_k: object, top_p: object) -> tu
     ):
         raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
-        top_k = check_int_in("top_k", top_k, 1, None)
+        top_k = check_int("top_k", top_k, 1, None)
     if top_p is not None:
         ok = isinstance(top_p, (int, float, np.integer, np.floating)) and not isinstance(top_p, (bool, np.bool_))
         if not ok or not 0.0 < top_p <= 1.0:
@@ -180,8 +179,8 @@ class GPTKVCache:
             )
         c = model.config
         self.model = model
-        self.batch_size = check_int_in("batch_size", batch_size, 1, None)
-        self.capacity = check_int_in("capacity", c.max_len if capacity is None else capacity, 1, c.max_len)
+        self.batch_size = check_int("batch_size", batch_size, 1, None)
+        self.capacity = check_int("capacity", c.max_len if capacity is None else capacity, 1, c.max_len)
         H = c.n_heads
         shape = (self.batch_size, H, self.capacity, c.d_model // H)  # (B, H, capacity, D)
         self.layers = [LayerKV(np.zeros(shape, model.dtype), np.zeros(shape, model.dtype)) for _ in model.layers]
@@ -297,7 +296,7 @@ def generate(
     prompt_ids = model.check_ids(prompt_ids, "prompt_ids")
     B, P = prompt_ids.shape
     max_len = model.config.max_len
-    N = check_int_in("max_new_tokens", max_new_tokens, 1, None)
+    N = check_int("max_new_tokens", max_new_tokens, 1, None)
     if max_len - P < N:
         raise ValueError(
             f"max_new_tokens: the prompt's {P} tokens + {N} new ones = {P + N} exceed max_len={max_len} "

@@ -56,11 +56,12 @@ update) when they have a warm-up.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import numpy as np
+
+from .functional.checks import check_bool, check_integer, check_real
 
 __all__ = [
     "SGD",
@@ -81,43 +82,8 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # ---------------------------------------------------------------------------
 
 
-def _number(name: str, value: object, *, low: float | None = None, low_inclusive: bool = True) -> float:
-    """A finite real number (not a bool) as a Python float, optionally bounded below."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    out = float(value)
-    if not math.isfinite(out):
-        raise ValueError(f"{name}: expected a finite number, got {out!r}")
-    if low is not None and (out < low or (out == low and not low_inclusive)):
-        bound = f">= {low}" if low_inclusive else f"> {low}"
-        raise ValueError(f"{name}: expected a number {bound}, got {out!r}")
-    return out
-
-
-def _integer(name: str, value: object, *, low: int = 0) -> int:
-    """An integer (not a bool) >= ``low`` as a Python int."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
-    out = int(value)
-    if out < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {out}")
-    return out
-
-
-def _flag(name: str, value: object) -> bool:
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
 def _beta(name: str, value: object) -> float:
-    out = _number(name, value)
+    out = check_real(name, value)
     if not 0.0 <= out < 1.0:
         raise ValueError(f"{name}: expected a number in [0, 1), got {out!r}")
     return out
@@ -247,7 +213,7 @@ class ParamGroup(MutableMapping):
         if key == "params":
             raise TypeError(f"{self._label()}['params']: a group's parameters are fixed at construction")
         if key == "initial_lr":
-            self._initial_lr = _number(f"{self._label()}['initial_lr']", value, low=0.0)
+            self._initial_lr = check_real(f"{self._label()}['initial_lr']", value, low=0.0)
         elif key in self._opt._GROUP_KEYS:
             self._update(self._opt._flatten({key: value}, self._label()), self._label())
         else:
@@ -381,7 +347,7 @@ class Optimizer:
                 )
             hyper = self._validate({**flat_defaults, **self._flatten(given, prefix)}, prefix)
             initial_lr = spec.get("initial_lr", hyper["lr"])
-            initial_lr = _number(f"{prefix}['initial_lr']" if prefix else "initial_lr", initial_lr, low=0.0)
+            initial_lr = check_real(f"{prefix}['initial_lr']" if prefix else "initial_lr", initial_lr, low=0.0)
             self.param_groups.append(ParamGroup(self, i, triples, hyper, initial_lr))
         self._params = [t for group in self.param_groups for t in group._triples]
         self.step_count = 0
@@ -399,7 +365,7 @@ class Optimizer:
         ``prefix`` is ``""`` for the constructor's own arguments (messages say ``lr: ...``) or
         ``"param_groups[i]"`` for a group (``param_groups[i]['lr']: ...``).
         """
-        return {"lr": _number(self._label(prefix, "lr"), hyper["lr"], low=0.0)}
+        return {"lr": check_real(self._label(prefix, "lr"), hyper["lr"], low=0.0)}
 
     def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
         """The state buffers a group with these (flat) hyper-parameters needs."""
@@ -475,11 +441,11 @@ class Optimizer:
         if isinstance(factor, (list, tuple)):
             if len(factor) != n:
                 raise ValueError(f"factor: expected one factor per parameter group ({n}), got {len(factor)}")
-            factors = [_number(f"factor[{i}]", f, low=0.0) for i, f in enumerate(factor)]
+            factors = [check_real(f"factor[{i}]", f, low=0.0) for i, f in enumerate(factor)]
         else:
-            factors = [_number("factor", factor, low=0.0)] * n
+            factors = [check_real("factor", factor, low=0.0)] * n
         new = [
-            _number(f"param_groups[{i}]['lr']", group._initial_lr * f, low=0.0)
+            check_real(f"param_groups[{i}]['lr']", group._initial_lr * f, low=0.0)
             for i, (group, f) in enumerate(zip(self.param_groups, factors, strict=True))
         ]
         for group, lr in zip(self.param_groups, new, strict=True):
@@ -572,11 +538,11 @@ class Optimizer:
         kind = kind[()] if isinstance(kind, np.ndarray) and kind.ndim == 0 else kind
         if str(kind) != type(self).__name__:
             raise ValueError(f"state['type']: this is a {type(self).__name__}, the state is from a {kind!s}")
-        step = _integer("state['step']", state["step"])
+        step = check_integer("state['step']", state["step"])
         param_steps = {name: step for name in self.param_steps}
         for key, name in step_keys.items():
             if key in state:
-                param_steps[name] = _integer(f"state[{key!r}]", state[key])
+                param_steps[name] = check_integer(f"state[{key!r}]", state[key])
                 if param_steps[name] > step:
                     raise ValueError(f"state[{key!r}]: expected at most state['step']={step}, got {param_steps[name]}")
         new_groups = []
@@ -596,7 +562,7 @@ class Optimizer:
             self._check_same_structure(group._hyper, hyper, lambda key, prefix=prefix: f"state['{prefix}{key}']")
             initial_lr = group._initial_lr
             if f"{prefix}initial_lr" in state:
-                initial_lr = _number(f"state['{prefix}initial_lr']", state[f"{prefix}initial_lr"], low=0.0)
+                initial_lr = check_real(f"state['{prefix}initial_lr']", state[f"{prefix}initial_lr"], low=0.0)
             new_groups.append((hyper, initial_lr))
         for key, (_, name) in buffer_keys.items():
             value, param = state[key], self._param(name)
@@ -684,12 +650,12 @@ class SGD(Optimizer):
     def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
         out = super()._validate(hyper, prefix)
         label = self._label
-        out["momentum"] = _number(label(prefix, "momentum"), hyper["momentum"], low=0.0)
-        out["dampening"] = _number(label(prefix, "dampening"), hyper["dampening"], low=0.0)
+        out["momentum"] = check_real(label(prefix, "momentum"), hyper["momentum"], low=0.0)
+        out["dampening"] = check_real(label(prefix, "dampening"), hyper["dampening"], low=0.0)
         if out["dampening"] > 1.0:
             raise ValueError(f"{label(prefix, 'dampening')}: expected a number in [0, 1], got {out['dampening']!r}")
-        out["weight_decay"] = _number(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
-        out["nesterov"] = _flag(label(prefix, "nesterov"), hyper["nesterov"])
+        out["weight_decay"] = check_real(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
+        out["nesterov"] = check_bool(label(prefix, "nesterov"), hyper["nesterov"])
         if out["nesterov"] and (out["momentum"] == 0.0 or out["dampening"] != 0.0):
             raise ValueError(
                 f"{label(prefix, 'nesterov')}: Nesterov momentum needs momentum > 0 and dampening == 0, "
@@ -807,9 +773,9 @@ class Adam(Optimizer):
         label = self._label
         out["beta1"] = _beta(label(prefix, "beta1"), hyper["beta1"])
         out["beta2"] = _beta(label(prefix, "beta2"), hyper["beta2"])
-        out["eps"] = _number(label(prefix, "eps"), hyper["eps"], low=0.0, low_inclusive=False)
-        out["weight_decay"] = _number(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
-        out["amsgrad"] = _flag(label(prefix, "amsgrad"), hyper["amsgrad"])
+        out["eps"] = check_real(label(prefix, "eps"), hyper["eps"], low=0.0, low_inclusive=False)
+        out["weight_decay"] = check_real(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
+        out["amsgrad"] = check_bool(label(prefix, "amsgrad"), hyper["amsgrad"])
         return out
 
     def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
@@ -963,8 +929,8 @@ def clip_grad_norm(grads: Any, max_norm: float, eps: float = 1e-6, error_if_nonf
         The total norm :math:`N` before clipping.
     """
     if not (isinstance(max_norm, (int, float, np.floating)) and max_norm == math.inf):
-        max_norm = _number("max_norm", max_norm, low=0.0, low_inclusive=False)  # inf: measure only, as in PyTorch
-    eps = _number("eps", eps, low=0.0)
+        max_norm = check_real("max_norm", max_norm, low=0.0, low_inclusive=False)  # inf: measure only, as in PyTorch
+    eps = check_real("eps", eps, low=0.0)
     arrays = _collect_grads(grads)
     if not arrays:
         return 0.0
@@ -1016,10 +982,10 @@ def inverse_sqrt_warmup(step: int, d_model: int, warmup_steps: int, factor: floa
     float
         The learning rate for update ``step``.
     """
-    step = _integer("step", step)
-    d_model = _integer("d_model", d_model, low=1)
-    warmup_steps = _integer("warmup_steps", warmup_steps, low=1)
-    factor = _number("factor", factor, low=0.0)
+    step = check_integer("step", step)
+    d_model = check_integer("d_model", d_model, low=1)
+    warmup_steps = check_integer("warmup_steps", warmup_steps, low=1)
+    factor = check_real("factor", factor, low=0.0)
     if step == 0:
         return 0.0
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
@@ -1063,11 +1029,11 @@ def linear_warmup_cosine(step: int, base_lr: float, warmup_steps: int, total_ste
     float
         The learning rate for update ``step``.
     """
-    step = _integer("step", step)
-    base_lr = _number("base_lr", base_lr, low=0.0)
-    warmup_steps = _integer("warmup_steps", warmup_steps)
-    total_steps = _integer("total_steps", total_steps, low=max(1, warmup_steps))
-    min_lr = _number("min_lr", min_lr, low=0.0)
+    step = check_integer("step", step)
+    base_lr = check_real("base_lr", base_lr, low=0.0)
+    warmup_steps = check_integer("warmup_steps", warmup_steps)
+    total_steps = check_integer("total_steps", total_steps, low=max(1, warmup_steps))
+    min_lr = check_real("min_lr", min_lr, low=0.0)
     if min_lr > base_lr:
         raise ValueError(f"min_lr: expected a number <= base_lr={base_lr!r}, got {min_lr!r}")
     if step < warmup_steps:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from numpy_transformer.config import check_int_in, check_special_ids
+from numpy_transformer.config import check_special_ids
+from numpy_transformer.functional.checks import check_int
 
 from . import functional as TF
 from .models import DecoderLayer, Transformer
@@ -111,7 +112,7 @@ class IncrementalDecoder:
                 f"memory: expected shape ({B}, {S}, {config.d_model}) to match src, got {tuple(memory.shape)}"
             )
         capacity = config.max_len if capacity is None else capacity
-        self.capacity = check_int_in("capacity", capacity, 1, config.max_len)
+        self.capacity = check_int("capacity", capacity, 1, config.max_len)
         self.model = model
         device, dtype = memory.device, memory.dtype
         self.memory_mask = model.source_mask(src.to(device))  # (B, 1, 1, S)
@@ -255,7 +256,7 @@ def greedy_decode(
     """
     _check_model(model)
     src = _check_src(model, src)
-    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    max_len = check_int("max_len", max_len, 1, model.config.max_len)
     check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(use_cache, (bool, np.bool_)):
         raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
@@ -340,8 +341,8 @@ def beam_search(
     """
     _check_model(model)
     src = _check_src(model, src)
-    K = check_int_in("beam_size", beam_size, 1, None)
-    max_len = check_int_in("max_len", max_len, 1, model.config.max_len)
+    K = check_int("beam_size", beam_size, 1, None)
+    max_len = check_int("max_len", max_len, 1, model.config.max_len)
     check_special_ids(model.config, bos_id, eos_id)
     if not isinstance(length_penalty, (int, float, np.integer, np.floating)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")

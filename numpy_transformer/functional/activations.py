@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import erf
 
-from ._checks import check_dout, check_float_array
+from .checks import check_dout, check_float_array
 
 # Python floats, not NumPy scalars, so float32 inputs stay float32 (NEP 50).
 _SQRT_2 = math.sqrt(2.0)

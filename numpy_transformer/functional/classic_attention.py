@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_broadcastable, check_dout, check_float_array, check_same_dtype
 from .attention import masked_softmax
+from .checks import check_broadcastable, check_dout, check_float_array, check_same_dtype
 from .linear import LinearCache, linear_backward, linear_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 

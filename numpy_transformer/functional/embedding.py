@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_int_array
+from .checks import check_dout, check_float_array, check_int_array
 
 
 @dataclass(frozen=True)

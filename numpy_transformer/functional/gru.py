@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_float_array, check_int_array, check_same_dtype, check_shape
+from .checks import check_float_array, check_int_array, check_same_dtype, check_shape
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:

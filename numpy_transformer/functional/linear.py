@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_same_dtype, check_shape
+from .checks import check_dout, check_float_array, check_same_dtype, check_shape
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_int_array
+from .checks import check_int_array
 
 
 def causal_mask(T: int, S: int | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array
+from .checks import check_dout, check_float_array
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_int_array, check_shape
+from .checks import check_dout, check_float_array, check_int_array, check_shape
 
 
 def _check_axis(axis: int, ndim: int) -> int:

@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 
 from ..config import BertConfig
-from ..functional._checks import check_float_array, check_int_array, check_token_ids
 from ..functional.activations import TanhCache, gelu_backward, gelu_forward, tanh_backward, tanh_forward
+from ..functional.checks import check_float_array, check_int_array, check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
-from ..modules.layers import Embedding, LayerNorm, Linear, _rng
+from ..modules.layers import Embedding, LayerNorm, Linear
 from .transformer import EncoderLayer, _drop
 
 IGNORE_INDEX = -100  # label of a position that is not scored (as in PyTorch and Hugging Face)
@@ -121,7 +121,7 @@ class BertEmbeddings(Module):
 
     def __init__(self, config: BertConfig, dtype: np.dtype | type = np.float64, rng=None) -> None:
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         c = config
         self.p = c.dropout
         self.word_embeddings = Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_id, dtype=dtype, rng=rng)
@@ -182,7 +182,7 @@ class BertModel(Module):
         super().__init__()
         if not isinstance(config, BertConfig):
             raise TypeError(f"config: expected a BertConfig, got {type(config).__name__}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         c = config
         self.config = config
         self.dtype = check_module_dtype(dtype)
@@ -291,7 +291,7 @@ class BertForMaskedLM(Module):
 
     def __init__(self, config: BertConfig, dtype: np.dtype | type = np.float64, rng=None) -> None:
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.config = config
         self.dtype = check_module_dtype(dtype)
         C = config.hidden_size
@@ -337,7 +337,7 @@ class BertForSequenceClassification(Module):
         super().__init__()
         if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
             raise ValueError(f"num_labels: expected an int >= 2, got {num_labels!r}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.config = config
         self.num_labels = num_labels
         self.dtype = check_module_dtype(dtype)

@@ -35,14 +35,14 @@ from typing import Any
 import numpy as np
 
 from ..config import GPTConfig
-from ..functional._checks import check_float_array, check_token_ids
+from ..functional.checks import check_float_array, check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.embedding import EmbeddingCache
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..functional.masks import causal_mask, padding_mask
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
-from ..modules.layers import Embedding, LayerNorm, _rng
+from ..modules.layers import Embedding, LayerNorm
 from .transformer import EncoderLayer, EncoderLayerCache, _drop
 
 # GPT-2 draws both embedding tables from N(0, 0.02^2). torch.nn.Embedding's N(0, 1) would make the
@@ -81,7 +81,7 @@ class GPT(Module):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config: expected a GPTConfig, got {type(config).__name__}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.config = config
         self.dtype = check_module_dtype(dtype)
         c = config

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from ..config import RNNSeq2SeqConfig
-from ..functional._checks import check_token_ids
+from ..functional.checks import check_rng, check_token_ids
 from ..functional.gru import gru_cell_forward
 from ..modules.base import Module, check_module_dtype
 from ..modules.classic_attention import AdditiveAttention, LuongAttention
 from ..modules.gru import GRU, GRUCell
-from ..modules.layers import Embedding, Linear, _rng
+from ..modules.layers import Embedding, Linear
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class RNNSeq2Seq(Module):
         super().__init__()
         if not isinstance(config, RNNSeq2SeqConfig):
             raise TypeError(f"config: expected an RNNSeq2SeqConfig, got {type(config).__name__}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         c = self.config = config
         self.dtype = check_module_dtype(dtype)
         E, H = c.embed_dim, c.hidden_size

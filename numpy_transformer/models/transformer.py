@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..config import TransformerConfig
-from ..functional._checks import check_token_ids
+from ..functional.checks import check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import sinusoidal_positional_encoding
 from ..functional.linear import LinearCache, linear_backward, linear_forward
@@ -38,7 +38,7 @@ from ..functional.masks import causal_mask, padding_mask
 from ..modules.attention import MultiHeadAttention
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
-from ..modules.layers import Embedding, FeedForward, LayerNorm, Linear, _rng
+from ..modules.layers import Embedding, FeedForward, LayerNorm, Linear
 
 
 def _drop(x: np.ndarray, p: float, masks: DropoutMasks, site: str, training: bool) -> tuple[np.ndarray, DropoutCache]:
@@ -90,7 +90,7 @@ class EncoderLayer(Module):
         BERT and GPT-2 have none there (``ff_dropout=0.0``).
         """
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm_first = norm_first
         self.p = dropout
@@ -170,7 +170,7 @@ class DecoderLayer(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm_first = norm_first
         self.p = dropout
@@ -253,7 +253,7 @@ class Encoder(Module):
 
     def __init__(self, config: TransformerConfig, dtype: np.dtype | type = np.float64, rng=None) -> None:
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         c = config
         self.layers = ModuleList(
             [
@@ -290,7 +290,7 @@ class Decoder(Module):
 
     def __init__(self, config: TransformerConfig, dtype: np.dtype | type = np.float64, rng=None) -> None:
         super().__init__()
-        rng = _rng(rng)
+        rng = check_rng(rng)
         c = config
         self.layers = ModuleList(
             [
@@ -358,7 +358,7 @@ class Transformer(Module):
         super().__init__()
         if not isinstance(config, TransformerConfig):
             raise TypeError(f"config: expected a TransformerConfig, got {type(config).__name__}")
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.config = config
         self.dtype = check_module_dtype(dtype)
         C = config.d_model

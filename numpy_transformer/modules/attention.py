@@ -10,16 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..functional._checks import check_float_array
 from ..functional.attention import (
     AttentionCache,
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
+from ..functional.checks import check_float_array, check_positive_int, check_rng
 from ..functional.dropout import check_dropout_p
 from ..functional.linear import LinearCache
 from .base import Module, check_module_dtype
-from .layers import Linear, _positive_int, _rng
+from .layers import Linear
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,14 @@ class MultiHeadAttention(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = _positive_int("d_model", d_model)
-        self.n_heads = _positive_int("n_heads", n_heads)
+        self.d_model = check_positive_int("d_model", d_model)
+        self.n_heads = check_positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
         self.head_dim = d_model // n_heads
         self.dropout = check_dropout_p(dropout, "dropout")
         self.dtype = check_module_dtype(dtype)
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.q_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
         self.k_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)
         self.v_proj = Linear(d_model, d_model, bias=bias, dtype=dtype, rng=rng)

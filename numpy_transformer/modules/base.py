@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from ..functional._checks import FLOAT_DTYPES
+from ..functional.checks import FLOAT_DTYPES
 
 
 def check_module_dtype(dtype: object) -> np.dtype:

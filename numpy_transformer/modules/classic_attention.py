@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional._checks import check_float_array
+from ..functional.checks import check_float_array, check_positive_int, check_rng
 from ..functional.classic_attention import (
     LUONG_SCORES,
     AdditiveAttentionCache,
@@ -25,7 +25,7 @@ from ..functional.classic_attention import (
     luong_attention_forward,
 )
 from .base import Module, check_module_dtype
-from .layers import Linear, _positive_int, _rng
+from .layers import Linear
 
 
 def _check_module_inputs(module: Module, query: object, keys: object, values: object) -> None:
@@ -57,11 +57,11 @@ class AdditiveAttention(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.query_dim = _positive_int("query_dim", query_dim)
-        self.key_dim = _positive_int("key_dim", key_dim)
-        self.attn_dim = _positive_int("attn_dim", attn_dim)
+        self.query_dim = check_positive_int("query_dim", query_dim)
+        self.key_dim = check_positive_int("key_dim", key_dim)
+        self.attn_dim = check_positive_int("attn_dim", attn_dim)
         self.dtype = check_module_dtype(dtype)
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.w_q = Linear(query_dim, attn_dim, bias=False, dtype=dtype, rng=rng)
         self.w_k = Linear(key_dim, attn_dim, bias=False, dtype=dtype, rng=rng)
         self.v_a = Linear(attn_dim, 1, bias=False, dtype=dtype, rng=rng)
@@ -109,16 +109,16 @@ class LuongAttention(Module):
         super().__init__()
         if score not in LUONG_SCORES:
             raise ValueError(f"score: expected one of {LUONG_SCORES}, got {score!r}")
-        self.query_dim = _positive_int("query_dim", query_dim)
-        self.key_dim = _positive_int("key_dim", key_dim)
+        self.query_dim = check_positive_int("query_dim", query_dim)
+        self.key_dim = check_positive_int("key_dim", key_dim)
         self.score = score
         self.dtype = check_module_dtype(dtype)
         if score != "concat" and attn_dim is not None:
             raise ValueError(f"attn_dim: only used by score='concat', got {attn_dim!r} with score={score!r}")
         if score == "dot" and query_dim != key_dim:
             raise ValueError(f"key_dim: score='dot' needs key_dim == query_dim = {query_dim}, got {key_dim}")
-        self.attn_dim = _positive_int("attn_dim", query_dim if attn_dim is None else attn_dim)
-        rng = _rng(rng)
+        self.attn_dim = check_positive_int("attn_dim", query_dim if attn_dim is None else attn_dim)
+        rng = check_rng(rng)
         if score == "general":
             self.w = Linear(key_dim, query_dim, bias=False, dtype=dtype, rng=rng)  # (Dq, Dk): q^T (W k_s)
         elif score == "concat":

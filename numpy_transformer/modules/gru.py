@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..functional._checks import check_float_array, check_shape
+from ..functional.checks import check_float_array, check_positive_int, check_rng, check_shape
 from ..functional.gru import GRUCache, GRUCellCache, gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .base import Module, check_module_dtype
-from .layers import _positive_int, _rng
 
 
 def _uniform_gru_parameters(
@@ -59,10 +58,10 @@ class GRUCell(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.dtype = check_module_dtype(dtype)
-        self._init_parameters(**_uniform_gru_parameters("", input_size, hidden_size, bias, self.dtype, _rng(rng)))
+        self._init_parameters(**_uniform_gru_parameters("", input_size, hidden_size, bias, self.dtype, check_rng(rng)))
 
     def forward(self, x: np.ndarray, h: np.ndarray | None = None) -> tuple[np.ndarray, GRUCellCache]:
         return gru_cell_forward(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
@@ -115,14 +114,14 @@ class GRU(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
         if not isinstance(bidirectional, (bool, np.bool_)):
             raise TypeError(f"bidirectional: expected a bool, got {type(bidirectional).__name__}")
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.dtype = check_module_dtype(dtype)
-        rng = _rng(rng)
+        rng = check_rng(rng)
         params = _uniform_gru_parameters("_l0", input_size, hidden_size, bias, self.dtype, rng)
         if bidirectional:
             params.update(_uniform_gru_parameters("_l0_reverse", input_size, hidden_size, bias, self.dtype, rng))

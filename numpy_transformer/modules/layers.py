@@ -11,25 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.activations import GeluCache, ReluCache, gelu_backward, gelu_forward, relu_backward, relu_forward
+from ..functional.checks import check_positive_int, check_rng
 from ..functional.dropout import DropoutCache, check_dropout_p, dropout_backward, dropout_forward
 from ..functional.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from ..functional.layer_norm import LayerNormCache, layer_norm_backward, layer_norm_forward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from .base import Module, check_module_dtype
-
-
-def _rng(rng: np.random.Generator | None) -> np.random.Generator:
-    if rng is None:
-        return np.random.default_rng()
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator or None, got {type(rng).__name__}")
-    return rng
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 class Linear(Module):
@@ -47,10 +34,10 @@ class Linear(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
         self.dtype = check_module_dtype(dtype)
-        rng = _rng(rng)
+        rng = check_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(self.dtype)
         b = rng.uniform(-bound, bound, (out_features,)).astype(self.dtype) if bias else None
@@ -81,13 +68,13 @@ class Embedding(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.num_embeddings = _positive_int("num_embeddings", num_embeddings)
-        self.embedding_dim = _positive_int("embedding_dim", embedding_dim)
+        self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx: expected an id in [0, {num_embeddings}), got {padding_idx}")
         self.padding_idx = padding_idx
         self.dtype = check_module_dtype(dtype)
-        weight = _rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
+        weight = check_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             weight[padding_idx] = 0
         self._init_parameters(weight=weight)
@@ -112,7 +99,7 @@ class LayerNorm(Module):
     ) -> None:
         """``rng`` is accepted like every module's, and unused: the initial values are fixed (1 and 0)."""
         super().__init__()
-        self.normalized_shape = _positive_int("normalized_shape", normalized_shape)
+        self.normalized_shape = check_positive_int("normalized_shape", normalized_shape)
         self.eps = float(eps)
         self.dtype = check_module_dtype(dtype)
         self._init_parameters(weight=np.ones(normalized_shape, self.dtype), bias=np.zeros(normalized_shape, self.dtype))
@@ -180,7 +167,7 @@ class FeedForward(Module):
             raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
         self.activation = activation
         self.dtype = check_module_dtype(dtype)
-        rng = _rng(rng)
+        rng = check_rng(rng)
         self.linear1 = Linear(d_model, d_ff, bias=bias, dtype=dtype, rng=rng)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(d_ff, d_model, bias=bias, dtype=dtype, rng=rng)

@@ -1,0 +1,194 @@
+"""Input validation shared by the whole package: arrays first, then scalars.
+
+Every public op, module, model, optimizer and command checks its arguments up front
+so that a mistake surfaces as a clear ``TypeError`` / ``ValueError`` naming the
+argument, what was expected and what was given, instead of as a broadcasting
+accident deep inside a backward pass. This file is the one home of those checks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_array(name: str, x: object, *, ndim_min: int = 0) -> np.ndarray:
+    """Return ``x`` if it is a float32/float64 ndarray with at least ``ndim_min`` dims."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if x.ndim < ndim_min:
+        raise ValueError(f"{name}: expected at least {ndim_min} dimension(s), got shape {x.shape}")
+    return x
+
+
+def check_same_dtype(**arrays: np.ndarray | None) -> np.dtype:
+    """All given arrays (``None`` skipped) must share one float dtype; return it."""
+    named = [(name, a) for name, a in arrays.items() if a is not None]
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {first.dtype} (the dtype of {first_name}), "
+                f"got {a.dtype}; convert explicitly, nothing is upcast silently"
+            )
+    return first.dtype
+
+
+def check_shape(name: str, x: np.ndarray, expected: tuple[int, ...]) -> None:
+    """``x.shape`` must equal ``expected`` exactly."""
+    if x.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {x.shape}")
+
+
+def check_int_array(name: str, x: object) -> np.ndarray:
+    """Return ``x`` if it is an ndarray of integers (any width, signed or not)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of integers, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name}: expected an integer dtype, got {x.dtype}")
+    return x
+
+
+def check_token_ids(
+    name: str, ids: object, vocab_size: int, max_len: int | None = None, *, length_name: str = "max_len"
+) -> np.ndarray:
+    """Return ``ids`` if it is a (B, L) integer array, ``B, L >= 1``, ``L <= max_len``, ids in ``[0, vocab_size)``.
+
+    ``length_name`` is how the limit is called in the message (``max_position_embeddings`` for BERT).
+    """
+    check_int_array(name, ids)
+    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"{name}: expected token ids of shape (B, L) with B, L >= 1, got {ids.shape}")
+    if max_len is not None and ids.shape[1] > max_len:
+        raise ValueError(f"{name}: expected length L <= {length_name}={max_len}, got {ids.shape[1]}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"{name}: expected token ids in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]")
+    return ids
+
+
+def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> None:
+    """``x`` must broadcast to ``target`` without growing ``target``.
+
+    Each of ``x``'s trailing dimensions must be 1 or equal to the matching
+    dimension of ``target``, and ``x`` may not have more dimensions.
+    """
+    if x.ndim > len(target) or any(a not in (1, b) for a, b in zip(x.shape[::-1], target[::-1], strict=False)):
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to {tuple(target)} "
+            f"(each dimension 1 or equal, aligned on the right), got {x.shape}"
+        )
+
+
+def check_dout(dout: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The upstream gradient must have the forward output's shape and dtype (no silent upcast)."""
+    check_float_array("dout", dout)
+    if dout.dtype != dtype:
+        raise TypeError(f"dout: expected dtype {np.dtype(dtype)} (the dtype of the forward pass), got {dout.dtype}")
+    check_shape("dout", dout, tuple(shape))
+    return dout
+
+
+# ---------------------------------------------------------------------------- scalars
+#
+# Two families, kept apart on purpose. Sizes and counts (``check_int``, ``check_positive_int``)
+# raise ValueError for any wrong value, a float included: ``d_model=2.0`` is a wrong size.
+# Optimizer hyper-parameters (``check_real``, ``check_integer``, ``check_bool``) raise
+# TypeError for a wrong type and ValueError for a wrong value, as ``torch.optim`` does.
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """``value`` must be an int in ``[low, high]`` (an open end where a bound is None); ValueError otherwise."""
+    if low is None and high is None:
+        bound = ""
+    elif high is None:
+        bound = f" >= {low}"
+    elif low is None:
+        bound = f" <= {high}"
+    else:
+        bound = f" in [{low}, {high}]"
+    if not _is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}: expected an int{bound}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """A size: an int >= 1 (not a bool, not a float); ValueError otherwise."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """A count that may be zero (layers, ids): an int >= 0 (not a bool); ValueError otherwise."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+    return int(value)
+
+
+def check_positive_number(name: str, value: object) -> float:
+    """A finite real number > 0 (not a bool) as a Python float; ValueError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _scalar(value: object) -> object:
+    """A 0-d array stands for its element (``torch.optim`` accepts 0-d tensors the same way)."""
+    return value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def check_real(name: str, value: object, *, low: float | None = None, low_inclusive: bool = True) -> float:
+    """A finite real number (not a bool) as a Python float, optionally bounded below.
+
+    TypeError for a value that is not a real number, ValueError for one out of range.
+    """
+    value = _scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{name}: expected a finite number, got {out!r}")
+    if low is not None and (out < low or (out == low and not low_inclusive)):
+        bound = f">= {low}" if low_inclusive else f"> {low}"
+        raise ValueError(f"{name}: expected a number {bound}, got {out!r}")
+    return out
+
+
+def check_integer(name: str, value: object, *, low: int = 0) -> int:
+    """An integer (not a bool) >= ``low`` as a Python int; TypeError for a non-integer, ValueError below ``low``."""
+    value = _scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    out = int(value)
+    if out < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {out}")
+    return out
+
+
+def check_bool(name: str, value: object) -> bool:
+    """A bool (Python or NumPy); TypeError otherwise, so ``"yes"`` or ``1`` never pass for True."""
+    value = _scalar(value)
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_rng(rng: object, name: str = "rng") -> np.random.Generator:
+    """An explicit ``numpy.random.Generator``, or None for a fresh unseeded one."""
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name}: expected a numpy.random.Generator or None, got {type(rng).__name__}")
+    return rng
