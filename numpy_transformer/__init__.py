@@ -13,16 +13,16 @@ from .models import (
     BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
-    DecoderLayer,
-    EncoderLayer,
     RNNSeq2Seq,
     Transformer,
 )
 from .modules import (
     GRU,
     AdditiveAttention,
+    DecoderLayer,
     Dropout,
     Embedding,
+    EncoderLayer,
     FeedForward,
     GRUCell,
     LayerNorm,

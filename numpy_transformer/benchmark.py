@@ -83,7 +83,7 @@ def _transformer_step(backend: str, dtype: str):
     import torch
     import torch.nn.functional as F
 
-    from torch_transformer.models import Transformer as TwinTransformer
+    from torch_transformer.transformer import Transformer as TwinTransformer
 
     model = TwinTransformer(cfg, dtype=getattr(torch, dtype))
     src_t, tgt_in_t, tgt_out_t = (torch.from_numpy(a) for a in (src, tgt_in, tgt_out))

@@ -56,9 +56,10 @@ from .functional.attention import scaled_dot_product_attention_forward
 from .functional.checks import check_float_array, check_int, check_int_array, check_token_ids
 from .functional.linear import linear_forward
 from .functional.softmax import log_softmax_forward
-from .models.transformer import DecoderLayer, Transformer
+from .models.transformer import Transformer
 from .modules.attention import MultiHeadAttention
 from .modules.base import Module
+from .modules.transformer_layers import DecoderLayer
 
 __all__ = [
     "BeamSearchResult",

@@ -53,8 +53,8 @@ from .functional.checks import check_float_array, check_int
 from .functional.linear import linear_forward
 from .functional.softmax import softmax_forward
 from .models.gpt import GPT
-from .models.transformer import EncoderLayer
 from .modules.attention import MultiHeadAttention
+from .modules.transformer_layers import EncoderLayer
 
 __all__ = [
     "GPTKVCache",

@@ -7,9 +7,10 @@ from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel
 from .classic_attention import AdditiveAttention, LuongAttention
 from .gpt import GPT
 from .gru import GRU, GRUCell
-from .models import DecoderLayer, EncoderLayer, Transformer
 from .modules import Dropout, Embedding, FeedForward, LayerNorm, Linear, MultiHeadAttention
 from .rnn_seq2seq import RNNSeq2Seq
+from .transformer import Transformer
+from .transformer_layers import DecoderLayer, EncoderLayer
 
 __all__ = [
     "GPT",

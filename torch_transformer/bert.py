@@ -12,8 +12,9 @@ from torch import nn
 from numpy_transformer.config import BertConfig
 
 from . import functional as TF
-from .models import EncoderLayer, _drop, _Masks
+from .dropout_masks import DropoutMasks
 from .modules import Embedding, LayerNorm, Linear
+from .transformer_layers import EncoderLayer
 
 
 class BertEmbeddings(nn.Module):
@@ -26,10 +27,10 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = Embedding(c.type_vocab_size, c.hidden_size, dtype=dtype, device=device)
         self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, dtype=dtype, device=device)
 
-    def forward(self, ids, token_type_ids, masks: _Masks):
+    def forward(self, ids, token_type_ids, masks: DropoutMasks):
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, S)
         x = self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
-        return _drop(self.norm(x), self.p, masks, "dropout", self.training)
+        return masks.drop(self.norm(x), self.p, "dropout", self.training)
 
 
 class BertModel(nn.Module):
@@ -59,7 +60,7 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None, masks=None):
         """-> ``(last_hidden_state (B, S, C), pooler_output (B, C) or None)``."""
-        masks = masks if masks is not None else _Masks(dropout_masks)
+        masks = masks if masks is not None else DropoutMasks(dropout_masks)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, masks.child("embeddings"))
@@ -81,7 +82,7 @@ class BertForMaskedLM(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size, dtype=dtype, device=device))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None):
-        masks = _Masks(dropout_masks)
+        masks = DropoutMasks(dropout_masks)
         h, _ = self.bert(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
         h = self.mlm_norm(TF.gelu(self.mlm_dense(h)))
         return TF.linear(h, self.bert.embeddings.word_embeddings.weight, self.mlm_bias)  # (B, S, V), tied
@@ -96,6 +97,6 @@ class BertForSequenceClassification(nn.Module):
         self.classifier = Linear(config.hidden_size, num_labels, dtype=dtype, device=device)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None):
-        masks = _Masks(dropout_masks)
+        masks = DropoutMasks(dropout_masks)
         _, pooled = self.bert(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
-        return self.classifier(_drop(pooled, self.config.dropout, masks, "dropout", self.training))
+        return self.classifier(masks.drop(pooled, self.config.dropout, "dropout", self.training))

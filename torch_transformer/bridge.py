@@ -20,8 +20,9 @@ from torch import nn
 
 import numpy_transformer as nt
 
-from . import models as tmodels
 from . import modules as tm
+from . import transformer as ttransformer
+from . import transformer_layers as tlayers
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
@@ -81,12 +82,12 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
             m.d_model, m.n_heads, bias=m.q_proj.bias is not None, dropout=m.dropout, dtype=dtype
         )
     elif isinstance(m, (nt.EncoderLayer, nt.DecoderLayer)):
-        cls = tmodels.EncoderLayer if isinstance(m, nt.EncoderLayer) else tmodels.DecoderLayer
+        cls = tlayers.EncoderLayer if isinstance(m, nt.EncoderLayer) else tlayers.DecoderLayer
         twin = cls(m.self_attn.d_model, m.self_attn.n_heads, m.ff.linear1.out_features, m.p, m.ff.activation,
                    m.norm_first, m.norm1.eps, dtype=dtype)  # fmt: skip
         twin.ff.dropout.p = m.ff.dropout.p  # ff_dropout may differ from the layer's dropout
     elif isinstance(m, nt.Transformer):
-        twin = tmodels.Transformer(m.config, dtype=dtype)
+        twin = ttransformer.Transformer(m.config, dtype=dtype)
     elif isinstance(m, (nt.BertModel, nt.BertForMaskedLM, nt.BertForSequenceClassification)):
         from . import bert as tbert
 

@@ -29,8 +29,9 @@ from numpy_transformer.config import check_special_ids
 from numpy_transformer.functional.checks import check_int
 
 from . import functional as TF
-from .models import DecoderLayer, Transformer
 from .modules import MultiHeadAttention
+from .transformer import Transformer
+from .transformer_layers import DecoderLayer
 
 __all__ = [
     "BeamSearchResult",

@@ -17,8 +17,9 @@ from torch import nn
 from numpy_transformer.config import GPTConfig
 from numpy_transformer.models.gpt import EMBED_INIT_STD
 
-from .models import EncoderLayer, _drop, _Masks
+from .dropout_masks import DropoutMasks
 from .modules import Embedding, LayerNorm
+from .transformer_layers import EncoderLayer
 
 
 class GPT(nn.Module):
@@ -51,11 +52,11 @@ class GPT(nn.Module):
 
     def forward(self, ids: torch.Tensor, dropout_masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``ids`` (B, T) -> logits (B, T, V)."""
-        masks = _Masks(dropout_masks)
+        masks = DropoutMasks(dropout_masks)
         T = ids.shape[1]
         positions = torch.arange(T, device=ids.device)[None, :]  # (1, T)
         x = self.tok_embed(ids) + self.pos_embed(positions)  # (B, T, C)
-        x = _drop(x, self.config.dropout, masks, "embed_dropout", self.training)
+        x = masks.drop(x, self.config.dropout, "embed_dropout", self.training)
         mask = self.attention_mask(ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, masks.child(f"layers.{i}"))

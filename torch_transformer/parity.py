@@ -34,9 +34,11 @@ from numpy_transformer.modules.dropout_masks import DropoutMasks
 from numpy_transformer.testing import Comparison, relative_error, tolerance
 
 from . import functional as TF
-from . import models as tmodels
 from . import modules as tm
+from . import transformer as ttransformer
+from . import transformer_layers as tlayers
 from .bridge import torch_dtype
+from .dropout_masks import DropoutMasks as TwinDropoutMasks
 
 MASK_KINDS = ("none", "padding", "causal", "padding+causal", "random", "fully_masked_row")
 
@@ -760,8 +762,8 @@ def _np_encoder_layer(a, d):
 
 def _t_encoder_layer(t, d):
     x = t["x"]
-    layer = _load(_make_layer(tmodels.EncoderLayer, d, x.dtype).to(x.device), t)
-    y = layer(x, t.get("mask"), tmodels._Masks(_given_masks(t)))
+    layer = _load(_make_layer(tlayers.EncoderLayer, d, x.dtype).to(x.device), t)
+    y = layer(x, t.get("mask"), TwinDropoutMasks(_given_masks(t)))
     return y, _twin_leaves(layer, t, "x")
 
 
@@ -809,8 +811,8 @@ def _np_decoder_layer(a, d):
 
 def _t_decoder_layer(t, d):
     x = t["x"]
-    layer = _load(_make_layer(tmodels.DecoderLayer, d, x.dtype).to(x.device), t)
-    y = layer(x, t["memory"], t.get("tgt_mask"), t["memory_mask"], tmodels._Masks(_given_masks(t)))
+    layer = _load(_make_layer(tlayers.DecoderLayer, d, x.dtype).to(x.device), t)
+    y = layer(x, t["memory"], t.get("tgt_mask"), t["memory_mask"], TwinDropoutMasks(_given_masks(t)))
     return y, _twin_leaves(layer, t, "x", "memory")
 
 
@@ -863,7 +865,7 @@ def _np_transformer(a, d):
 def _t_transformer(t, d):
     src = t["src"]
     dtype = next(v.dtype for v in t.values() if v.is_floating_point())
-    model = _load(tmodels.Transformer(_transformer_config(d), dtype=dtype).to(src.device), t)
+    model = _load(ttransformer.Transformer(_transformer_config(d), dtype=dtype).to(src.device), t)
     logits = model(src, t["tgt"], _given_masks(t))
     return logits, dict(model.named_parameters())
 

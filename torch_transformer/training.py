@@ -15,8 +15,8 @@ from numpy_transformer.data import BOS, EOS, PAD, Batch, ToyDataset
 from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
 
 from .decoding import greedy_decode
-from .models import Transformer
 from .rnn_seq2seq import RNNSeq2Seq
+from .transformer import Transformer
 
 
 class TorchTrainer:

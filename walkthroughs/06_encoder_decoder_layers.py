@@ -469,7 +469,7 @@ for init in ("default", "xavier"):
 
 # %% [markdown]
 # The layer-by-layer backward must agree with `Encoder.backward` (which returns only the input
-# gradient) and, layer by layer, with the twin `torch_transformer.models.Encoder` under
+# gradient) and, layer by layer, with the twin `torch_transformer.transformer.Encoder` under
 # autograd, `retain_grad()` on each layer's input. Checked for seed 0, default initialisation,
 # both layouts.
 
@@ -486,7 +486,7 @@ for norm_first in (False, True):
     loss, grads_in, _, _ = layer_by_layer(encoder, readout, xd, targets)  # zeroes and refills the gradients
     report_match(f"{layout}: Encoder.backward vs layer by layer", dx_stack, grads_in[0])
 
-    twin = twin_with_weights(encoder, torch_transformer.models.Encoder, config=config)
+    twin = twin_with_weights(encoder, torch_transformer.transformer.Encoder, config=config)
     stream = t64(xd, grad=True)
     inputs_t = []
     for layer_t in twin.layers:

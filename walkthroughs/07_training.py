@@ -146,7 +146,7 @@ cfg = TrainConfig(
 )
 dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
 model = Transformer(cfg.model_config(), dtype=np.float64, rng=np.random.default_rng(cfg.seed))
-twin = twin_of(model)  # torch_transformer.models.Transformer, the same weights, float64
+twin = twin_of(model)  # torch_transformer.transformer.Transformer, the same weights, float64
 n_params = sum(p.size for p in model.parameters())
 print(f"vocabulary V = {cfg.task_spec().vocab_size}, {len(model.parameters())} parameter arrays, {n_params} numbers")
 

@@ -3,7 +3,7 @@
 from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel, mask_tokens
 from .gpt import GPT, GPTCache
 from .rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqCache
-from .transformer import Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerCache
+from .transformer import Decoder, Encoder, Transformer, TransformerCache
 
 __all__ = [
     "GPT",
@@ -11,9 +11,7 @@ __all__ = [
     "BertForSequenceClassification",
     "BertModel",
     "Decoder",
-    "DecoderLayer",
     "Encoder",
-    "EncoderLayer",
     "GPTCache",
     "RNNSeq2Seq",
     "RNNSeq2SeqCache",

@@ -40,7 +40,7 @@ from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
 from ..modules.layers import Embedding, LayerNorm, Linear
-from .transformer import EncoderLayer, _drop
+from ..modules.transformer_layers import EncoderLayer
 
 IGNORE_INDEX = -100  # label of a position that is not scored (as in PyTorch and Hugging Face)
 
@@ -135,7 +135,7 @@ class BertEmbeddings(Module):
         pos, c_p = self.position_embeddings.forward(np.arange(S)[None, :])  # (1, S, C)
         t, c_t = self.token_type_embeddings.forward(token_type_ids)  # (B, S, C)
         x, c_n = self.norm.forward(w + pos + t)
-        x, c_d = _drop(x, self.p, masks, "dropout", self.training)
+        x, c_d = masks.drop(x, self.p, "dropout", self.training)
         return x, BertEmbeddingsCache(c_w, c_p, c_t, c_n, c_d)
 
     def backward(self, dx: np.ndarray, cache: BertEmbeddingsCache) -> None:
@@ -348,7 +348,7 @@ class BertForSequenceClassification(Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, rng=None, dropout_masks=None):
         masks = DropoutMasks(rng, dropout_masks)
         out, c_bert = self.bert.forward(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
-        x, c_drop = _drop(out.pooler_output, self.config.dropout, masks, "dropout", self.training)
+        x, c_drop = masks.drop(out.pooler_output, self.config.dropout, "dropout", self.training)
         logits, c_cls = self.classifier.forward(x)  # (B, K)
         return logits, SequenceClassificationCache(c_bert, c_drop, c_cls)
 

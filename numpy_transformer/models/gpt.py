@@ -43,7 +43,7 @@ from ..functional.masks import causal_mask, padding_mask
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
 from ..modules.layers import Embedding, LayerNorm
-from .transformer import EncoderLayer, EncoderLayerCache, _drop
+from ..modules.transformer_layers import EncoderLayer, EncoderLayerCache
 
 # GPT-2 draws both embedding tables from N(0, 0.02^2). torch.nn.Embedding's N(0, 1) would make the
 # tied logits h . e ~ N(0, C) at initialisation (h is LayerNorm'd, so |h| ~ sqrt(C)): a model that
@@ -129,7 +129,7 @@ class GPT(Module):
         T = ids.shape[1]
         e, c_tok = self.tok_embed.forward(ids)  # (B, T, C)
         p, c_pos = self.pos_embed.forward(np.arange(T)[None, :])  # (1, T, C), broadcast over the batch
-        x, c_drop = _drop(e + p, self.config.dropout, masks, "embed_dropout", self.training)  # (B, T, C)
+        x, c_drop = masks.drop(e + p, self.config.dropout, "embed_dropout", self.training)  # (B, T, C)
         mask = self.attention_mask(ids)
         layer_caches = []
         for i, layer in enumerate(self.layers):

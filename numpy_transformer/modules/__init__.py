@@ -3,14 +3,21 @@
 from .attention import MultiHeadAttention, MultiHeadAttentionCache
 from .base import Module
 from .classic_attention import AdditiveAttention, LuongAttention
+from .dropout_masks import DropoutMasks
 from .gru import GRU, GRUCell, GRULayerCache
 from .layers import Dropout, Embedding, FeedForward, LayerNorm, Linear
+from .transformer_layers import DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderLayerCache
 
 __all__ = [
     "GRU",
     "AdditiveAttention",
+    "DecoderLayer",
+    "DecoderLayerCache",
     "Dropout",
+    "DropoutMasks",
     "Embedding",
+    "EncoderLayer",
+    "EncoderLayerCache",
     "FeedForward",
     "GRUCell",
     "GRULayerCache",

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..functional.dropout import draw_dropout_mask
+from ..functional.dropout import DropoutCache, draw_dropout_mask, dropout_forward
 
 
 class DropoutMasks:
@@ -51,3 +51,8 @@ class DropoutMasks:
             m = draw_dropout_mask(tuple(shape), p, self.rng, name=f"rng (for dropout at {name})")
         self.used[name] = m
         return m
+
+    def drop(self, x: np.ndarray, p: float, site: str, training: bool) -> tuple[np.ndarray, DropoutCache]:
+        """Dropout of ``x`` at ``site`` with that site's mask: the one dropout-site helper of every model."""
+        keep = self.mask(site, x.shape, p, training)
+        return dropout_forward(x, p, mask=keep, training=keep is not None)
