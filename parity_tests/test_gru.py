@@ -21,8 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import numpy_transformer as nt
 from numpy_transformer.functional import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
-from numpy_transformer.gradcheck import numerical_gradient
-from numpy_transformer.testing import relative_error, tolerance
+from numpy_transformer.testing import numerical_gradient, relative_error, tolerance
 from parity_tests.helpers import assert_matches, assert_matches_finite_differences
 from torch_transformer import bridge
 from torch_transformer import gru as tgru

@@ -24,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import numpy_transformer as nt
-from numpy_transformer.checkpoint import load_checkpoint, save_checkpoint
 from numpy_transformer.optim import SGD, Adam, AdamW, linear_warmup_cosine
+from numpy_transformer.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .helpers import assert_matches
 from .strategies import dtypes, seeds

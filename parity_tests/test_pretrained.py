@@ -19,8 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numpy_transformer import BertConfig, BertModel
-from numpy_transformer.gradcheck import numerical_gradient
-from numpy_transformer.testing import assert_close, tolerance
+from numpy_transformer.testing import assert_close, numerical_gradient, tolerance
 
 pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")

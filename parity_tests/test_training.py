@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import numpy_transformer as nt
-from numpy_transformer.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from numpy_transformer.data import BOS, EOS, PAD, ToyDataset, ToyTask
 from numpy_transformer.training import NumpyTrainer, TrainConfig, fit
+from numpy_transformer.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from numpy_transformer.training.tasks import BOS, EOS, PAD, ToyDataset, ToyTask
 from torch_transformer.bridge import state_dict_to_numpy, state_dict_to_torch, twin_of
 from torch_transformer.training import TorchTrainer
 

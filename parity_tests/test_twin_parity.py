@@ -108,7 +108,7 @@ def test_sinusoidal_positional_encoding_matches_torch_twin():
 def test_finite_difference_helper_catches_a_wrong_gradient():
     """The checker itself must be able to fail: a deliberately wrong softmax backward is caught."""
     from numpy_transformer.functional import softmax_forward
-    from numpy_transformer.gradcheck import numerical_gradient
+    from numpy_transformer.testing import numerical_gradient
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4))

@@ -1,4 +1,4 @@
-r"""The twin of ``numpy_transformer.decoding``: greedy, beam search and a key/value cache in PyTorch.
+r"""The twin of ``numpy_transformer.inference.search``: greedy, beam search and a key/value cache in PyTorch.
 
 Same signatures and semantics as the NumPy half (read its module docstring for the
 token conventions, the score and the cache), on any device, under ``torch.no_grad``.
@@ -45,7 +45,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """What :func:`greedy_decode` returns; fields as in ``numpy_transformer.decoding.DecodeResult``."""
+    """What :func:`greedy_decode` returns; fields as in ``numpy_transformer.inference.search.DecodeResult``."""
 
     tokens: torch.Tensor  # (B, L) int64: bos, generated tokens, pad after eos
     logits: torch.Tensor  # (B, L - 1, V): logits[:, t] chose tokens[:, t + 1]
@@ -55,7 +55,7 @@ class DecodeResult:
 
 @dataclass(frozen=True)
 class BeamSearchResult:
-    """What :func:`beam_search` returns; fields as in ``numpy_transformer.decoding.BeamSearchResult``."""
+    """What :func:`beam_search` returns; fields as in ``numpy_transformer.inference.search.BeamSearchResult``."""
 
     tokens: torch.Tensor  # (B, 1 + max(lengths)) int64 the best hypothesis per source
     scores: torch.Tensor  # (B,) log_probs / lengths ** length_penalty
@@ -237,7 +237,7 @@ def greedy_decode(
     eos_id: int = 2,
     use_cache: bool = True,
 ) -> DecodeResult:
-    """Greedy decoding of the whole batch; see ``numpy_transformer.decoding.greedy_decode``.
+    """Greedy decoding of the whole batch; see ``numpy_transformer.inference.search.greedy_decode``.
 
     Parameters
     ----------
@@ -334,7 +334,7 @@ def beam_search(
     eos_id: int = 2,
     length_penalty: float = 1.0,
 ) -> BeamSearchResult:
-    r"""Beam search, vectorised over batch × beam; see ``numpy_transformer.decoding.beam_search``.
+    r"""Beam search, vectorised over batch × beam; see ``numpy_transformer.inference.search.beam_search``.
 
     Score of a hypothesis: :math:`\sum_{i=1}^{n} \log p(y_i \mid y_{<i}, x) / n^{\alpha}`,
     ``n`` its generated tokens with ``eos`` (``max_len`` if it never ends),

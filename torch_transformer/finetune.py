@@ -1,9 +1,9 @@
-"""The twin of ``numpy_transformer.finetune``: the same fine-tuning loop on the PyTorch classifier.
+"""The twin of ``numpy_transformer.applications.finetune``: the same fine-tuning loop on the PyTorch classifier.
 
 ``torch.optim.AdamW`` with parameter groups of the same names and learning rates
-(:func:`numpy_transformer.finetune.layer_groups`), ``F.cross_entropy``, autograd, and
+(:func:`numpy_transformer.applications.finetune.layer_groups`), ``F.cross_entropy``, autograd, and
 freezing by ``requires_grad_(False)`` on the same schedule
-(:func:`numpy_transformer.finetune.apply_unfreeze_schedule` works on both models).
+(:func:`numpy_transformer.applications.finetune.apply_unfreeze_schedule` works on both models).
 ``optimizer.zero_grad()`` sets gradients to ``None``, so a frozen parameter has
 ``.grad is None`` and ``torch.optim`` skips it: no update, no weight decay, no step
 counted. The NumPy optimizer does the same by reading the owning module's flag.
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from numpy_transformer.finetune import (
+from numpy_transformer.applications.finetune import (
     ClassificationBatch,
     Encoder,
     FineTuneConfig,

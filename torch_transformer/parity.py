@@ -29,9 +29,8 @@ import numpy_transformer as nt
 import numpy_transformer.functional as F
 from numpy_transformer.config import TransformerConfig
 from numpy_transformer.functional import causal_mask
-from numpy_transformer.gradcheck import numerical_gradient
 from numpy_transformer.modules.dropout_masks import DropoutMasks
-from numpy_transformer.testing import Comparison, relative_error, tolerance
+from numpy_transformer.testing import Comparison, numerical_gradient, relative_error, tolerance
 
 from . import functional as TF
 from . import modules as tm

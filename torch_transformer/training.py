@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from numpy_transformer.data import BOS, EOS, PAD, Batch, ToyDataset
 from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
+from numpy_transformer.training.tasks import BOS, EOS, PAD, Batch, ToyDataset
 
 from .decoding import greedy_decode
 from .rnn_seq2seq import RNNSeq2Seq

@@ -57,13 +57,13 @@ import torch
 import torch.nn.functional as F
 
 from numpy_transformer import Transformer
-from numpy_transformer.data import BOS, EOS, N_SPECIAL, PAD, ToyDataset
-from numpy_transformer.decoding import greedy_decode
+from numpy_transformer.applications.plots import plot_attention, plot_loss_curves, smooth
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
+from numpy_transformer.inference.search import greedy_decode
 from numpy_transformer.optim import Adam, clip_grad_norm
-from numpy_transformer.plots import plot_attention, plot_loss_curves, smooth
 from numpy_transformer.testing import relative_error, report_match, tolerance
 from numpy_transformer.training import History, NumpyTrainer, TrainConfig, fit
+from numpy_transformer.training.tasks import BOS, EOS, N_SPECIAL, PAD, ToyDataset
 from torch_transformer.bridge import state_dict_to_numpy, twin_of
 from torch_transformer.training import TorchTrainer
 

@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from numpy_transformer.finetune import (
+from numpy_transformer.applications.finetune import (
     STRATEGIES,
     FineTuneConfig,
     NumpyFineTuner,
@@ -67,8 +67,8 @@ from numpy_transformer.finetune import (
     run_fine_tuning,
     sentiment_dataset,
 )
+from numpy_transformer.applications.pretrained import load_minilm
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
-from numpy_transformer.pretrained import load_minilm
 from numpy_transformer.testing import relative_error, report_match, tolerance
 from torch_transformer.bridge import state_dict_to_numpy, twin_of
 from torch_transformer.finetune import TorchFineTuner

@@ -54,8 +54,8 @@ import numpy as np
 import torch
 
 import numpy_transformer as nt
-from numpy_transformer.charlm import CharLMConfig, sample_text, train_charlm
-from numpy_transformer.generation import GPTKVCache, filter_logits, generate, sampling_distribution
+from numpy_transformer.applications.charlm import CharLMConfig, sample_text, train_charlm
+from numpy_transformer.inference.sampling import GPTKVCache, filter_logits, generate, sampling_distribution
 from numpy_transformer.testing import relative_error, report_differs, report_match
 from torch_transformer.bridge import twin_of
 
@@ -135,7 +135,7 @@ report_differs(
 # $$dW_{\text{tok}} = \underbrace{d\text{logits}^{\top} h}_{\text{head}}
 #   + \underbrace{\textstyle\sum_{b,t:\ \text{ids}_{bt} = v} dx_{0,bt}}_{\text{lookup, row } v}.$$
 #
-# `GPT.backward` adds the head's share with `tok_embed._accumulate("weight", …)` and then the
+# `GPT.backward` adds the head's share with `tok_embed.accumulate_grad("weight", …)` and then the
 # lookup's with `tok_embed.backward(…)`; modules *accumulate* gradients precisely so that this
 # is correct. The twin ties the same parameter; to see the two terms apart, autograd runs once
 # more with two separate copies of the matrix.
@@ -299,7 +299,7 @@ plt.close(fig)
 # %% [markdown]
 # ## 5. A character-level model, trained for a few seconds
 #
-# `numpy_transformer.charlm` generates its corpus (seeded English sentences from a small
+# `numpy_transformer.applications.charlm` generates its corpus (seeded English sentences from a small
 # grammar, no download) and trains a `GPT` on it with AdamW. `python -m numpy_transformer
 # train --task charlm` runs the full-size version (a couple of minutes); here a small model
 # trains for 400 steps. At initialisation the validation loss is `ln V` (uniform guessing); the

@@ -63,8 +63,7 @@ import torch
 
 import torch_transformer.classic_attention as tca
 from numpy_transformer import AdditiveAttention, LuongAttention
-from numpy_transformer.attention_cost import markdown_table, run_sweep, score_flops, step_flops
-from numpy_transformer.data import BOS, EOS, N_SPECIAL, PAD, ToyDataset
+from numpy_transformer.applications.attention_cost import markdown_table, run_sweep, score_flops, step_flops
 from numpy_transformer.functional import (
     additive_attention_backward,
     additive_attention_forward,
@@ -79,6 +78,7 @@ from numpy_transformer.functional import (
 from numpy_transformer.functional.softmax import SoftmaxCache
 from numpy_transformer.testing import report_match
 from numpy_transformer.training import NumpyTrainer, TrainConfig, fit
+from numpy_transformer.training.tasks import BOS, EOS, N_SPECIAL, PAD, ToyDataset
 from torch_transformer.bridge import copy_numpy_to_torch
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
@@ -646,7 +646,7 @@ print("saved", png)
 # The usual statement (e.g. in the Transformer paper): the two are similar in theoretical
 # complexity, but dot-product attention is much faster and more space-efficient in practice,
 # because it is a matrix product. Counting the FLOPs of the scores of **one decoder step**
-# (`numpy_transformer.attention_cost`, a multiply-add = 2, an add or a tanh = 1), with
+# (`numpy_transformer.applications.attention_cost`, a multiply-add = 2, an add or a tanh = 1), with
 # $D_q = D_k = A = d$:
 #
 # | score | FLOPs per step | with $W_k k$ computed once per sentence |

@@ -1,7 +1,7 @@
 """Pooling for sentence embeddings: the masked mean over tokens and L2 normalisation.
 
 A sentence-transformers model turns token states into one vector per sentence with
-these two steps (``numpy_transformer.pretrained.PretrainedBert.encode``); each has its
+these two steps (``numpy_transformer.applications.pretrained.PretrainedBert.encode``); each has its
 hand-written backward here, checked like every op in the parity registry.
 """
 

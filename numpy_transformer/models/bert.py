@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``S`` sequence length, ``C`` hidden size, ``H`` heads
 ``F`` intermediate size, ``V`` vocabulary size, ``K`` number of classes.
 
 Layout (the names are our parameter names; Hugging Face's are in
-:data:`numpy_transformer.pretrained.HF_TO_OURS`)::
+:data:`numpy_transformer.applications.pretrained.HF_TO_OURS`)::
 
     embeddings:  x = dropout(norm(word_embeddings[ids] + position_embeddings[0..S-1]
                                   + token_type_embeddings[token_type_ids]))
@@ -314,8 +314,8 @@ class BertForMaskedLM(Module):
 
     def backward(self, dlogits: np.ndarray, cache: MaskedLMCache) -> None:
         dh, dweight, dbias = linear_backward(dlogits, cache.decoder)
-        self.bert.embeddings.word_embeddings._accumulate("weight", dweight)  # the tied table, use 1 of 2
-        self._accumulate("mlm_bias", dbias)
+        self.bert.embeddings.word_embeddings.accumulate_grad("weight", dweight)  # the tied table, use 1 of 2
+        self.accumulate_grad("mlm_bias", dbias)
         dz = gelu_backward(self.mlm_norm.backward(dh, cache.norm), cache.gelu)
         self.bert.backward(self.mlm_dense.backward(dz, cache.dense), None, cache.bert)
 

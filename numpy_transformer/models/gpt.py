@@ -163,7 +163,7 @@ class GPT(Module):
             )
         # logits = h @ W^T, W = tok_embed.weight: the head's share of W's gradient
         dh, dweight, _ = linear_backward(dlogits, c.head)  # (B, T, C), (V, C)
-        self.tok_embed._accumulate("weight", dweight)
+        self.tok_embed.accumulate_grad("weight", dweight)
         # h = norm(x_L)
         dx = self.norm.backward(dh, c.norm)  # (B, T, C)
         # x_{i+1} = layers.i(x_i)

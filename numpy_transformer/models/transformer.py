@@ -235,9 +235,9 @@ class Transformer(Module):
         # logits = h @ W^T, W = out_proj.weight or (tied) tgt_embed.weight
         dh, dweight, _ = linear_backward(dlogits, c.head)  # (B, T, C), (V, C)
         if self.out_proj is None:
-            self.tgt_embed._accumulate("weight", dweight)  # the tied matrix collects both of its uses
+            self.tgt_embed.accumulate_grad("weight", dweight)  # the tied matrix collects both of its uses
         else:
-            self.out_proj._accumulate("weight", dweight)
+            self.out_proj.accumulate_grad("weight", dweight)
         dx_tgt, dmemory = self.decoder.backward(dh, c.decoder)  # (B, T, C), (B, S, C)
         # x = dropout(embed(tgt) * sqrt(C) + PE): the positions are constants
         de = dropout_backward(dx_tgt, c.tgt_drop) * self._embed_scale

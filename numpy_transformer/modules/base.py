@@ -20,6 +20,7 @@ twin, e.g. ``q_proj.weight`` or ``norm1.bias``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -49,7 +50,12 @@ class Module:
             setattr(self, name, value)
         self.grads = {name: np.zeros_like(getattr(self, name)) for name in self._param_names}
 
-    def _accumulate(self, name: str, grad: np.ndarray | None) -> None:
+    def accumulate_grad(self, name: str, grad: np.ndarray | None) -> None:
+        """Add ``grad`` into ``grads[name]`` (nothing when frozen or ``grad`` is None).
+
+        Adding, not assigning, is what makes a parameter used twice correct: a tied
+        embedding gets the gradient of the lookup and of the output projection.
+        """
         if grad is not None and self.requires_grad:
             self.grads[name] += grad
 
@@ -58,6 +64,27 @@ class Module:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every sub-module, depth first (as ``torch.nn.Module.modules``)."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[Module]:
+        """Eval mode for a ``with`` block; afterwards every module gets back its own previous mode.
+
+        Restoring each module's mode (not one flag for the whole tree) keeps a model
+        whose parts were in different modes exactly as it was.
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, training in modes:
+                m.training = training
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for name in self._param_names:

@@ -82,9 +82,9 @@ class AdditiveAttention(Module):
     def backward(self, dout: np.ndarray, cache: AdditiveAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(dquery, dkeys, dvalues)``; parameter gradients are accumulated."""
         dq, dk, dv, dw_q, dw_k, dv_a = additive_attention_backward(dout, cache)
-        self.w_q._accumulate("weight", dw_q)
-        self.w_k._accumulate("weight", dw_k)
-        self.v_a._accumulate("weight", dv_a[None, :])  # (1, A)
+        self.w_q.accumulate_grad("weight", dw_q)
+        self.w_k.accumulate_grad("weight", dw_k)
+        self.v_a.accumulate_grad("weight", dv_a[None, :])  # (1, A)
         return dq, dk, dv
 
 
@@ -144,8 +144,8 @@ class LuongAttention(Module):
             raise ValueError(f"cache: expected the cache of this module's forward (score={self.score!r}), got {got!r}")
         dq, dk, dv, dw, dw_c, dv_c = luong_attention_backward(dout, cache)
         if self.score == "general":
-            self.w._accumulate("weight", dw)
+            self.w.accumulate_grad("weight", dw)
         elif self.score == "concat":
-            self.w_c._accumulate("weight", dw_c)
-            self.v_c._accumulate("weight", dv_c[None, :])  # (1, A)
+            self.w_c.accumulate_grad("weight", dw_c)
+            self.v_c.accumulate_grad("weight", dv_c[None, :])  # (1, A)
         return dq, dk, dv

@@ -68,10 +68,10 @@ class GRUCell(Module):
 
     def backward(self, dout: np.ndarray, cache: GRUCellCache) -> tuple[np.ndarray, np.ndarray]:
         dx, dh, dweight_ih, dweight_hh, dbias_ih, dbias_hh = gru_cell_backward(dout, cache)
-        self._accumulate("weight_ih", dweight_ih)
-        self._accumulate("weight_hh", dweight_hh)
-        self._accumulate("bias_ih", dbias_ih)
-        self._accumulate("bias_hh", dbias_hh)
+        self.accumulate_grad("weight_ih", dweight_ih)
+        self.accumulate_grad("weight_hh", dweight_hh)
+        self.accumulate_grad("bias_ih", dbias_ih)
+        self.accumulate_grad("bias_hh", dbias_hh)
         return dx, dh
 
 
@@ -153,7 +153,7 @@ class GRU(Module):
 
     def _accumulate_direction(self, suffix: str, grads: tuple) -> None:
         for name, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads, strict=True):
-            self._accumulate(name + suffix, g)
+            self.accumulate_grad(name + suffix, g)
 
     def backward(
         self, doutputs: np.ndarray | None, dh_n: np.ndarray | None, cache: GRULayerCache

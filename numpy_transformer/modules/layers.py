@@ -48,8 +48,8 @@ class Linear(Module):
 
     def backward(self, dout: np.ndarray, cache: LinearCache) -> np.ndarray:
         dx, dweight, dbias = linear_backward(dout, cache)
-        self._accumulate("weight", dweight)
-        self._accumulate("bias", dbias)
+        self.accumulate_grad("weight", dweight)
+        self.accumulate_grad("bias", dbias)
         return dx
 
 
@@ -84,7 +84,7 @@ class Embedding(Module):
 
     def backward(self, dout: np.ndarray, cache: EmbeddingCache) -> None:
         """Accumulates ``grads['weight']``; token ids have no gradient, so returns None."""
-        self._accumulate("weight", embedding_backward(dout, cache))
+        self.accumulate_grad("weight", embedding_backward(dout, cache))
 
 
 class LayerNorm(Module):
@@ -109,8 +109,8 @@ class LayerNorm(Module):
 
     def backward(self, dout: np.ndarray, cache: LayerNormCache) -> np.ndarray:
         dx, dweight, dbias = layer_norm_backward(dout, cache)
-        self._accumulate("weight", dweight)
-        self._accumulate("bias", dbias)
+        self.accumulate_grad("weight", dweight)
+        self.accumulate_grad("bias", dbias)
         return dx
 
 

@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import RNN_ATTENTIONS, RNNSeq2SeqConfig, TransformerConfig
-from .data import BOS, EOS, PAD, Batch, ToyDataset, ToyTask
-from .functional.softmax import cross_entropy_backward, cross_entropy_forward
-from .models.rnn_seq2seq import RNNSeq2Seq
-from .models.transformer import Transformer
-from .optim import Adam, clip_grad_norm, inverse_sqrt_warmup, linear_warmup_cosine
+from ..config import RNN_ATTENTIONS, RNNSeq2SeqConfig, TransformerConfig
+from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
+from ..models.rnn_seq2seq import RNNSeq2Seq
+from ..models.transformer import Transformer
+from ..optim import Adam, clip_grad_norm, inverse_sqrt_warmup, linear_warmup_cosine
+from .tasks import BOS, EOS, PAD, Batch, ToyDataset, ToyTask
 
 MODELS = ("transformer", *(f"rnn-{a}" for a in RNN_ATTENTIONS))
 
@@ -167,7 +167,7 @@ class NumpyTrainer:
 
     def evaluate(self, dataset: ToyDataset, batch_size: int) -> dict[str, float]:
         """Validation loss (no smoothing), teacher-forced token accuracy, greedy exact-sequence accuracy."""
-        from .decoding import greedy_decode
+        from ..inference.search import greedy_decode
 
         model = self.model
         was_training = model.training

@@ -2,8 +2,8 @@
 
 Used by ``python -m numpy_transformer attention`` and ``walkthroughs/08_bert_attention.py``::
 
-    from numpy_transformer.pretrained import load_minilm
-    from numpy_transformer.inspect_attention import attention_maps, find_token, top_attended
+    from numpy_transformer.applications.pretrained import load_minilm
+    from numpy_transformer.applications.inspect_attention import attention_maps, find_token, top_attended
 
     bert = load_minilm()
     maps = attention_maps(bert, "The animal didn't cross the street because it was too tired")
@@ -44,7 +44,7 @@ def attention_maps(pretrained, sentence: str, max_length: int | None = None) -> 
     """Run one sentence through ``pretrained.model`` and collect every layer's attention probabilities.
 
     A sentence longer than the model's maximum raises ``ValueError`` (see
-    :meth:`~numpy_transformer.pretrained.PretrainedBert.tokenize`).
+    :meth:`~numpy_transformer.applications.pretrained.PretrainedBert.tokenize`).
     """
     if not isinstance(sentence, str) or not sentence.strip():
         raise ValueError(f"sentence: expected a non-empty str, got {sentence!r}")

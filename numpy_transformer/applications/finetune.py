@@ -59,11 +59,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .functional.checks import check_int, check_positive_number
-from .functional.softmax import cross_entropy_backward, cross_entropy_forward
-from .models.bert import BertForSequenceClassification, BertModel
-from .optim import AdamW
-from .training import max_loss_difference
+from ..functional.checks import check_int, check_positive_number
+from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
+from ..models.bert import BertForSequenceClassification, BertModel
+from ..optim import AdamW
+from ..training.loop import max_loss_difference
 
 STRATEGIES = ("frozen", "gradual", "full")
 LABEL_NAMES = ("negative", "positive")

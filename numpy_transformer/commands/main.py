@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import TASKS
-from .training import MODELS, TrainConfig
+from ..training.loop import MODELS, TrainConfig
+from ..training.tasks import TASKS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "attention":
         return _attention(parser, args)
     if args.command == "finetune":
-        from .finetune import run_cli
+        from ..applications.finetune import run_cli
 
         _limit_threads(args.threads)
         return run_cli(parser, args)
@@ -273,13 +273,13 @@ def _limit_threads(n: int) -> None:
 
 def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.task == "charlm":
-        from .charlm import run_cli
+        from ..applications.charlm import run_cli
 
         _limit_threads(args.threads)
         return run_cli(parser, args)
-    from .checkpoint import save_checkpoint
-    from .data import ToyDataset
-    from .training import NumpyTrainer, fit
+    from ..training.checkpoint import save_checkpoint
+    from ..training.loop import NumpyTrainer, fit
+    from ..training.tasks import ToyDataset
 
     needs_torch = args.backend == "torch" or args.compare
     if needs_torch:
@@ -367,7 +367,7 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     optimizer = trainers[0].optimizer if trainers[0].backend == "numpy" else None
     ckpt = save_checkpoint(out / "checkpoint.npz", model, optimizer, train_config=history.config, steps=steps)
     (out / "history.json").write_text(json.dumps(history.to_json(), indent=1, default=float))
-    from .plots import plot_loss_curves
+    from ..applications.plots import plot_loss_curves
 
     png = plot_loss_curves(history, out / "loss_curves.png", title=f"{cfg.task}: {label}, {args.dtype}")
     final = [e for e in history.evals if e["step"] == steps]
@@ -389,7 +389,7 @@ def _print_final_weight_difference(model, twin) -> None:
     """After --compare: how far apart the two backends' final weights are."""
     from torch_transformer.bridge import state_dict_to_numpy
 
-    from .testing import relative_error
+    from ..testing import relative_error
 
     theirs = state_dict_to_numpy(twin.state_dict())
     rest = [relative_error(n, p, theirs[n]) for n, p in model.named_parameters() if not n.endswith("k_proj.bias")]
@@ -404,11 +404,11 @@ def _print_final_weight_difference(model, twin) -> None:
 
 
 def _decode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import Transformer
-    from .checkpoint import CheckpointError, read_checkpoint
-    from .data import BOS, EOS, N_SPECIAL, PAD
-    from .decoding import beam_search, greedy_decode
-    from .plots import plot_attention
+    from .. import Transformer
+    from ..applications.plots import plot_attention
+    from ..inference.search import beam_search, greedy_decode
+    from ..training.checkpoint import CheckpointError, read_checkpoint
+    from ..training.tasks import BOS, EOS, N_SPECIAL, PAD
 
     try:
         ckpt = read_checkpoint(args.checkpoint)
@@ -491,8 +491,8 @@ def _benchmark(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def _attention(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from . import inspect_attention as ia
-    from .pretrained import load_minilm
+    from ..applications import inspect_attention as ia
+    from ..applications.pretrained import load_minilm
 
     try:
         bert = load_minilm()

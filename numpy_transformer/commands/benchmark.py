@@ -54,8 +54,8 @@ MODELS = ("transformer", "minilm")
 
 def _transformer_step(backend: str, dtype: str):
     """(step, rss before the optimizer) for the encoder–decoder Transformer of ``BENCH_CONFIG``."""
-    from .config import TransformerConfig
-    from .functional.softmax import cross_entropy_backward, cross_entropy_forward
+    from ..config import TransformerConfig
+    from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 
     cfg = TransformerConfig(**BENCH_CONFIG)
     rng = np.random.default_rng(0)
@@ -64,8 +64,8 @@ def _transformer_step(backend: str, dtype: str):
     tgt_out = rng.integers(1, cfg.tgt_vocab_size, size=(BATCH, LENGTH))
 
     if backend == "numpy":
-        from .models.transformer import Transformer
-        from .optim import Adam
+        from ..models.transformer import Transformer
+        from ..optim import Adam
 
         model = Transformer(cfg, dtype=np.dtype(dtype), rng=rng)
         before = _rss_mb()
@@ -103,10 +103,10 @@ def _transformer_step(backend: str, dtype: str):
 def _minilm_step(backend: str, dtype: str):
     """(step, rss before the optimizer) for one full fine-tuning step of all-MiniLM-L6-v2 with a
     2-class head: forward, cross-entropy, backward through every layer, AdamW."""
-    from .finetune import classifier_from_pretrained
-    from .functional.softmax import cross_entropy_backward, cross_entropy_forward
-    from .optim import AdamW
-    from .pretrained import load_minilm
+    from ..applications.finetune import classifier_from_pretrained
+    from ..applications.pretrained import load_minilm
+    from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
+    from ..optim import AdamW
 
     model = classifier_from_pretrained(load_minilm(np.dtype(dtype)).model, 2, np.random.default_rng(0))
     rng = np.random.default_rng(1)

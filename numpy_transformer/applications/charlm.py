@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import GPTConfig
-from .functional.softmax import cross_entropy_backward, cross_entropy_forward
-from .generation import check_sampling_args, generate
-from .models.gpt import GPT
-from .optim import AdamW, clip_grad_norm, linear_warmup_cosine
+from ..config import GPTConfig
+from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
+from ..inference.sampling import check_sampling_args, generate
+from ..models.gpt import GPT
+from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
 
 # ---------------------------------------------------------------------------- the corpus
 
@@ -362,7 +362,7 @@ def run_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         text = sample_text(run.model, run.vocab, prompt, cfg.block_size, args.temperature, args.top_k, args.top_p, rng)
         samples.append(text)
         print(f"  {text!r}")
-    from .checkpoint import save_checkpoint
+    from ..training.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(
         out / "checkpoint.npz", run.model, run.optimizer, train_config=asdict(cfg), vocab=run.vocab.chars

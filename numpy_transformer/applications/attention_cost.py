@@ -29,7 +29,7 @@ and forward + backward) on one BLAS thread and returns :class:`CostRow`\\ s.
 ``additive_cached`` is the decoding step with ``W_k k`` computed beforehand
 (:func:`~numpy_transformer.functional.additive_attention_scores`), forward only;
 :func:`write_report` writes them as a markdown table and a PNG. Run
-``python -m numpy_transformer.attention_cost --out DIR``.
+``python -m numpy_transformer.applications.attention_cost --out DIR``.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .functional.classic_attention import (
+from ..functional.classic_attention import (
     additive_attention_backward,
     additive_attention_forward,
     additive_attention_scores,
     luong_attention_backward,
     luong_attention_forward,
 )
-from .functional.softmax import softmax_forward
+from ..functional.softmax import softmax_forward
 
 SCORES = ("additive", "additive_cached", "concat", "dot", "general")
 
@@ -230,7 +230,7 @@ def write_report(rows: list[CostRow], directory: str | Path, name: str = "attent
     md = directory / f"{name}.md"
     md.write_text(
         f"# Classic attention: cost per decoder step (B = {B}, Dq = Dk = Dv = A = d)\n\n"
-        "FLOPs counted by the formulas of `numpy_transformer.attention_cost`; times are medians "
+        "FLOPs counted by the formulas of `numpy_transformer.applications.attention_cost`; times are medians "
         "of the NumPy ops on one BLAS thread.\n\n" + markdown_table(rows)
     )
     plt = _pyplot()

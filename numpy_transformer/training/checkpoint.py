@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RNNSeq2SeqConfig, TransformerConfig
+from ..config import RNNSeq2SeqConfig, TransformerConfig
 
 FORMAT_VERSION = 1
 

@@ -1,0 +1,43 @@
+"""Training: the loop and its trainers, the toy seq2seq tasks it learns, and checkpoints.
+
+``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy / reverse / sort), ``checkpoint`` (save, read, load).
+"""
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .loop import (
+    MODELS,
+    History,
+    NumpyTrainer,
+    StepResult,
+    TrainConfig,
+    Trainer,
+    fit,
+    max_loss_difference,
+    sequence_metrics,
+)
+from .tasks import BOS, EOS, N_SPECIAL, PAD, TASKS, Batch, ToyDataset, ToyTask
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "MODELS",
+    "N_SPECIAL",
+    "PAD",
+    "TASKS",
+    "Batch",
+    "Checkpoint",
+    "CheckpointError",
+    "History",
+    "NumpyTrainer",
+    "StepResult",
+    "ToyDataset",
+    "ToyTask",
+    "TrainConfig",
+    "Trainer",
+    "fit",
+    "load_checkpoint",
+    "max_loss_difference",
+    "read_checkpoint",
+    "save_checkpoint",
+    "sequence_metrics",
+]
