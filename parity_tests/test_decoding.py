@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 import numpy_transformer as nt
 import torch_transformer as tt
-from numpy_transformer import decoding as nd
 from numpy_transformer.functional import log_softmax_forward
+from numpy_transformer.inference import search as nd
 from numpy_transformer.testing import tolerance
 from parity_tests.helpers import assert_matches, to_numpy
 from torch_transformer import decoding as td

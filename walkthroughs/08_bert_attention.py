@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from numpy_transformer import functional as NF
-from numpy_transformer import inspect_attention as ia
-from numpy_transformer import pretrained as P
+from numpy_transformer.applications import inspect_attention as ia
+from numpy_transformer.applications import pretrained as P
 from numpy_transformer.testing import relative_error, report_match, tolerance
 from torch_transformer.bridge import twin_of
 

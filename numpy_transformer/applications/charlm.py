@@ -18,19 +18,15 @@ entropy: what a model that knows the character frequencies but no context would 
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import GPTConfig
 from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
-from ..inference.sampling import check_sampling_args, generate
+from ..inference.sampling import generate
 from ..models.gpt import GPT
 from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
 
@@ -303,71 +299,3 @@ def sample_text(
     n = min(n_chars, model.config.max_len - ids.shape[1])
     result = generate(model, ids, n, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
     return vocab.decode(result.tokens[0])
-
-
-# ---------------------------------------------------------------------------- the command
-
-
-def run_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``train --task charlm``: train, print the validation loss as it falls, print samples, save the run."""
-    if args.backend != "numpy" or args.compare or args.model != "transformer" or args.device != "cpu":
-        parser.error("--task charlm trains the NumPy GPT only (no --backend torch, --compare, --model or --device)")
-    try:
-        check_sampling_args(args.temperature, args.top_k, args.top_p)
-    except ValueError as exc:
-        parser.error(f"sampling options (--temperature, --top-k, --top-p): {exc}")
-    defaults = CharLMConfig()
-    batch_size = args.batch_size or defaults.batch_size
-    cfg = CharLMConfig(batch_size=batch_size, seed=args.seed, steps=args.steps or defaults.steps)
-    if args.epochs:
-        per_epoch = math.ceil(0.9 * cfg.corpus_chars / (cfg.batch_size * cfg.block_size))
-        cfg = CharLMConfig(batch_size=batch_size, seed=args.seed, steps=args.epochs * per_epoch)
-    out = args.out or Path("runs") / "charlm-numpy"
-    out.mkdir(parents=True, exist_ok=True)
-    data_preview = CharData(cfg)
-    n_params = sum(
-        p.size for p in GPT(cfg.model_config(data_preview.vocab.size), rng=np.random.default_rng(0)).parameters()
-    )
-    print(
-        f"corpus: {cfg.corpus_chars} generated characters ({data_preview.train.size} train / "
-        f"{data_preview.val.size} validation), {data_preview.vocab.size} distinct; unigram entropy "
-        f"{unigram_entropy(data_preview.train, data_preview.vocab.size):.3f} nats/char"
-    )
-    print(
-        f"model: GPT, d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers} layers, d_ff {cfg.d_ff}, "
-        f"context {cfg.block_size}, {n_params} parameters, {args.dtype}"
-    )
-    print(
-        f"training: {cfg.steps} steps of {cfg.batch_size} x {cfg.block_size} characters, AdamW, peak lr "
-        f"{cfg.peak_lr}, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, {args.threads} thread(s)"
-    )
-
-    def on_eval(row: dict[str, float]) -> None:
-        train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.4f} | "
-        print(f"step {row['step']:>5}  {train}val loss {row['val_loss']:.4f}", flush=True)
-
-    run = train_charlm(cfg, np.dtype(args.dtype), on_eval=on_eval)
-    first, last = run.evals[0]["val_loss"], run.evals[-1]["val_loss"]
-    print(
-        f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: validation loss {first:.3f} -> {last:.3f} nats/char "
-        f"(unigram entropy {run.unigram_entropy:.3f})"
-    )
-    filters = f"temperature {args.temperature}" + (f", top-k {args.top_k}" if args.top_k else "")
-    filters += f", top-p {args.top_p}" if args.top_p else ""
-    print(f"samples ({filters}):")
-    rng = np.random.default_rng([cfg.seed, 2])
-    samples = []
-    for prompt in ("The ", "Anna ", "In the morning, ")[: args.samples] + ("",) * max(0, args.samples - 3):
-        prompt = prompt or run.vocab.chars[rng.integers(run.vocab.size)]
-        text = sample_text(run.model, run.vocab, prompt, cfg.block_size, args.temperature, args.top_k, args.top_p, rng)
-        samples.append(text)
-        print(f"  {text!r}")
-    from ..training.checkpoint import save_checkpoint
-
-    ckpt = save_checkpoint(
-        out / "checkpoint.npz", run.model, run.optimizer, train_config=asdict(cfg), vocab=run.vocab.chars
-    )
-    history = {"config": asdict(cfg), "evals": run.evals, "seconds": run.seconds, "samples": samples}
-    (out / "history.json").write_text(json.dumps(history, indent=1, default=float))
-    print(f"wrote {ckpt}, {out / 'history.json'}")
-    return 0

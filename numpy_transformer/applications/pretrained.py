@@ -266,7 +266,8 @@ def _require(module: str, extra_hint: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"numpy_transformer.applications.pretrained needs {extra_hint}: pip install 'numpy-transformer[pretrained]' ({exc})"
+            f"numpy_transformer.applications.pretrained needs {extra_hint}: "
+            f"pip install 'numpy-transformer[pretrained]' ({exc})"
         ) from exc
 
 

@@ -13,6 +13,7 @@ front), the activations kept for the backward, and the gradients.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -21,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .common import positive_int
 
 BENCH_CONFIG = dict(
     src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
@@ -222,3 +225,47 @@ def format_table(results: list[BenchResult], model: str = "transformer") -> str:
 
 def worker_json(result: BenchResult) -> str:
     return json.dumps(asdict(result))
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "benchmark",
+        help="time one training step of the NumPy model and of the PyTorch twin on the CPU",
+        description="Time forward + backward + Adam of the NumPy Transformer and of its twin (d_model 128, 4 heads, "
+        "2+2 layers, d_ff 512, batch 16, lengths 32), same dtype and threads, and print a table with the "
+        "ratio and the peak memory of each.",
+    )
+    bench.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    bench.add_argument("--threads", type=positive_int, default=1)
+    bench.add_argument("--steps", type=positive_int, default=20, help="timed steps (the median is reported)")
+    bench.add_argument("--warmup", type=positive_int, default=3)
+    bench.add_argument(
+        "--model",
+        choices=("transformer", "minilm"),
+        default="transformer",
+        help="transformer (default) or minilm: a full fine-tuning step of all-MiniLM-L6-v2 (needs its package)",
+    )
+    bench.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.worker:
+        dtype = "float32" if args.dtype == "both" else args.dtype
+        result = run_worker(args.worker, dtype, args.threads, args.steps, args.warmup, args.model)
+        print(worker_json(result))
+        return 0
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        parser.error(f"benchmark needs PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    try:
+        results = run_all(dtypes, args.threads, args.steps, args.warmup, args.model)
+    except RuntimeError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(results, args.model))
+    return 0

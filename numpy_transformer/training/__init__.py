@@ -1,6 +1,7 @@
 """Training: the loop and its trainers, the toy seq2seq tasks it learns, and checkpoints.
 
-``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy / reverse / sort), ``checkpoint`` (save, read, load).
+``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy, reverse, sort),
+``checkpoint`` (save, read, load).
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint

