@@ -24,19 +24,17 @@ import numpy as np
 import pytest
 import torch
 
+from numpy_transformer.applications.datasets import WordTokenizer, best_single_word_accuracy, sentiment_dataset
 from numpy_transformer.applications.finetune import (
     STRATEGIES,
     FineTuneConfig,
     NumpyFineTuner,
-    WordTokenizer,
-    best_single_word_accuracy,
     classifier_from_pretrained,
     frozen_modules,
     layer_groups,
     layerwise_param_groups,
     make_batch,
     run_fine_tuning,
-    sentiment_dataset,
 )
 from numpy_transformer.config import BertConfig
 from numpy_transformer.models.bert import BertForSequenceClassification

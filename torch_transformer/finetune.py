@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from numpy_transformer.applications.datasets import SentenceDataset
 from numpy_transformer.applications.finetune import (
     ClassificationBatch,
     Encoder,
     FineTuneConfig,
     FineTuneStep,
-    SentenceDataset,
     apply_unfreeze_schedule,
     group_index,
     layer_groups,

@@ -54,18 +54,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from numpy_transformer.applications.datasets import best_single_word_accuracy, sentiment_dataset
 from numpy_transformer.applications.finetune import (
     STRATEGIES,
     FineTuneConfig,
     NumpyFineTuner,
     apply_unfreeze_schedule,
-    best_single_word_accuracy,
     classifier_from_pretrained,
     group_grad_norms,
     layer_groups,
     make_batch,
     run_fine_tuning,
-    sentiment_dataset,
 )
 from numpy_transformer.applications.pretrained import load_minilm
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward

@@ -1,8 +1,8 @@
 """A character-level language model on a built-in corpus: the :class:`GPT` trained end to end.
 
-``python -m numpy_transformer train --task charlm`` runs :func:`run_cli`.
+``python -m numpy_transformer train --task charlm`` trains it (numpy_transformer/commands/train.py).
 
-The corpus is *generated*, not downloaded: :func:`make_corpus` writes seeded English
+The corpus is *generated*, not downloaded: ``datasets.make_corpus`` writes seeded English
 sentences from a small grammar (subjects, verbs, objects, places, times, a few sentence
 shapes). It is regular enough for a small model to learn in a couple of minutes on one
 CPU thread, and varied enough that the model has to learn spelling, word order and
@@ -29,89 +29,7 @@ from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..inference.sampling import generate
 from ..models.gpt import GPT
 from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
-
-# ---------------------------------------------------------------------------- the corpus
-
-_NAMES = ("Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Lena", "Max")
-_NOUNS = (
-    "cat", "dog", "bird", "fox", "horse", "teacher", "farmer", "child", "baker", "sailor", "queen", "king",
-    "painter", "doctor", "rabbit", "owl",
-)  # fmt: skip
-_THINGS = (
-    "apple", "book", "letter", "lamp", "basket", "map", "key", "hat", "cake", "boat", "song", "stone", "box",
-    "coat", "flower", "cup",
-)  # fmt: skip
-_ADJECTIVES = (
-    "small", "old", "happy", "quiet", "brave", "green", "tired", "clever", "young", "red", "kind", "little",
-    "bright", "lazy",
-)  # fmt: skip
-_TRANSITIVE = (
-    ("found", "finds"), ("carried", "carries"), ("painted", "paints"), ("liked", "likes"), ("opened", "opens"),
-    ("lost", "loses"), ("wanted", "wants"), ("brought", "brings"), ("washed", "washes"), ("sold", "sells"),
-)  # fmt: skip
-_INTRANSITIVE = (
-    ("slept", "sleeps"), ("sang", "sings"), ("waited", "waits"), ("laughed", "laughs"), ("walked", "walks"),
-    ("danced", "dances"), ("smiled", "smiles"), ("worked", "works"),
-)  # fmt: skip
-_PLACES = (
-    "in the garden", "near the river", "at the market", "in the kitchen", "on the hill", "by the sea",
-    "under the old tree", "in the village", "at school", "on the bridge",
-)  # fmt: skip
-_TIMES = ("in the morning", "after dinner", "every day", "at night", "on sunday", "before the rain", "in winter")
-_FEELINGS = ("happy", "sad", "tired", "hungry", "calm", "proud", "surprised")
-
-
-def _choice(rng: np.random.Generator, options: tuple) -> object:
-    return options[rng.integers(len(options))]
-
-
-def _subject(rng: np.random.Generator) -> str:
-    if rng.random() < 0.35:
-        return _choice(rng, _NAMES)
-    adjective = f"{_choice(rng, _ADJECTIVES)} " if rng.random() < 0.5 else ""
-    return f"the {adjective}{_choice(rng, _NOUNS)}"
-
-
-def _object(rng: np.random.Generator) -> str:
-    thing = _choice(rng, _THINGS)
-    if rng.random() < 0.4:
-        thing = f"{_choice(rng, _ADJECTIVES)} {thing}"
-    article = "an" if thing[0] in "aeiou" else "a"
-    return f"{article} {thing}" if rng.random() < 0.5 else f"the {thing}"
-
-
-def _sentence(rng: np.random.Generator) -> str:
-    """One sentence from the grammar, capitalised and with its full stop."""
-    form = rng.integers(6)
-    tense = rng.integers(2)  # 0: past, 1: present (third person singular)
-    subject = _subject(rng)
-    if form == 0:
-        words = f"{subject} {_choice(rng, _TRANSITIVE)[tense]} {_object(rng)} {_choice(rng, _PLACES)}"
-    elif form == 1:
-        words = f"{subject} {_choice(rng, _INTRANSITIVE)[tense]} {_choice(rng, _TIMES)}"
-    elif form == 2:
-        verb = ("was", "is")[tense]
-        cause = f"{_subject(rng)} {_choice(rng, _TRANSITIVE)[tense]} {_object(rng)}"
-        words = f"{subject} {verb} {_choice(rng, _FEELINGS)} because {cause}"
-    elif form == 3:
-        words = f"{_choice(rng, _TIMES)}, {subject} {_choice(rng, _INTRANSITIVE)[tense]} {_choice(rng, _PLACES)}"
-    elif form == 4:
-        words = f"{subject} {_choice(rng, _TRANSITIVE)[tense]} {_object(rng)} and {_choice(rng, _INTRANSITIVE)[tense]}"
-    else:
-        words = f"{subject} and {_subject(rng)} {_choice(rng, _INTRANSITIVE)[0]} {_choice(rng, _PLACES)}"
-    return words[0].upper() + words[1:] + "."
-
-
-def make_corpus(n_chars: int = 200_000, seed: int = 0) -> str:
-    """At least ``n_chars`` characters of generated English: sentences, five or so to a line."""
-    rng = np.random.default_rng(seed)
-    lines, total = [], 0
-    while total < n_chars:
-        line = " ".join(_sentence(rng) for _ in range(int(rng.integers(3, 8))))
-        lines.append(line)
-        total += len(line) + 1
-    return "\n".join(lines) + "\n"
-
+from .datasets import make_corpus
 
 # ---------------------------------------------------------------------------- characters <-> ids
 

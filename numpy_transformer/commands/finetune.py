@@ -7,15 +7,14 @@ import time
 
 import numpy as np
 
+from ..applications.datasets import best_single_word_accuracy, sentiment_dataset
 from ..applications.finetune import (
     STRATEGIES,
     FineTuneConfig,
     NumpyFineTuner,
-    best_single_word_accuracy,
     classifier_from_pretrained,
     format_table,
     run_fine_tuning,
-    sentiment_dataset,
 )
 from .common import limit_threads, non_negative_int, positive_int
 
