@@ -220,7 +220,7 @@ def markdown_table(rows: list[CostRow]) -> str:
 
 def write_report(rows: list[CostRow], directory: str | Path, name: str = "attention_cost") -> tuple[Path, Path]:
     """Write ``<name>.md`` (the table) and ``<name>.png`` (time vs S and vs d); return both paths."""
-    from .plots import _pyplot
+    from .plots import pyplot
 
     if not rows:
         raise ValueError("rows: expected at least one CostRow, got none")
@@ -233,7 +233,7 @@ def write_report(rows: list[CostRow], directory: str | Path, name: str = "attent
         "FLOPs counted by the formulas of `numpy_transformer.applications.attention_cost`; times are medians "
         "of the NumPy ops on one BLAS thread.\n\n" + markdown_table(rows)
     )
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     d_max = max(r.d for r in rows)
     S_max = max(r.S for r in rows)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import _pyplot
+from .plots import pyplot
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def head_pattern_scores(maps_list: Sequence[AttentionMaps]) -> dict[str, np.ndar
 
 def plot_attention_grid(maps: AttentionMaps, position: int, path: str | Path) -> Path:
     """Every layer x head full attention map (L rows, H columns); the row of ``position`` outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     L, H, S = maps.n_layers, maps.n_heads, len(maps.tokens)
@@ -166,7 +166,7 @@ def plot_attention_grid(maps: AttentionMaps, position: int, path: str | Path) ->
 def plot_attention_focus(maps: AttentionMaps, position: int, layer: int, head: int, path: str | Path) -> Path:
     """Three panels: the full map of (layer, head) with token labels, that head's row for
     ``position`` as bars, and the row averaged over heads for every layer."""
-    plt = _pyplot()
+    plt = pyplot()
     tokens, S = maps.tokens, len(maps.tokens)
     who = f"{tokens[position]!r} (position {position})"
     side = 2.0 + 0.32 * S

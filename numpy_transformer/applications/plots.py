@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, with an install hint when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - matplotlib is in the train / test extras
@@ -28,7 +29,7 @@ def smooth(values: list[float], window: int = 25) -> np.ndarray:
 
 def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
     """Training loss per step (raw and smoothed) and validation loss per evaluation, one colour per backend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"numpy": "tab:blue", "torch": "tab:orange"}
     for backend, losses in history.losses.items():
@@ -59,7 +60,7 @@ def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
 
 def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: str | Path, title: str = "") -> Path:
     """Heatmaps of attention weights (H, T, S): one panel per head, queries down, keys across."""
-    plt = _pyplot()
+    plt = pyplot()
     H = weights.shape[0]
     side = 1.0 + 0.28 * max(len(rows), len(cols))  # square-ish panels, sized by the sequence lengths
     fig, axes = plt.subplots(1, H, figsize=(1.0 + side * H, side + 0.6), squeeze=False, layout="constrained")
