@@ -441,7 +441,8 @@ def layer_by_layer(encoder, readout, xd, targets):
     of the input of each layer's norm1, read from its cache as 1 / rstd.
     """
     encoder.zero_grad()
-    out, (layer_caches, norm_cache) = encoder.forward(xd)  # (B, T, C)
+    out, stack_cache = encoder.forward(xd)  # (B, T, C)
+    layer_caches, norm_cache = stack_cache.layers, stack_cache.norm
     logits, c_head = linear_forward(out, readout)  # (B, T, V)
     loss, c_loss = cross_entropy_forward(logits, targets)
     dout, _, _ = linear_backward(cross_entropy_backward(1.0, c_loss), c_head)  # (B, T, C)

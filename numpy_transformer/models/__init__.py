@@ -3,15 +3,28 @@
 from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel, mask_tokens
 from .gpt import GPT, GPTCache
 from .rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqCache
-from .transformer import Decoder, Encoder, Transformer, TransformerCache
+from .transformer import (
+    DecodeCache,
+    Decoder,
+    DecoderCache,
+    EncodeCache,
+    Encoder,
+    EncoderCache,
+    Transformer,
+    TransformerCache,
+)
 
 __all__ = [
     "GPT",
     "BertForMaskedLM",
     "BertForSequenceClassification",
     "BertModel",
+    "DecodeCache",
     "Decoder",
+    "DecoderCache",
+    "EncodeCache",
     "Encoder",
+    "EncoderCache",
     "GPTCache",
     "RNNSeq2Seq",
     "RNNSeq2SeqCache",

@@ -28,19 +28,20 @@ nothing to compute.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..config import BertConfig
-from ..functional.activations import TanhCache, gelu_backward, gelu_forward, tanh_backward, tanh_forward
+from ..functional.activations import GeluCache, TanhCache, gelu_backward, gelu_forward, tanh_backward, tanh_forward
 from ..functional.checks import check_float_array, check_int_array, check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
+from ..functional.embedding import EmbeddingCache
+from ..functional.layer_norm import LayerNormCache
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
 from ..modules.layers import Embedding, LayerNorm, Linear
-from ..modules.transformer_layers import EncoderLayer
+from ..modules.transformer_layers import EncoderLayer, EncoderLayerCache
 
 IGNORE_INDEX = -100  # label of a position that is not scored (as in PyTorch and Hugging Face)
 
@@ -109,11 +110,11 @@ def check_bert_inputs(
 
 @dataclass(frozen=True)
 class BertEmbeddingsCache:
-    word: Any  # EmbeddingCache
-    position: Any
-    token_type: Any
-    norm: Any  # LayerNormCache
-    drop: DropoutCache
+    word: EmbeddingCache  # input ids (B, S)
+    position: EmbeddingCache  # positions (1, S), shared by the batch
+    token_type: EmbeddingCache  # segment ids (B, S)
+    norm: LayerNormCache  # (B, S, C) of word + position + token_type
+    drop: DropoutCache  # (B, S, C) keep-mask after the norm
 
 
 class BertEmbeddings(Module):
@@ -129,14 +130,17 @@ class BertEmbeddings(Module):
         self.token_type_embeddings = Embedding(c.type_vocab_size, c.hidden_size, dtype=dtype, rng=rng)
         self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, dtype=dtype)
 
-    def forward(self, ids: np.ndarray, token_type_ids: np.ndarray, masks: DropoutMasks):
+    def forward(
+        self, ids: np.ndarray, token_type_ids: np.ndarray, masks: DropoutMasks
+    ) -> tuple[np.ndarray, BertEmbeddingsCache]:
+        """``ids``, ``token_type_ids`` (B, S) -> (B, S, C)."""
         S = ids.shape[1]
         w, c_w = self.word_embeddings.forward(ids)  # (B, S, C)
         pos, c_p = self.position_embeddings.forward(np.arange(S)[None, :])  # (1, S, C)
         t, c_t = self.token_type_embeddings.forward(token_type_ids)  # (B, S, C)
         x, c_n = self.norm.forward(w + pos + t)
         x, c_d = masks.drop(x, self.p, "dropout", self.training)
-        return x, BertEmbeddingsCache(c_w, c_p, c_t, c_n, c_d)
+        return x, BertEmbeddingsCache(word=c_w, position=c_p, token_type=c_t, norm=c_n, drop=c_d)
 
     def backward(self, dx: np.ndarray, cache: BertEmbeddingsCache) -> None:
         """The ids are integers: this ends the backward, accumulating the three tables' gradients."""
@@ -156,10 +160,16 @@ class BertOutput:
 
 
 @dataclass(frozen=True)
+class BertPoolerCache:
+    dense: LinearCache  # the [CLS] hidden state (B, C) into ``pooler``
+    tanh: TanhCache  # (B, C) the pooled output
+
+
+@dataclass(frozen=True)
 class BertCache:
     embeddings: BertEmbeddingsCache
-    layers: list  # one EncoderLayerCache per layer
-    pooler: tuple[LinearCache, TanhCache] | None
+    layers: tuple[EncoderLayerCache, ...]  # one per layer, first to last, each over (B, S, C)
+    pooler: BertPoolerCache | None  # None without a pooler
     keep: np.ndarray  # (B, S) bool, True at real tokens
     dropout_masks: dict[str, np.ndarray]  # every mask used, by site name: replay them in the twin
 
@@ -235,8 +245,9 @@ class BertModel(Module):
         if self.pooler is not None:
             z, c_lin = self.pooler.forward(x[:, 0])  # (B, C), the first ([CLS]) position
             pooled, c_tanh = tanh_forward(z)
-            c_pool = (c_lin, c_tanh)
-        return BertOutput(x, pooled), BertCache(c_emb, caches, c_pool, keep, masks.used)
+            c_pool = BertPoolerCache(dense=c_lin, tanh=c_tanh)
+        cache = BertCache(embeddings=c_emb, layers=tuple(caches), pooler=c_pool, keep=keep, dropout_masks=masks.used)
+        return BertOutput(x, pooled), cache
 
     def backward(self, d_hidden: np.ndarray | None, d_pooled: np.ndarray | None, cache: BertCache) -> np.ndarray | None:
         """Accumulate parameter gradients from ``d_hidden`` (B, S, C) and/or ``d_pooled`` (B, C).
@@ -257,8 +268,7 @@ class BertModel(Module):
         if d_pooled is not None:
             if cache.pooler is None:
                 raise ValueError("d_pooled: this model has no pooler")
-            c_lin, c_tanh = cache.pooler
-            dx[:, 0] += self.pooler.backward(tanh_backward(d_pooled, c_tanh), c_lin)
+            dx[:, 0] += self.pooler.backward(tanh_backward(d_pooled, cache.pooler.tanh), cache.pooler.dense)
         # Walk down the layers; stop below the lowest module that still trains.
         lowest = 0 if _trains(self.embeddings) else next(
             (i for i, layer in enumerate(self.layers) if _trains(layer)), len(self.layers)
@@ -277,10 +287,10 @@ class BertModel(Module):
 @dataclass(frozen=True)
 class MaskedLMCache:
     bert: BertCache
-    dense: LinearCache
-    gelu: Any
-    norm: Any
-    decoder: LinearCache
+    dense: LinearCache  # last hidden state (B, S, C) into ``mlm_dense``
+    gelu: GeluCache  # (B, S, C)
+    norm: LayerNormCache  # (B, S, C) ``mlm_norm``
+    decoder: LinearCache  # logits = h @ word_embeddings^T + mlm_bias; holds h (B, S, C)
 
 
 class BertForMaskedLM(Module):
@@ -310,7 +320,7 @@ class BertForMaskedLM(Module):
         a, c_gelu = gelu_forward(z, "none")
         h, c_norm = self.mlm_norm.forward(a)
         logits, c_dec = linear_forward(h, self.bert.embeddings.word_embeddings.weight, self.mlm_bias)  # (B, S, V)
-        return logits, MaskedLMCache(c_bert, c_dense, c_gelu, c_norm, c_dec)
+        return logits, MaskedLMCache(bert=c_bert, dense=c_dense, gelu=c_gelu, norm=c_norm, decoder=c_dec)
 
     def backward(self, dlogits: np.ndarray, cache: MaskedLMCache) -> None:
         dh, dweight, dbias = linear_backward(dlogits, cache.decoder)
@@ -323,8 +333,8 @@ class BertForMaskedLM(Module):
 @dataclass(frozen=True)
 class SequenceClassificationCache:
     bert: BertCache
-    drop: DropoutCache
-    classifier: LinearCache
+    drop: DropoutCache  # (B, C) keep-mask on the pooled output
+    classifier: LinearCache  # (B, C) into ``classifier``
 
 
 class BertForSequenceClassification(Module):
@@ -350,7 +360,7 @@ class BertForSequenceClassification(Module):
         out, c_bert = self.bert.forward(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
         x, c_drop = masks.drop(out.pooler_output, self.config.dropout, "dropout", self.training)
         logits, c_cls = self.classifier.forward(x)  # (B, K)
-        return logits, SequenceClassificationCache(c_bert, c_drop, c_cls)
+        return logits, SequenceClassificationCache(bert=c_bert, drop=c_drop, classifier=c_cls)
 
     def backward(self, dlogits: np.ndarray, cache: SequenceClassificationCache) -> None:
         dpooled = dropout_backward(self.classifier.backward(dlogits, cache.classifier), cache.drop)

@@ -30,7 +30,6 @@ Dropout sites, named for :class:`DropoutMasks` (so the twin can replay them):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -38,6 +37,7 @@ from ..config import GPTConfig
 from ..functional.checks import check_float_array, check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.embedding import EmbeddingCache
+from ..functional.layer_norm import LayerNormCache
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..functional.masks import causal_mask, padding_mask
 from ..modules.base import Module, ModuleList, check_module_dtype
@@ -55,9 +55,9 @@ EMBED_INIT_STD = 0.02
 class GPTCache:
     tok_embed: EmbeddingCache  # ids (B, T)
     pos_embed: EmbeddingCache  # positions (1, T)
-    embed_dropout: DropoutCache
-    layers: list[EncoderLayerCache]  # one per layer, first to last
-    norm: Any  # LayerNormCache of the final LayerNorm
+    embed_dropout: DropoutCache  # (B, T, C) keep-mask on the embeddings
+    layers: tuple[EncoderLayerCache, ...]  # one per layer, first to last, each over (B, T, C)
+    norm: LayerNormCache  # (B, T, C) the final LayerNorm
     head: LinearCache  # logits = h @ tok_embed.weight^T; holds h (B, T, C)
     dropout_masks: dict[str, np.ndarray]  # every mask used, by site name: replay them in the twin
 
@@ -137,7 +137,16 @@ class GPT(Module):
             layer_caches.append(c_layer)
         h, c_norm = self.norm.forward(x)  # (B, T, C)
         logits, c_head = linear_forward(h, self.tok_embed.weight)  # (B, T, V): h @ W_tok^T
-        return logits, GPTCache(c_tok, c_pos, c_drop, layer_caches, c_norm, c_head, masks.used)
+        cache = GPTCache(
+            tok_embed=c_tok,
+            pos_embed=c_pos,
+            embed_dropout=c_drop,
+            layers=tuple(layer_caches),
+            norm=c_norm,
+            head=c_head,
+            dropout_masks=masks.used,
+        )
+        return logits, cache
 
     def backward(self, dlogits: np.ndarray, cache: GPTCache) -> None:
         r"""Accumulate every parameter gradient from ``dlogits`` (B, T, V); token ids have none.

@@ -25,20 +25,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..config import TransformerConfig
 from ..functional.checks import check_rng, check_token_ids
 from ..functional.dropout import DropoutCache, dropout_backward
-from ..functional.embedding import sinusoidal_positional_encoding
+from ..functional.embedding import EmbeddingCache, sinusoidal_positional_encoding
+from ..functional.layer_norm import LayerNormCache
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..functional.masks import causal_mask, padding_mask
 from ..modules.base import Module, ModuleList, check_module_dtype
 from ..modules.dropout_masks import DropoutMasks
 from ..modules.layers import Embedding, LayerNorm, Linear
-from ..modules.transformer_layers import DecoderLayer, EncoderLayer
+from ..modules.transformer_layers import DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderLayerCache
+
+
+@dataclass(frozen=True)
+class EncoderCache:
+    layers: tuple[EncoderLayerCache, ...]  # one per layer, first to last, each over (B, S, C)
+    norm: LayerNormCache | None  # (B, S, C) the final LayerNorm (pre-LN); None for post-LN
+
+
+@dataclass(frozen=True)
+class DecoderCache:
+    layers: tuple[DecoderLayerCache, ...]  # one per layer, first to last, each over (B, T, C)
+    norm: LayerNormCache | None  # (B, T, C) the final LayerNorm (pre-LN); None for post-LN
+
+    def cross_attention_weights(self, layer: int = -1) -> np.ndarray:
+        """(B, H, T, S) cross-attention probabilities of one decoder layer."""
+        return self.layers[layer].ca.weights
 
 
 class Encoder(Module):
@@ -58,7 +74,10 @@ class Encoder(Module):
         )
         self.norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype) if c.norm_first else None
 
-    def forward(self, x, mask=None, masks: DropoutMasks | None = None):
+    def forward(
+        self, x: np.ndarray, mask: np.ndarray | None = None, masks: DropoutMasks | None = None
+    ) -> tuple[np.ndarray, EncoderCache]:
+        """``x`` (B, S, C) -> (B, S, C); ``mask`` True = may attend, broadcastable to (B, H, S, S)."""
         masks = masks or DropoutMasks()
         caches = []
         for i, layer in enumerate(self.layers):
@@ -67,13 +86,13 @@ class Encoder(Module):
         norm_cache = None
         if self.norm is not None:
             x, norm_cache = self.norm.forward(x)
-        return x, (caches, norm_cache)
+        return x, EncoderCache(layers=tuple(caches), norm=norm_cache)
 
-    def backward(self, dy, cache):
-        caches, norm_cache = cache
+    def backward(self, dy: np.ndarray, cache: EncoderCache) -> np.ndarray:
+        """Return dx (B, S, C)."""
         if self.norm is not None:
-            dy = self.norm.backward(dy, norm_cache)
-        for layer, c in zip(reversed(list(self.layers)), reversed(caches), strict=True):
+            dy = self.norm.backward(dy, cache.norm)
+        for layer, c in zip(reversed(list(self.layers)), reversed(cache.layers), strict=True):
             dy = layer.backward(dy, c)
         return dy
 
@@ -95,7 +114,15 @@ class Decoder(Module):
         )
         self.norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype) if c.norm_first else None
 
-    def forward(self, x, memory, tgt_mask=None, memory_mask=None, masks: DropoutMasks | None = None):
+    def forward(
+        self,
+        x: np.ndarray,
+        memory: np.ndarray,
+        tgt_mask: np.ndarray | None = None,
+        memory_mask: np.ndarray | None = None,
+        masks: DropoutMasks | None = None,
+    ) -> tuple[np.ndarray, DecoderCache]:
+        """``x`` (B, T, C) over ``memory`` (B, S, C) -> (B, T, C); the masks as :meth:`DecoderLayer.forward`'s."""
         masks = masks or DropoutMasks()
         caches = []
         for i, layer in enumerate(self.layers):
@@ -104,35 +131,52 @@ class Decoder(Module):
         norm_cache = None
         if self.norm is not None:
             x, norm_cache = self.norm.forward(x)
-        return x, (caches, norm_cache)
+        return x, DecoderCache(layers=tuple(caches), norm=norm_cache)
 
-    def backward(self, dy, cache):
+    def backward(self, dy: np.ndarray, cache: DecoderCache) -> tuple[np.ndarray, np.ndarray | None]:
         """Return ``(dx, dmemory)``: every layer reads the same memory, so their gradients add up."""
-        caches, norm_cache = cache
         if self.norm is not None:
-            dy = self.norm.backward(dy, norm_cache)
+            dy = self.norm.backward(dy, cache.norm)
         dmemory = None
-        for layer, c in zip(reversed(list(self.layers)), reversed(caches), strict=True):
+        for layer, c in zip(reversed(list(self.layers)), reversed(cache.layers), strict=True):
             dy, dm = layer.backward(dy, c)
             dmemory = dm if dmemory is None else dmemory + dm
         return dy, dmemory
 
 
 @dataclass(frozen=True)
+class EncodeCache:
+    """What :meth:`Transformer.encode` keeps for the backward."""
+
+    embed: EmbeddingCache  # src ids (B, S)
+    drop: DropoutCache  # (B, S, C) keep-mask after the embeddings + positions
+    encoder: EncoderCache
+
+
+@dataclass(frozen=True)
+class DecodeCache:
+    """What :meth:`Transformer.decode` keeps for the backward."""
+
+    embed: EmbeddingCache  # tgt ids (B, T)
+    drop: DropoutCache  # (B, T, C) keep-mask after the embeddings + positions
+    decoder: DecoderCache
+    head: LinearCache  # logits = h @ W^T; holds h (B, T, C) and W (V, C)
+
+    def cross_attention_weights(self, layer: int = -1) -> np.ndarray:
+        """(B, H, T, S) cross-attention probabilities of one decoder layer."""
+        return self.decoder.cross_attention_weights(layer)
+
+
+@dataclass(frozen=True)
 class TransformerCache:
-    src_embed: Any  # EmbeddingCache
-    src_drop: DropoutCache
-    encoder: Any
-    tgt_embed: Any
-    tgt_drop: DropoutCache
-    decoder: Any
-    head: LinearCache  # the output projection
+    encode: EncodeCache  # the source side
+    decode: DecodeCache  # the target side and the output projection
     memory: np.ndarray  # (B, S, C) encoder output, kept for inspection and decoding
     dropout_masks: dict[str, np.ndarray]  # every mask used, by site name: replay them in the twin
 
     def cross_attention_weights(self, layer: int = -1) -> np.ndarray:
         """(B, H, T, S) cross-attention probabilities of one decoder layer."""
-        return self.decoder[0][layer].ca.weights
+        return self.decode.cross_attention_weights(layer)
 
 
 class Transformer(Module):
@@ -181,22 +225,27 @@ class Transformer(Module):
     def _check_ids(self, name: str, ids: np.ndarray, vocab: int) -> None:
         check_token_ids(name, ids, vocab, self.config.max_len)
 
-    def _embed(self, embed: Embedding, ids: np.ndarray, masks: DropoutMasks, site: str):
+    def _embed(
+        self, embed: Embedding, ids: np.ndarray, masks: DropoutMasks, site: str
+    ) -> tuple[np.ndarray, EmbeddingCache, DropoutCache]:
+        """``dropout(embed(ids) * sqrt(C) + PE)``: ``ids`` (B, L) -> (B, L, C) and the two caches."""
         e, c_e = embed.forward(ids)  # (B, L, C)
         x = e * self._embed_scale + self._pe[: ids.shape[1]]
         x, c_d = masks.drop(x, self.config.dropout, site, self.training)
         return x, c_e, c_d
 
-    def encode(self, src: np.ndarray, masks: DropoutMasks | None = None):
-        """``src`` (B, S) ids -> memory (B, S, C) and the caches needed for the backward."""
+    def encode(self, src: np.ndarray, masks: DropoutMasks | None = None) -> tuple[np.ndarray, EncodeCache]:
+        """``src`` (B, S) ids -> memory (B, S, C) and the cache needed for the backward."""
         masks = masks or DropoutMasks()
         self._check_ids("src", src, self.config.src_vocab_size)
         x, c_e, c_d = self._embed(self.src_embed, src, masks, "src_dropout")
         memory, c_enc = self.encoder.forward(x, self.source_mask(src), masks.child("encoder"))
-        return memory, (c_e, c_d, c_enc)
+        return memory, EncodeCache(embed=c_e, drop=c_d, encoder=c_enc)
 
-    def decode(self, tgt: np.ndarray, memory: np.ndarray, src: np.ndarray, masks: DropoutMasks | None = None):
-        """``tgt`` (B, T) ids over ``memory`` (B, S, C) -> logits (B, T, V)."""
+    def decode(
+        self, tgt: np.ndarray, memory: np.ndarray, src: np.ndarray, masks: DropoutMasks | None = None
+    ) -> tuple[np.ndarray, DecodeCache]:
+        """``tgt`` (B, T) ids over ``memory`` (B, S, C) -> logits (B, T, V) and the cache."""
         masks = masks or DropoutMasks()
         self._check_ids("tgt", tgt, self.config.tgt_vocab_size)
         x, c_e, c_d = self._embed(self.tgt_embed, tgt, masks, "tgt_dropout")
@@ -205,7 +254,7 @@ class Transformer(Module):
         )  # (B, T, C)
         weight = self.tgt_embed.weight if self.out_proj is None else self.out_proj.weight  # (V, C)
         logits, c_head = linear_forward(h, weight)  # (B, T, V)
-        return logits, (c_e, c_d, c_dec, c_head)
+        return logits, DecodeCache(embed=c_e, drop=c_d, decoder=c_dec, head=c_head)
 
     # -------------------------------------------------------------- forward / backward
 
@@ -224,24 +273,23 @@ class Transformer(Module):
         if src.shape[0] != tgt.shape[0]:
             raise ValueError(f"tgt: expected batch size {src.shape[0]} (that of src), got {tgt.shape[0]}")
         masks = DropoutMasks(rng, dropout_masks)
-        memory, (c_se, c_sd, c_enc) = self.encode(src, masks)
-        logits, (c_te, c_td, c_dec, c_head) = self.decode(tgt, memory, src, masks)
-        cache = TransformerCache(c_se, c_sd, c_enc, c_te, c_td, c_dec, c_head, memory, masks.used)
-        return logits, cache
+        memory, c_enc = self.encode(src, masks)
+        logits, c_dec = self.decode(tgt, memory, src, masks)
+        return logits, TransformerCache(encode=c_enc, decode=c_dec, memory=memory, dropout_masks=masks.used)
 
     def backward(self, dlogits: np.ndarray, cache: TransformerCache) -> None:
         """Accumulate every parameter gradient from ``dlogits`` (B, T, V)."""
-        c = cache
+        dec, enc = cache.decode, cache.encode
         # logits = h @ W^T, W = out_proj.weight or (tied) tgt_embed.weight
-        dh, dweight, _ = linear_backward(dlogits, c.head)  # (B, T, C), (V, C)
+        dh, dweight, _ = linear_backward(dlogits, dec.head)  # (B, T, C), (V, C)
         if self.out_proj is None:
             self.tgt_embed.accumulate_grad("weight", dweight)  # the tied matrix collects both of its uses
         else:
             self.out_proj.accumulate_grad("weight", dweight)
-        dx_tgt, dmemory = self.decoder.backward(dh, c.decoder)  # (B, T, C), (B, S, C)
+        dx_tgt, dmemory = self.decoder.backward(dh, dec.decoder)  # (B, T, C), (B, S, C)
         # x = dropout(embed(tgt) * sqrt(C) + PE): the positions are constants
-        de = dropout_backward(dx_tgt, c.tgt_drop) * self._embed_scale
-        self.tgt_embed.backward(de, c.tgt_embed)
-        dx_src = self.encoder.backward(dmemory, c.encoder)
-        de = dropout_backward(dx_src, c.src_drop) * self._embed_scale
-        self.src_embed.backward(de, c.src_embed)
+        de = dropout_backward(dx_tgt, dec.drop) * self._embed_scale
+        self.tgt_embed.backward(de, dec.embed)
+        dx_src = self.encoder.backward(dmemory, enc.encoder)
+        de = dropout_backward(dx_src, enc.drop) * self._embed_scale
+        self.src_embed.backward(de, enc.embed)

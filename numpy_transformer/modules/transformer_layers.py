@@ -13,27 +13,29 @@ paper) or pre-LN (``x + sublayer(norm(x))``). Dropout sites are named as the twi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..functional.checks import check_rng
 from ..functional.dropout import DropoutCache, dropout_backward
-from .attention import MultiHeadAttention
+from ..functional.layer_norm import LayerNormCache
+from .attention import MultiHeadAttention, MultiHeadAttentionCache
 from .base import Module, check_module_dtype
 from .dropout_masks import DropoutMasks
-from .layers import FeedForward, LayerNorm
+from .layers import FeedForward, FeedForwardCache, LayerNorm
 
 __all__ = ["DecoderLayer", "DecoderLayerCache", "EncoderLayer", "EncoderLayerCache"]
 
 
-def _attend(mha: MultiHeadAttention, site: str, q: np.ndarray, kv: np.ndarray, mask, masks: DropoutMasks):
+def _attend(
+    mha: MultiHeadAttention, site: str, q: np.ndarray, kv: np.ndarray, mask: np.ndarray | None, masks: DropoutMasks
+) -> tuple[np.ndarray, MultiHeadAttentionCache]:
     """``mha(q, kv, kv)`` with the attention-weight dropout mask of ``site``, shape (B, H, T, S)."""
     keep = masks.mask(site, (q.shape[0], mha.n_heads, q.shape[1], kv.shape[1]), mha.dropout, mha.training)
     return mha.forward(q, kv, kv, mask=mask, dropout_mask=keep)
 
 
-def _ff_at_site(ff: FeedForward, x: np.ndarray, masks: DropoutMasks):
+def _ff_at_site(ff: FeedForward, x: np.ndarray, masks: DropoutMasks) -> tuple[np.ndarray, FeedForwardCache]:
     """``ff(x)`` with the hidden-layer dropout mask of site ``ff``, shape (..., F)."""
     keep = masks.mask("ff", x.shape[:-1] + (ff.linear1.out_features,), ff.dropout.p, ff.training)
     return ff.forward(x, dropout_mask=keep)
@@ -41,12 +43,14 @@ def _ff_at_site(ff: FeedForward, x: np.ndarray, masks: DropoutMasks):
 
 @dataclass(frozen=True)
 class EncoderLayerCache:
-    sa: Any  # MultiHeadAttentionCache
-    drop1: DropoutCache
-    norm1: Any  # LayerNormCache
-    ff: Any  # FeedForwardCache
-    drop2: DropoutCache
-    norm2: Any
+    """What :meth:`EncoderLayer.backward` needs; the norms' inputs differ by layout (post-LN / pre-LN)."""
+
+    sa: MultiHeadAttentionCache  # self-attention, (B, H, S, S) weights
+    drop1: DropoutCache  # (B, S, C) keep-mask on the attention branch
+    norm1: LayerNormCache  # (B, S, C): of x + a (post-LN) or of x (pre-LN)
+    ff: FeedForwardCache  # (B, S, F) hidden layer
+    drop2: DropoutCache  # (B, S, C) keep-mask on the feed-forward branch
+    norm2: LayerNormCache  # (B, S, C): of h + f (post-LN) or of h (pre-LN)
 
 
 class EncoderLayer(Module):
@@ -101,7 +105,7 @@ class EncoderLayer(Module):
             f, c_ff = _ff_at_site(self.ff, h, masks)
             f, c_d2 = masks.drop(f, self.p, "dropout2", self.training)
             y, c_n2 = self.norm2.forward(h + f)
-        return y, EncoderLayerCache(c_sa, c_d1, c_n1, c_ff, c_d2, c_n2)
+        return y, EncoderLayerCache(sa=c_sa, drop1=c_d1, norm1=c_n1, ff=c_ff, drop2=c_d2, norm2=c_n2)
 
     def backward(self, dy: np.ndarray, cache: EncoderLayerCache) -> np.ndarray:
         """Return dx; the layout is the forward read bottom-up."""
@@ -123,15 +127,17 @@ class EncoderLayer(Module):
 
 @dataclass(frozen=True)
 class DecoderLayerCache:
-    sa: Any
-    drop1: DropoutCache
-    norm1: Any
-    ca: Any
-    drop2: DropoutCache
-    norm2: Any
-    ff: Any
-    drop3: DropoutCache
-    norm3: Any
+    """What :meth:`DecoderLayer.backward` needs; the norms' inputs differ by layout (post-LN / pre-LN)."""
+
+    sa: MultiHeadAttentionCache  # masked self-attention, (B, H, T, T) weights
+    drop1: DropoutCache  # (B, T, C) keep-mask on the self-attention branch
+    norm1: LayerNormCache  # (B, T, C)
+    ca: MultiHeadAttentionCache  # cross-attention over the memory, (B, H, T, S) weights
+    drop2: DropoutCache  # (B, T, C) keep-mask on the cross-attention branch
+    norm2: LayerNormCache  # (B, T, C)
+    ff: FeedForwardCache  # (B, T, F) hidden layer
+    drop3: DropoutCache  # (B, T, C) keep-mask on the feed-forward branch
+    norm3: LayerNormCache  # (B, T, C)
 
 
 class DecoderLayer(Module):
@@ -199,7 +205,9 @@ class DecoderLayer(Module):
             f, c_ff = _ff_at_site(self.ff, h2, masks)
             f, c_d3 = masks.drop(f, p, "dropout3", tr)
             y, c_n3 = self.norm3.forward(h2 + f)
-        return y, DecoderLayerCache(c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
+        return y, DecoderLayerCache(
+            sa=c_sa, drop1=c_d1, norm1=c_n1, ca=c_ca, drop2=c_d2, norm2=c_n2, ff=c_ff, drop3=c_d3, norm3=c_n3
+        )
 
     def backward(self, dy: np.ndarray, cache: DecoderLayerCache) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(dx, dmemory)``; ``dmemory`` sums the key and value paths of the cross-attention."""
