@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .functional.checks import check_int, check_non_negative_int, check_positive_int
+from .functional.checks import (
+    check_dropout_p,
+    check_int,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -36,14 +42,12 @@ class TransformerConfig:
             check_non_negative_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_dropout_p(self.dropout, "dropout")
         if self.activation not in ("relu", "gelu"):
             raise ValueError(f"activation: expected 'relu' or 'gelu', got {self.activation!r}")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
 
 
 RNN_ATTENTIONS = ("bahdanau", "luong-dot", "luong-general", "luong-concat")
@@ -121,20 +125,16 @@ class BertConfig:
             check_positive_int(name, getattr(self, name))
         for name in ("n_layers", "type_vocab_size"):
             check_non_negative_int(name, getattr(self, name))
-        if self.type_vocab_size < 1:
-            raise ValueError(f"type_vocab_size: expected a positive int, got {self.type_vocab_size!r}")
+        check_positive_int("type_vocab_size", self.type_vocab_size)
         if self.hidden_size % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of hidden_size={self.hidden_size}, got {self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_dropout_p(self.dropout, "dropout")
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
             raise ValueError(f"activation: expected 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id: expected an id in [0, {self.vocab_size}), got {self.pad_id}")
-        if not self.initializer_range > 0:
-            raise ValueError(f"initializer_range: expected a positive float, got {self.initializer_range!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+        check_positive_float("initializer_range", self.initializer_range)
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
 
 
 @dataclass(frozen=True)
@@ -162,12 +162,10 @@ class GPTConfig:
         check_non_negative_int("n_layers", self.n_layers)
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_dropout_p(self.dropout, "dropout")
         if self.activation not in ("gelu", "gelu_tanh"):
             raise ValueError(f"activation: expected 'gelu' or 'gelu_tanh', got {self.activation!r}")
-        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
-            raise ValueError(f"layer_norm_eps: expected a positive float, got {self.layer_norm_eps!r}")
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
         if self.pad_id is not None and (
             not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < self.vocab_size
         ):

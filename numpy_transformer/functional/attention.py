@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_broadcastable, check_dout, check_float_array, check_same_dtype, check_shape
-from .dropout import DropoutCache, check_dropout_p, dropout_backward, dropout_forward
+from .checks import check_broadcastable, check_dout, check_dropout_p, check_float_array, check_same_dtype, check_shape
+from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 

@@ -135,6 +135,20 @@ def check_non_negative_int(name: str, value: object) -> int:
     return int(value)
 
 
+def check_positive_float(name: str, value: object) -> float:
+    """A real number > 0 (an epsilon, a base, a standard deviation); ValueError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name}: expected a positive float, got {value!r}")
+    return float(value)
+
+
+def check_dropout_p(p: object, name: str = "p") -> float:
+    """A dropout probability in ``[0, 1)`` (1 would drop everything and divide by zero)."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
 def check_positive_number(name: str, value: object) -> float:
     """A finite real number > 0 (not a bool) as a Python float; ValueError otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):

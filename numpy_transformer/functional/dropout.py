@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_dout, check_float_array, check_shape
+from .checks import check_dout, check_dropout_p, check_float_array, check_shape
 
 
 @dataclass(frozen=True)
@@ -15,12 +15,6 @@ class DropoutCache:
     scale: float  # 1 / (1 - p)
     dtype: np.dtype
     shape: tuple[int, ...]
-
-
-def check_dropout_p(p: float, name: str = "p") -> float:
-    if not isinstance(p, (int, float, np.floating)) or not 0.0 <= float(p) < 1.0:
-        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
-    return float(p)
 
 
 def draw_dropout_mask(

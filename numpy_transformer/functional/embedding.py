@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_dout, check_float_array, check_int_array
+from .checks import check_dout, check_float_array, check_int_array, check_positive_float
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ def sinusoidal_positional_encoding(
             raise ValueError(
                 f"{name}: expected a {'non-negative' if name == 'length' else 'positive'} int, got {value!r}"
             )
-    if not float(base) > 0:
-        raise ValueError(f"base: expected a positive float, got {base!r}")
+    check_positive_float("base", base)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_float_array, check_int_array, check_same_dtype, check_shape
+from .checks import check_bool, check_float_array, check_int_array, check_same_dtype, check_shape
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -299,8 +299,7 @@ def gru_forward(
     check_float_array("h0", h0)
     check_shape("h0", h0, (B, H))
     dtype = check_same_dtype(x=x, h0=h0, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    if not isinstance(reverse, (bool, np.bool_)):
-        raise TypeError(f"reverse: expected a bool, got {type(reverse).__name__}")
+    check_bool("reverse", reverse)
     mask = None
     if lengths is not None:
         _check_lengths(lengths, B, T)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_dout, check_float_array, check_same_dtype, check_shape
+from .checks import check_dout, check_float_array, check_positive_float, check_same_dtype, check_shape
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,7 @@ def layer_norm_forward(
     check_shape("weight", weight, (C,))
     check_shape("bias", bias, (C,))
     dtype = check_same_dtype(x=x, weight=weight, bias=bias)
-    if not float(eps) > 0:
-        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    check_positive_float("eps", eps)
 
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean  # (..., C)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_int_array
+from .checks import check_int_array, check_non_negative_int
 
 
 def causal_mask(T: int, S: int | None = None) -> np.ndarray:
@@ -22,8 +22,7 @@ def causal_mask(T: int, S: int | None = None) -> np.ndarray:
     """
     S = T if S is None else S
     for name, value in (("T", T), ("S", S)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+        check_non_negative_int(name, value)
     return np.tri(T, S, k=0, dtype=bool)
 
 

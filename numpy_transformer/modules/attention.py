@@ -15,8 +15,7 @@ from ..functional.attention import (
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
-from ..functional.checks import check_float_array, check_positive_int, check_rng
-from ..functional.dropout import check_dropout_p
+from ..functional.checks import check_dropout_p, check_float_array, check_positive_int, check_rng
 from ..functional.linear import LinearCache
 from .base import Module, check_module_dtype
 from .layers import Linear

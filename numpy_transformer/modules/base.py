@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..functional.checks import FLOAT_DTYPES
+from ..functional.checks import FLOAT_DTYPES, check_bool
 
 
 def check_module_dtype(dtype: object) -> np.dtype:
@@ -115,9 +115,7 @@ class Module:
 
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Freeze (``False``) or unfreeze this module and every sub-module, like ``torch.nn.Module``."""
-        if not isinstance(requires_grad, bool):
-            raise TypeError(f"requires_grad: expected a bool, got {type(requires_grad).__name__}")
-        self.requires_grad = requires_grad
+        self.requires_grad = check_bool("requires_grad", requires_grad)
         for _, child in self.children():
             child.requires_grad_(requires_grad)
         return self

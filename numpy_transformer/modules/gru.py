@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..functional.checks import check_float_array, check_positive_int, check_rng, check_shape
+from ..functional.checks import check_bool, check_float_array, check_positive_int, check_rng, check_shape
 from ..functional.gru import GRUCache, GRUCellCache, gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .base import Module, check_module_dtype
 
@@ -116,8 +116,7 @@ class GRU(Module):
         super().__init__()
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
-        if not isinstance(bidirectional, (bool, np.bool_)):
-            raise TypeError(f"bidirectional: expected a bool, got {type(bidirectional).__name__}")
+        check_bool("bidirectional", bidirectional)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.dtype = check_module_dtype(dtype)

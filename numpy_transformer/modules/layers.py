@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.activations import GeluCache, ReluCache, gelu_backward, gelu_forward, relu_backward, relu_forward
-from ..functional.checks import check_positive_int, check_rng
-from ..functional.dropout import DropoutCache, check_dropout_p, dropout_backward, dropout_forward
+from ..functional.checks import check_dropout_p, check_positive_int, check_rng
+from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from ..functional.layer_norm import LayerNormCache, layer_norm_backward, layer_norm_forward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
