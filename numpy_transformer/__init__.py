@@ -1,9 +1,9 @@
 """numpy-transformer: a Transformer whose every forward and backward pass is written by hand in NumPy.
 
-``numpy_transformer.functional`` holds the forward/backward pairs,
-``numpy_transformer.modules`` the parameter-owning layers (re-exported here),
-``numpy_transformer.testing`` central finite differences and
-``numpy_transformer.testing`` the parity contract (error measure and tolerances).
+Laid out by layer, lowest first: ``functional`` (forward/backward pairs), ``modules`` (parameter-owning
+layers, re-exported here), ``models``, ``optim``, ``training`` and ``inference``, ``applications``,
+``commands`` (the CLI); ``config`` holds the configs both halves share, ``testing`` the parity contract
+(error measure, tolerances) and central finite differences.
 """
 
 from . import functional, testing

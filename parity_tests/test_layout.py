@@ -183,3 +183,25 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_every_folder_says_what_lives_there(init: Path):
     doc = ast.get_docstring(ast.parse(init.read_text()))
     assert doc and len(doc.split()) >= 8, f"{init.relative_to(ROOT)}: the folder's __init__ needs a docstring"
+
+
+TWIN_ONLY = {
+    "bridge": "moves weights and masks between the halves and to PyTorch's built-ins",
+    "builtin": "our weights inside torch.nn.Transformer",
+    "parity": "the registry of cases the tests and the parity command run",
+}
+
+
+def test_the_twin_names_its_files_after_the_numpy_files_they_twin():
+    """Every twin file has a NumPy file (or folder) of the same name, except the few that only the twin needs."""
+    numpy_names = {p.stem for p in _files("numpy_transformer")} | {
+        p.name for p in (ROOT / "numpy_transformer").rglob("*") if p.is_dir() and p.name != "__pycache__"
+    }
+    unmatched = []
+    for entry in sorted((ROOT / "torch_transformer").iterdir()):
+        name = entry.stem if entry.is_file() else entry.name
+        if entry.suffix not in (".py", "") or name in ("__init__", "__pycache__") or name in TWIN_ONLY:
+            continue
+        if name not in numpy_names:
+            unmatched.append(str(entry.relative_to(ROOT)))
+    assert not unmatched, f"twin files with no NumPy counterpart of the same name: {unmatched}"

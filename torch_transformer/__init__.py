@@ -1,4 +1,8 @@
-"""The PyTorch twin of numpy_transformer: the same modules, autograd for the backward."""
+"""The PyTorch twin of numpy_transformer: the same modules, autograd for the backward, on CPU or CUDA.
+
+Each file is named as the NumPy file it twins; ``bridge`` moves weights and masks between the halves, ``parity``
+holds the registry of cases the tests and the ``parity`` command run.
+"""
 
 from numpy_transformer.config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
 

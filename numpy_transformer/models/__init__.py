@@ -1,4 +1,7 @@
-"""Full networks built from the modules, one file each."""
+"""Full networks built from the modules, one file each: the encoder–decoder Transformer, BERT, GPT, RNN seq2seq.
+
+A model imports modules and functional ops, never another model; its caches are named frozen dataclasses.
+"""
 
 from .bert import BertForMaskedLM, BertForSequenceClassification, BertModel, mask_tokens
 from .gpt import GPT, GPTCache

@@ -1,4 +1,7 @@
-"""Modules that own parameters and gradients and compose the functional ops."""
+"""Modules that own parameters and gradients and compose the functional ops.
+
+Also the blocks several models share (encoder and decoder layers, the KV cache) and named dropout masks.
+"""
 
 from .attention import MultiHeadAttention, MultiHeadAttentionCache
 from .base import Module
