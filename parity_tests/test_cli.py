@@ -58,6 +58,8 @@ def test_parity_command_exits_1_and_names_the_tensor_when_a_backward_is_wrong(mo
         ["parity", "--only", "no_such_op"],
         ["benchmark", "--steps", "0"],
         ["benchmark", "--model", "gpt"],
+        ["attention-cost", "--repeats", "0"],
+        ["attention-cost", "--dtype", "float16"],
         ["frobnicate"],
         [],
     ],
@@ -77,3 +79,19 @@ def test_benchmark_worker_times_a_minilm_fine_tuning_step():
     assert result.backend == "numpy" and result.median_ms > 0 and result.peak_mb >= 0
     table = benchmark.format_table([result, benchmark.BenchResult("torch", "float32", 1, 2.0, 2.0, 1.0)], "minilm")
     assert "all-MiniLM-L6-v2" in table and "| float32 |" in table
+
+
+def test_attention_cost_command_writes_its_table_and_plot(tmp_path, capsys, monkeypatch):
+    import numpy_transformer.applications.attention_cost as cost
+
+    sweep = cost.run_sweep
+
+    def small_sweep(**kwargs):  # the command's own sweep, on two points only
+        return sweep(S_values=(8,), d_values=(4,), B=2, **kwargs)
+
+    monkeypatch.setattr(cost, "run_sweep", small_sweep)
+    assert main(["attention-cost", "--out", str(tmp_path), "--repeats", "1", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "attention_cost.md").read_text().count("| additive |") == 1
+    assert (tmp_path / "attention_cost.png").stat().st_size > 1000
+    assert "wrote" in out and "| dot |" in out

@@ -29,12 +29,11 @@ and forward + backward) on one BLAS thread and returns :class:`CostRow`\\ s.
 ``additive_cached`` is the decoding step with ``W_k k`` computed beforehand
 (:func:`~numpy_transformer.functional.additive_attention_scores`), forward only;
 :func:`write_report` writes them as a markdown table and a PNG. Run
-``python -m numpy_transformer.applications.attention_cost --out DIR``.
+``python -m numpy_transformer attention-cost --out DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -260,20 +259,3 @@ def write_report(rows: list[CostRow], directory: str | Path, name: str = "attent
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return md, png
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=".", help="folder for attention_cost.md and attention_cost.png")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    args = parser.parse_args(argv)
-    rows = run_sweep(repeats=args.repeats, dtype=args.dtype)
-    md, png = write_report(rows, args.out)
-    print(markdown_table(rows))
-    print(f"wrote {md} and {png}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -6,26 +6,24 @@ import argparse
 import sys
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse turns the error into exit status 2 and a usage line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse type for an integer >= ``low``; argparse turns its error into exit status 2 and a usage line."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+
+    parse.__name__ = f"{what.replace('-', '_')}_int"  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+positive_int = _int_at_least(1, "positive")
+non_negative_int = _int_at_least(0, "non-negative")
 
 
 def limit_threads(n: int) -> None:
