@@ -37,10 +37,14 @@ from numpy_transformer.optim import (
     SGD,
     Adam,
     AdamW,
+    adam_update,
+    adamw_update,
     clip_grad_norm,
     inverse_sqrt_warmup,
     linear_warmup_cosine,
+    sgd_update,
 )
+from numpy_transformer.optim.optimizer import SLICE_SIZE
 from numpy_transformer.testing import relative_error, tolerance
 from torch_transformer.bridge import twin_of
 
@@ -732,3 +736,135 @@ def test_clip_grad_norm_with_infinite_max_norm_measures_without_clipping_like_to
     t = torch.zeros(2, requires_grad=True)
     t.grad = torch.tensor([3.0, 4.0])
     assert float(torch.nn.utils.clip_grad_norm_([t], math.inf)) == 5.0
+
+
+# ---------------------------------------------------------------------------
+# the update rules as functions: what the classes apply, bit for bit
+# ---------------------------------------------------------------------------
+
+# (class, its rule, the rule's buffers in order, class kwargs, the same hyper-parameters as rule kwargs)
+RULES = {
+    "SGD momentum nesterov wd": (
+        SGD,
+        sgd_update,
+        ("momentum_buffer",),
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.05, "nesterov": True},
+        {"momentum": 0.9, "dampening": 0.0, "weight_decay": 0.05, "nesterov": True},
+    ),
+    "SGD dampening": (
+        SGD,
+        sgd_update,
+        ("momentum_buffer",),
+        {"lr": 0.1, "momentum": 0.8, "dampening": 0.3},
+        {"momentum": 0.8, "dampening": 0.3},
+    ),
+    "Adam L2": (
+        Adam,
+        adam_update,
+        ("exp_avg", "exp_avg_sq"),
+        {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1},
+        {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.1},
+    ),
+    "Adam AMSGrad": (
+        Adam,
+        adam_update,
+        ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        {"lr": 1e-2, "betas": (0.5, 0.9), "amsgrad": True},
+        {"beta1": 0.5, "beta2": 0.9},
+    ),
+    "AdamW": (
+        AdamW,
+        adamw_update,
+        ("exp_avg", "exp_avg_sq"),
+        {"lr": 1e-2, "betas": (0.7, 0.95), "weight_decay": 0.2},
+        {"beta1": 0.7, "beta2": 0.95, "weight_decay": 0.2},
+    ),
+    "AdamW AMSGrad": (
+        AdamW,
+        adamw_update,
+        ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        {"lr": 1e-2, "amsgrad": True},
+        {"weight_decay": 1e-2},
+    ),
+}
+
+
+def _call_rule(rule, p, g, buffers, t, lr, rule_kwargs):
+    if rule is sgd_update:
+        return rule(p, g, buffers[0], t, lr, **rule_kwargs)
+    return rule(p, g, buffers[0], buffers[1], t, lr, **rule_kwargs, max_exp_avg_sq=(buffers[2:] or [None])[0])
+
+
+@pytest.mark.parametrize("rule_name", sorted(RULES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_rule_by_hand_equals_its_class_step_bit_for_bit(rule_name, dtype):
+    """Each rule applied by hand to whole arrays gives the class's parameters and buffers bit for bit, step
+    after step with a changing lr, for a (1,) parameter, one the class updates slice by slice (more than
+    ``SLICE_SIZE`` elements) and one that is not C-contiguous (updated whole)."""
+    cls, rule, buffer_names, class_kwargs, rule_kwargs = RULES[rule_name]
+    rng = np.random.default_rng(7)
+    shapes = [(1,), (3, SLICE_SIZE // 3 + 5), (6, 5)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params[2] = np.asfortranarray(params[2])
+    grads = [np.zeros_like(p) for p in params]
+    names = [f"p{i}" for i in range(len(params))]
+    opt = cls(list(zip(names, params, grads, strict=True)), **class_kwargs)
+    by_hand = [p.copy(order="K") for p in params]
+    hand_buffers = [[np.zeros_like(p) for _ in buffer_names] for p in by_hand]
+    for t in range(1, 5):
+        for g in grads:
+            g[...] = rng.standard_normal(g.shape) * 10.0 ** rng.uniform(-3, 1)
+        lr = class_kwargs["lr"] * (1.0 + 0.5 * t)
+        opt.lr = lr
+        opt.step()
+        for p, g, buffers in zip(by_hand, grads, hand_buffers, strict=True):
+            _call_rule(rule, p, g, buffers, t, lr, rule_kwargs)
+        for name, p, ours, buffers in zip(names, params, by_hand, hand_buffers, strict=True):
+            assert ours.dtype == dtype and np.array_equal(ours, p), f"step {t} {name}: by hand != {cls.__name__}"
+            for buf, b in zip(buffer_names, buffers, strict=True):
+                assert np.array_equal(b, opt.state[buf][name]), f"step {t} {buf}.{name}: by hand != {cls.__name__}"
+
+
+def test_update_rules_check_their_arguments_before_writing_anything():
+    w = np.full(3, 2.0)
+    g, m, v = np.ones(3), np.zeros(3), np.zeros(3)
+    bad_calls = [
+        (ValueError, r"^step:", lambda: adam_update(w, g, m, v, 0)),
+        (ValueError, r"^beta1:", lambda: adamw_update(w, g, m, v, 1, beta1=1.0)),
+        (ValueError, r"^eps:", lambda: adam_update(w, g, m, v, 1, eps=0.0)),
+        (ValueError, r"^lr:", lambda: sgd_update(w, g, None, 1, lr=-0.1)),
+        (ValueError, r"^nesterov:", lambda: sgd_update(w, g, m, 1, 0.1, momentum=0.9, dampening=0.1, nesterov=True)),
+        (ValueError, r"^momentum_buffer:", lambda: sgd_update(w, g, None, 1, 0.1, momentum=0.9)),
+        (ValueError, r"^momentum_buffer:", lambda: sgd_update(w, g, m, 1, 0.1)),
+        (ValueError, r"^exp_avg_sq:", lambda: adamw_update(w, g, m, np.zeros(4), 1)),
+        (TypeError, r"^grad:", lambda: adam_update(w, g.astype(np.float32), m, v, 1)),
+        (TypeError, r"^max_exp_avg_sq:", lambda: adam_update(w, g, m, v, 1, max_exp_avg_sq=[0.0, 0.0, 0.0])),
+    ]
+    for error, message, call in bad_calls:
+        with pytest.raises(error, match=message):
+            call()
+    assert np.array_equal(w, np.full(3, 2.0)) and not m.any() and not v.any(), "a rejected call wrote an array"
+    read_only = np.zeros(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^param:"):
+        adam_update(read_only, g, m, v, 1)
+
+
+def test_clip_grad_norm_infinite_coefficient_warns_nothing_and_matches_torch():
+    """Found: with ``eps=0`` and all-zero gradients, or a float32 gradient and a ``max_norm`` beyond float32,
+    the coefficient ``c`` is inf (no clipping, as in PyTorch) but NumPy warned (divide by zero / overflow)."""
+    for grad, max_norm, eps in ((np.zeros(3), 1.0, 0.0), (np.ones(3, np.float32), 1e39, 1e-6)):
+        t = torch.zeros(3, dtype=torch.from_numpy(grad).dtype, requires_grad=True)
+        t.grad = torch.from_numpy(grad.copy())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            total = clip_grad_norm([grad], max_norm, eps=eps)
+        ttotal = torch.nn.utils.clip_grad_norm_([t], max_norm)
+        assert total == float(ttotal)
+        assert np.array_equal(grad, t.grad.numpy())
+
+
+def test_clip_grad_norm_error_if_nonfinite_must_be_a_bool():
+    """Found: ``error_if_nonfinite`` was not checked, so ``"no"`` meant True."""
+    with pytest.raises(TypeError, match=r"^error_if_nonfinite:"):
+        clip_grad_norm([np.array([np.inf])], 1.0, error_if_nonfinite="no")

@@ -1,9 +1,11 @@
-r"""Optimizers, gradient clipping and learning-rate schedules, with PyTorch's update rules.
+r"""The machinery every optimizer shares: parameters and gradients, parameter groups, the state dict.
 
-Everything here is plain NumPy and follows ``torch.optim`` and
+Everything in ``optim/`` is plain NumPy and follows ``torch.optim`` and
 ``torch.nn.utils.clip_grad_norm_`` operation for operation, so a NumPy run and a
 PyTorch run fed the same gradients stay within the parity contract step after step
-(``parity_tests/test_optim.py`` checks every parameter and every state buffer).
+(``parity_tests/test_optim.py`` checks every parameter and every state buffer). The update
+rules themselves live in ``sgd.py``, ``adam.py`` and ``adamw.py``, one function each; this
+file only decides which arrays each rule sees, with which hyper-parameters.
 
 Parameters and gradients
 ------------------------
@@ -29,71 +31,34 @@ groups and no array is in two groups. A key the optimizer does not know is an er
 All arithmetic happens in each parameter's own dtype (float32 or float64): scalars such
 as the learning rate stay Python floats, which NumPy applies in the array's dtype, the
 same way PyTorch applies a Python scalar to a float32 tensor.
-
-Learning rate and schedules
----------------------------
-``optimizer.lr`` is an attribute (checked: >= 0), read at every :meth:`~Optimizer.step`. A schedule
-is a pure function of the update number; set the rate just before each update::
-
-    opt.lr = inverse_sqrt_warmup(opt.step_count + 1, d_model=512, warmup_steps=4000)
-    opt.step()
-
-``opt.lr`` exists only with one group; with several, reading or assigning it raises
-``AttributeError`` (assigning one rate to all would silently erase a layer-wise decay).
-Set ``opt.param_groups[i]["lr"]``, or scale every group's ``initial_lr`` at once with
-:meth:`Optimizer.set_lr_scale` (``LambdaLR``'s rule)::
-
-    opt.set_lr_scale(linear_warmup_cosine(opt.step_count + 1, 1.0, warmup_steps=100, total_steps=1000))
-    opt.step()
-
-Updates are numbered from 1 (the first ``step()`` is update 1), as in the Transformer
-paper. In the usual PyTorch loop (``optimizer.step(); scheduler.step()``) a
-``LambdaLR`` calls its function with ``last_epoch`` = 0 for the first update, so update
-``s`` here is ``last_epoch = s - 1`` there. Both schedules give 0 for ``step=0`` (before any
-update) when they have a warm-up.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .functional.checks import check_bool, check_integer, check_real
-
-__all__ = [
-    "SGD",
-    "Adam",
-    "AdamW",
-    "Optimizer",
-    "ParamGroup",
-    "clip_grad_norm",
-    "inverse_sqrt_warmup",
-    "linear_warmup_cosine",
-]
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
+from ..functional.checks import (
+    FLOAT_DTYPES,
+    check_float_array,
+    check_integer,
+    check_real,
+    check_same_dtype,
+    check_shape,
+)
 
 # ---------------------------------------------------------------------------
-# argument checks
+# which arrays an optimizer updates
 # ---------------------------------------------------------------------------
-
-
-def _beta(name: str, value: object) -> float:
-    out = check_real(name, value)
-    if not 0.0 <= out < 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {out!r}")
-    return out
 
 
 def _check_pair(name: str, param: object, grad: object, label: str = "params") -> None:
     for what, a in (("parameter", param), ("gradient", grad)):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{label}: {what} {name!r} must be a numpy.ndarray, got {type(a).__name__}")
-        if a.dtype not in _FLOAT_DTYPES:
+        if a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{label}: {what} {name!r} must be float32 or float64, got {a.dtype}")
         if not a.flags.writeable:
             raise ValueError(f"{label}: {what} {name!r} is read-only; the optimizer updates it in place")
@@ -163,7 +128,7 @@ def _is_group_list(params: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------
-# optimizers
+# parameter groups and the optimizer base class
 # ---------------------------------------------------------------------------
 
 
@@ -238,7 +203,7 @@ class ParamGroup(MutableMapping):
         return f"ParamGroup({dict(self)!r})"
 
 
-class _OneGroup:
+class HyperParameter:
     """``opt.<key>``: a hyper-parameter of a one-group optimizer, read and assigned (checked) through the group.
 
     With several groups there is no single value: reading or assigning raises ``AttributeError``
@@ -263,7 +228,8 @@ class Optimizer:
     A subclass lists its hyper-parameters in ``_HYPER`` (flat form, the state-dict keys;
     validated by :meth:`_validate`), their constructor / group-dict names in ``_GROUP_KEYS``
     (:meth:`_flatten` / :meth:`_unflatten` convert) and its per-parameter buffers in
-    :meth:`_buffer_names`.
+    :meth:`_buffer_names`; its :meth:`_step_group` hands each parameter and its buffers to the
+    file's update rule (:func:`~numpy_transformer.optim.sgd_update`, ...).
 
     Parameter groups
     ----------------
@@ -296,7 +262,7 @@ class Optimizer:
     # flat key -> (group key, index) where a group key holds several flat ones (Adam's betas)
     _PARTS: ClassVar[dict[str, tuple[str, int]]] = {}
 
-    lr = _OneGroup()
+    lr = HyperParameter()
 
     def __init__(self, params: Any, **defaults: object) -> None:
         module_like = hasattr(params, "named_parameters") and hasattr(params, "named_grads")
@@ -372,6 +338,7 @@ class Optimizer:
         return ()
 
     def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
+        """Apply the update rule to each ``(name, param, grad)`` of one group, with its flat ``hyper``."""
         raise NotImplementedError
 
     def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
@@ -592,453 +559,38 @@ class Optimizer:
         return f"{head}, param_groups=[{groups}])"
 
 
-class SGD(Optimizer):
-    r"""Stochastic gradient descent with optional momentum, dampening, Nesterov and L2 weight decay.
+# ---------------------------------------------------------------------------
+# for the update rules: their arrays, checked, and slices of a large parameter
+# ---------------------------------------------------------------------------
 
-    The same rule as ``torch.optim.SGD``. With gradient :math:`g_t`, parameter
-    :math:`\theta`, learning rate :math:`\gamma`, momentum :math:`\mu`, dampening
-    :math:`\tau` and weight decay :math:`\lambda`, update :math:`t = 1, 2, \dots` is::
 
-        g_t = g_t + \lambda \theta_{t-1}                       (if \lambda \ne 0)
-        b_t = g_t                                              (t = 1: the buffer starts at the gradient,
-        b_t = \mu b_{t-1} + (1 - \tau) g_t                      t > 1:  not at (1 - \tau) g_1)
-        g_t = g_t + \mu b_t   (Nesterov)   or   g_t = b_t       (if \mu \ne 0)
-        \theta_t = \theta_{t-1} - \gamma g_t
+def check_update_arrays(param: object, grad: object, **buffers: object) -> None:
+    """The arrays of an update rule: ``param``, ``grad`` and each buffer (``None`` skipped) float32/float64
+    ndarrays of ``param``'s shape and dtype; ``param`` and the buffers writeable (updated in place)."""
+    check_float_array("param", param)
+    given = {name: a for name, a in buffers.items() if a is not None}
+    for name, a in {"grad": grad, **given}.items():
+        check_float_array(name, a)
+        check_shape(name, a, param.shape)
+    check_same_dtype(param=param, grad=grad, **given)
+    for name, a in {"param": param, **given}.items():
+        if not a.flags.writeable:
+            raise ValueError(f"{name}: the array is read-only; the update writes it in place")
 
-    Parameters
-    ----------
-    params : module, iterable of (name, param, grad), or list of group dicts
-        Anything with ``named_parameters()`` / ``named_grads()``, ``(name, param, grad)``
-        triples of float32/float64 arrays of matching shape and dtype, or parameter groups
-        ``[{"params": ..., "lr": ..., "momentum": ...}, ...]`` (see :class:`Optimizer`).
-    lr : float
-        Learning rate :math:`\gamma` >= 0. Required, unless every group gives its own
-        (torch's ``required``; leave it ``None`` then).
-    momentum : float, default 0
-        :math:`\mu` >= 0. With 0 there is no buffer.
-    dampening : float, default 0
-        :math:`\tau` in [0, 1].
-    weight_decay : float, default 0
-        L2 coefficient :math:`\lambda` >= 0, added to the gradient.
-    nesterov : bool, default False
-        Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0`` (as in PyTorch).
 
-    State buffers: ``momentum_buffer`` (only for parameters in a group with ``momentum != 0``).
+SLICE_SIZE = 1 << 15  # elements per slice of a large parameter's update
+
+
+def flat_slices(arrays: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+    """Matching flat views of ``SLICE_SIZE`` elements of same-shaped arrays (the whole arrays if any is
+    not contiguous: then no flat view exists).
+
+    An element-wise update rule gives the same numbers on the slices as on the whole arrays; on a
+    large parameter (an embedding table) every temporary of a slice stays in cache.
     """
-
-    _HYPER: ClassVar[tuple[str, ...]] = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
-    _GROUP_KEYS: ClassVar[tuple[str, ...]] = _HYPER
-
-    momentum = _OneGroup()
-    dampening = _OneGroup()
-    weight_decay = _OneGroup()
-    nesterov = _OneGroup()
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float | None = None,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-    ) -> None:
-        super().__init__(
-            params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
-        )
-
-    def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
-        out = super()._validate(hyper, prefix)
-        label = self._label
-        out["momentum"] = check_real(label(prefix, "momentum"), hyper["momentum"], low=0.0)
-        out["dampening"] = check_real(label(prefix, "dampening"), hyper["dampening"], low=0.0)
-        if out["dampening"] > 1.0:
-            raise ValueError(f"{label(prefix, 'dampening')}: expected a number in [0, 1], got {out['dampening']!r}")
-        out["weight_decay"] = check_real(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
-        out["nesterov"] = check_bool(label(prefix, "nesterov"), hyper["nesterov"])
-        if out["nesterov"] and (out["momentum"] == 0.0 or out["dampening"] != 0.0):
-            raise ValueError(
-                f"{label(prefix, 'nesterov')}: Nesterov momentum needs momentum > 0 and dampening == 0, "
-                f"got momentum={out['momentum']!r}, dampening={out['dampening']!r}"
-            )
-        return out
-
-    def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
-        return ("momentum_buffer",) if hyper["momentum"] != 0.0 else ()
-
-    def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
-        if (new["momentum"] != 0.0) != (old["momentum"] != 0.0):
-            raise ValueError(
-                f"{label('momentum')}: {new['momentum']!r} and the group's {old['momentum']!r} disagree "
-                "on whether there is a momentum buffer (fixed at construction)"
-            )
-
-    def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
-        lr, mu, tau, wd, nesterov = (hyper[k] for k in self._HYPER)
-        for name, p, g in triples:
-            d_p = g + wd * p if wd != 0.0 else g  # a new array: the stored gradient stays as backward wrote it
-            if mu != 0.0:
-                buf = self.state["momentum_buffer"][name]
-                if self.param_steps[name] == 1:
-                    np.copyto(buf, d_p)  # PyTorch starts the buffer at the gradient itself
-                else:
-                    buf *= mu
-                    buf += (1.0 - tau) * d_p
-                d_p = d_p + mu * buf if nesterov else buf
-            p -= lr * d_p
-
-
-class Adam(Optimizer):
-    r"""Adam (Kingma & Ba, 2015) with L2 weight decay and optional AMSGrad, as ``torch.optim.Adam``.
-
-    With gradient :math:`g_t`, learning rate :math:`\gamma`, betas :math:`\beta_1, \beta_2`,
-    :math:`\epsilon` and weight decay :math:`\lambda`, update :math:`t = 1, 2, \dots` is::
-
-        g_t      = g_t + \lambda \theta_{t-1}                  (L2: the decay goes through the moments)
-        m_t      = \beta_1 m_{t-1} + (1 - \beta_1) g_t          (m_0 = 0)
-        v_t      = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2        (v_0 = 0)
-        \hat v_t = \max(\hat v_{t-1}, v_t)  (AMSGrad)  or  v_t
-        \theta_t = \theta_{t-1} - \frac{\gamma}{1 - \beta_1^t} \cdot
-                   \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
-
-    :math:`\epsilon` is added **after** the bias-corrected square root. (Adding it to
-    :math:`\sqrt{\hat v_t}` before dividing by :math:`\sqrt{1 - \beta_2^t}` is a different
-    optimizer: early on, while :math:`1 - \beta_2^t` is small, its effective epsilon is
-    many times larger.)
-
-    Parameters
-    ----------
-    params : module, iterable of (name, param, grad), or list of group dicts
-        Anything with ``named_parameters()`` / ``named_grads()``, ``(name, param, grad)``
-        triples of float32/float64 arrays of matching shape and dtype, or parameter groups
-        ``[{"params": ..., "lr": ..., "betas": ...}, ...]`` (see :class:`Optimizer`).
-    lr : float, default 1e-3
-        :math:`\gamma` >= 0.
-    betas : (float, float), default (0.9, 0.999)
-        :math:`\beta_1, \beta_2`, each in [0, 1).
-    eps : float, default 1e-8
-        :math:`\epsilon` > 0.
-    weight_decay : float, default 0
-        :math:`\lambda` >= 0, added to the gradient (L2 regularisation). See :class:`AdamW`
-        for decoupled decay.
-    amsgrad : bool, default False
-        Normalise by the running maximum of :math:`v_t`.
-
-    State buffers: ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`) and, with AMSGrad,
-    ``max_exp_avg_sq`` (:math:`\hat v`) -- PyTorch's names.
-    """
-
-    _HYPER: ClassVar[tuple[str, ...]] = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad")
-    _GROUP_KEYS: ClassVar[tuple[str, ...]] = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    _PARTS: ClassVar[dict[str, tuple[str, int]]] = {"beta1": ("betas", 0), "beta2": ("betas", 1)}
-    _DECOUPLED: ClassVar[bool] = False
-
-    beta1 = _OneGroup()
-    beta2 = _OneGroup()
-    eps = _OneGroup()
-    weight_decay = _OneGroup()
-    amsgrad = _OneGroup()
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-
-    @property
-    def betas(self) -> tuple[float, float]:
-        return (self.beta1, self.beta2)
-
-    def _flatten(self, group: Mapping[str, object], prefix: str) -> dict[str, object]:
-        out = dict(group)
-        if "betas" in out:
-            betas = out.pop("betas")
-            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-                raise TypeError(f"{self._label(prefix, 'betas')}: expected a pair (beta1, beta2), got {betas!r}")
-            out["beta1"], out["beta2"] = betas
-        return out
-
-    def _unflatten(self, hyper: Mapping[str, Any]) -> dict[str, Any]:
-        out = {key: hyper[key] for key in self._HYPER}
-        out["betas"] = (out.pop("beta1"), out.pop("beta2"))
-        return {key: out[key] for key in self._GROUP_KEYS}
-
-    def _validate(self, hyper: Mapping[str, object], prefix: str) -> dict[str, Any]:
-        out = super()._validate(hyper, prefix)
-        label = self._label
-        out["beta1"] = _beta(label(prefix, "beta1"), hyper["beta1"])
-        out["beta2"] = _beta(label(prefix, "beta2"), hyper["beta2"])
-        out["eps"] = check_real(label(prefix, "eps"), hyper["eps"], low=0.0, low_inclusive=False)
-        out["weight_decay"] = check_real(label(prefix, "weight_decay"), hyper["weight_decay"], low=0.0)
-        out["amsgrad"] = check_bool(label(prefix, "amsgrad"), hyper["amsgrad"])
-        return out
-
-    def _buffer_names(self, hyper: Mapping[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hyper["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _check_same_structure(self, old: Mapping[str, Any], new: Mapping[str, Any], label: Any) -> None:
-        if new["amsgrad"] != old["amsgrad"]:
-            raise ValueError(
-                f"{label('amsgrad')}: {new['amsgrad']} but the group has {old['amsgrad']} "
-                "(fixed at construction: it decides the max_exp_avg_sq buffer)"
-            )
-
-    def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
-        lr, beta1, beta2, eps, wd, amsgrad = (hyper[k] for k in self._HYPER)
-        for name, p, g in triples:
-            t = self.param_steps[name]  # = step_count unless the parameter was frozen for a while
-            step_size = lr / (1.0 - beta1**t)  # gamma / (1 - beta1^t), a Python float
-            bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-            buffers = [p, g, self.state["exp_avg"][name], self.state["exp_avg_sq"][name]]
-            if amsgrad:
-                buffers.append(self.state["max_exp_avg_sq"][name])
-            # Element-wise, so it can run slice by slice: on a large parameter (an embedding
-            # table) every temporary of a slice stays in cache. Same operations, same numbers.
-            for p_s, g_s, m_s, v_s, *max_s in _slices(buffers):
-                v_max = max_s[0] if max_s else None
-                self._update_slice(
-                    p_s, g_s, m_s, v_s, v_max, lr, beta1, beta2, eps, wd, step_size, bias_correction2_sqrt
-                )
-
-    def _update_slice(self, p, g, m, v, v_max, lr, beta1, beta2, eps, wd, step_size, bias_correction2_sqrt) -> None:
-        """The rule of the class docstring on (a slice of) one parameter; ``v_max`` only with AMSGrad."""
-        if wd != 0.0:
-            if self._DECOUPLED:
-                p *= 1.0 - lr * wd  # AdamW: shrink the parameter first, the moments never see it
-            else:
-                g = g + wd * p  # Adam: L2 term joins the gradient (a new array; the stored grad is kept)
-        m += (1.0 - beta1) * (g - m)  # = beta1 m + (1 - beta1) g, written as a step towards g
-        v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        if v_max is not None:  # AMSGrad: the running maximum of v
-            np.maximum(v_max, v, out=v_max)
-            v_hat = v_max
-        else:
-            v_hat = v
-        denom = np.sqrt(v_hat) / bias_correction2_sqrt + eps  # eps after the bias correction
-        p -= step_size * (m / denom)
-
-
-_SLICE = 1 << 15  # elements per slice of a large parameter's update
-
-
-def _slices(arrays: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
-    """Matching flat views of ``_SLICE`` elements of same-shaped arrays (the whole arrays if any is
-    not contiguous: then no flat view exists)."""
     if not all(a.flags.c_contiguous for a in arrays):
         yield arrays
         return
     flat = [a.reshape(-1) for a in arrays]
-    for start in range(0, flat[0].size, _SLICE):
-        yield [f[start : start + _SLICE] for f in flat]
-
-
-class AdamW(Adam):
-    r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``.
-
-    The parameter is shrunk by :math:`\gamma \lambda` **before** the Adam update, and the
-    decay never enters the moments::
-
-        \theta_{t-1}' = \theta_{t-1} (1 - \gamma \lambda)
-        m_t, v_t, \hat v_t  as in Adam, from the raw gradient g_t
-        \theta_t = \theta_{t-1}' - \frac{\gamma}{1 - \beta_1^t} \cdot
-                   \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
-
-    So with a zero gradient an AdamW parameter decays geometrically, while an Adam
-    parameter with L2 decay moves by about :math:`\gamma` per step whatever its size (its
-    decay term is normalised like any gradient).
-
-    Parameters are those of :class:`Adam`; only the default ``weight_decay=1e-2`` differs.
-    """
-
-    _DECOUPLED: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
-
-
-# ---------------------------------------------------------------------------
-# gradient clipping
-# ---------------------------------------------------------------------------
-
-
-def _collect_grads(grads: Any) -> list[np.ndarray]:
-    if hasattr(grads, "named_grads"):
-        arrays = [g for _, g in grads.named_grads()]
-    elif isinstance(grads, np.ndarray):
-        arrays = [grads]
-    elif isinstance(grads, Mapping):
-        arrays = list(grads.values())
-    elif isinstance(grads, Iterable) and not isinstance(grads, str):
-        arrays = list(grads)
-    else:
-        raise TypeError(
-            "grads: expected an object with named_grads(), a mapping or an iterable of arrays, "
-            f"got {type(grads).__name__}"
-        )
-    for i, g in enumerate(arrays):
-        if not isinstance(g, np.ndarray) or g.dtype not in _FLOAT_DTYPES:
-            what = g.dtype if isinstance(g, np.ndarray) else type(g).__name__
-            raise TypeError(f"grads: item {i} must be a float32 or float64 numpy.ndarray, got {what}")
-    return arrays
-
-
-def clip_grad_norm(grads: Any, max_norm: float, eps: float = 1e-6, error_if_nonfinite: bool = False) -> float:
-    r"""Scale all gradients together so that their joint 2-norm is at most about ``max_norm``.
-
-    The same rule as ``torch.nn.utils.clip_grad_norm_`` (2-norm)::
-
-        N = \sqrt{\sum_i \lVert g_i \rVert_2^2}            (one norm over every gradient together)
-        c = \min\left(\frac{\text{max\_norm}}{N + \epsilon}, 1\right),  \epsilon = 10^{-6}
-        g_i \leftarrow c \, g_i                              (in place)
-
-    Because of :math:`\epsilon`, a clipped norm ends slightly *below* ``max_norm``, and a
-    norm exactly at ``max_norm`` is scaled by about :math:`1 - \epsilon / \text{max\_norm}`.
-    When :math:`c = 1` the gradients are not touched (bit-identical). Each gradient's norm
-    and :math:`c` are computed in the gradients' dtype, as PyTorch does.
-
-    Parameters
-    ----------
-    grads : module, optimizer, mapping or iterable of arrays
-        Anything with ``named_grads()`` (a module or an optimizer), a dict of gradients,
-        a list of float32/float64 arrays, or one array. Scaled in place.
-    max_norm : float
-        Largest allowed total norm, > 0.
-    eps : float, default 1e-6
-        Added to the total norm in the coefficient's denominator (PyTorch fixes it at 1e-6).
-    error_if_nonfinite : bool, default False
-        Raise ``ValueError`` when the total norm is NaN or infinite. Otherwise, as in
-        PyTorch, a NaN norm makes every gradient NaN and an infinite one multiplies them by 0.
-
-    Returns
-    -------
-    float
-        The total norm :math:`N` before clipping.
-    """
-    if not (isinstance(max_norm, (int, float, np.floating)) and max_norm == math.inf):
-        max_norm = check_real("max_norm", max_norm, low=0.0, low_inclusive=False)  # inf: measure only, as in PyTorch
-    eps = check_real("eps", eps, low=0.0)
-    arrays = _collect_grads(grads)
-    if not arrays:
-        return 0.0
-    dtype = np.result_type(*arrays)
-    norms = np.array([np.linalg.norm(g.ravel()) for g in arrays], dtype=dtype)  # each in its own dtype first
-    total = np.linalg.norm(norms)
-    if error_if_nonfinite and not np.isfinite(total):
-        raise ValueError(f"grads: the total gradient norm is {float(total)}; clipping would make it meaningless")
-    coef = dtype.type(max_norm) / (total + dtype.type(eps))
-    if not coef >= 1.0:  # c < 1, or NaN, which PyTorch's clamp lets through too
-        with np.errstate(invalid="ignore"):  # inf * 0 = NaN is the defined (PyTorch) result here
-            for g in arrays:
-                g *= g.dtype.type(coef)
-    return float(total)
-
-
-# ---------------------------------------------------------------------------
-# learning-rate schedules (pure functions of the update number)
-# ---------------------------------------------------------------------------
-
-
-def inverse_sqrt_warmup(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
-    r"""The schedule of "Attention Is All You Need": linear warm-up, then :math:`1/\sqrt{\text{step}}` decay.
-
-    ::
-
-        \text{lr}(s) = \text{factor} \cdot d_{\text{model}}^{-1/2} \cdot
-                       \min\left(s^{-1/2},\; s \cdot w^{-3/2}\right),   s = 1, 2, \dots
-
-    with :math:`w` = ``warmup_steps``. The two branches meet at :math:`s = w`, the peak,
-    :math:`\text{factor} / \sqrt{d_{\text{model}} w}`. ``step=0`` (before any update)
-    gives 0, the limit of the warm-up line.
-
-    Parameters
-    ----------
-    step : int
-        Number of the update about to be made, >= 0: ``optimizer.step_count + 1``. In a
-        PyTorch loop with ``LambdaLR`` this is ``last_epoch + 1``, so the equivalent is
-        ``LambdaLR(opt, lambda e: inverse_sqrt_warmup(e + 1, ...))`` with base lr 1.
-    d_model : int
-        Model width, >= 1.
-    warmup_steps : int
-        :math:`w` >= 1.
-    factor : float, default 1.0
-        Overall scale, >= 0.
-
-    Returns
-    -------
-    float
-        The learning rate for update ``step``.
-    """
-    step = check_integer("step", step)
-    d_model = check_integer("d_model", d_model, low=1)
-    warmup_steps = check_integer("warmup_steps", warmup_steps, low=1)
-    factor = check_real("factor", factor, low=0.0)
-    if step == 0:
-        return 0.0
-    return factor * d_model**-0.5 * min(step**-0.5, step * warmup_steps**-1.5)
-
-
-def linear_warmup_cosine(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
-    r"""Linear warm-up to ``base_lr``, then half a cosine down to ``min_lr`` at ``total_steps``, then flat.
-
-    ::
-
-        \text{lr}(s) = \text{base\_lr} \cdot s / w                                  0 <= s < w
-        \text{lr}(s) = \text{min\_lr} + (\text{base\_lr} - \text{min\_lr})
-                       \cdot \tfrac12 \left(1 + \cos\left(\pi \frac{s - w}{T - w}\right)\right)   w <= s <= T
-        \text{lr}(s) = \text{min\_lr}                                               s > T
-
-    with :math:`w` = ``warmup_steps`` and :math:`T` = ``total_steps``. The peak
-    ``base_lr`` is at :math:`s = w`; update 1 already gets ``base_lr / w``.
-
-    In PyTorch the same rates (for ``w >= 2``, updates 1 to ``T``) come from
-    ``SequentialLR(opt, [LinearLR(opt, 1/w, 1.0, total_iters=w-1),
-    CosineAnnealingLR(opt, T_max=T-w, eta_min=min_lr)], milestones=[w-1])`` with base lr
-    ``base_lr``. After ``T`` PyTorch's cosine rises again (it is periodic); this one stays
-    at ``min_lr``.
-
-    Parameters
-    ----------
-    step : int
-        Number of the update about to be made, >= 0: ``optimizer.step_count + 1``
-        (PyTorch's ``last_epoch + 1``).
-    base_lr : float
-        Peak learning rate, >= 0.
-    warmup_steps : int
-        :math:`w` >= 0; 0 means no warm-up.
-    total_steps : int
-        :math:`T` >= max(1, w): where the cosine reaches ``min_lr``.
-    min_lr : float, default 0.0
-        Final learning rate, in [0, base_lr].
-
-    Returns
-    -------
-    float
-        The learning rate for update ``step``.
-    """
-    step = check_integer("step", step)
-    base_lr = check_real("base_lr", base_lr, low=0.0)
-    warmup_steps = check_integer("warmup_steps", warmup_steps)
-    total_steps = check_integer("total_steps", total_steps, low=max(1, warmup_steps))
-    min_lr = check_real("min_lr", min_lr, low=0.0)
-    if min_lr > base_lr:
-        raise ValueError(f"min_lr: expected a number <= base_lr={base_lr!r}, got {min_lr!r}")
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    if step <= total_steps:
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr
+    for start in range(0, flat[0].size, SLICE_SIZE):
+        yield [f[start : start + SLICE_SIZE] for f in flat]
