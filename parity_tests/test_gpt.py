@@ -15,7 +15,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numpy_transformer as nt
-from numpy_transformer.applications.charlm import CharLMConfig, CharVocab, make_corpus, train_charlm, unigram_entropy
+from numpy_transformer.applications.charlm import CharLMConfig, CharVocab, train_charlm, unigram_entropy
+from numpy_transformer.applications.datasets import make_corpus
 from numpy_transformer.functional import cross_entropy_backward, cross_entropy_forward
 from numpy_transformer.inference.sampling import (
     GPTKVCache,

@@ -40,8 +40,10 @@ class RNNSeq2Seq(nn.Module):
         s0 = torch.tanh(self.init_proj(torch.cat([h_n[0], h_n[1]], dim=-1)))  # (B, H)
         return enc, s0, mask
 
-    def _step(self, y_t: torch.Tensor, s: torch.Tensor, enc, mask):
-        """One decoder step: (logits (B, V), new state (B, H), attention weights (B, S))."""
+    def decode_step(
+        self, y_t: torch.Tensor, s: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder step: ``y_t`` (B, E), ``s`` (B, H) -> logits (B, V), the new state (B, H), weights (B, S)."""
         if self.config.attention == "bahdanau":
             ctx, w = self.attention(s, enc, enc, mask, return_weights=True)
             s = self.decoder(torch.cat([y_t, ctx], dim=-1), s)
@@ -51,41 +53,24 @@ class RNNSeq2Seq(nn.Module):
         ctx, w = self.attention(s, enc, enc, mask, return_weights=True)
         return self.out_proj(torch.tanh(self.combine(torch.cat([ctx, s], dim=-1)))), s, w
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, dropout_masks=None) -> torch.Tensor:
-        """Teacher forcing -> logits (B, T, V); ``dropout_masks`` is accepted for the trainer (no dropout here)."""
+    def forward(
+        self, src: torch.Tensor, tgt: torch.Tensor, dropout_masks=None, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing -> logits (B, T, V), and with ``return_weights`` the attention weights (B, T, S).
+
+        ``dropout_masks`` is accepted for the trainer (no dropout here).
+        """
         enc, s, mask = self.encode(src)
         y = self.tgt_embed(tgt)  # (B, T, E)
         if self.config.attention == "bahdanau":
-            logits = []
+            logits, weights = [], []
             for t in range(tgt.shape[1]):
-                out, s, _ = self._step(y[:, t], s, enc, mask)
+                out, s, w = self.decode_step(y[:, t], s, enc, mask)
                 logits.append(out)
-            return torch.stack(logits, dim=1)
+                weights.append(w)
+            out, w = torch.stack(logits, dim=1), torch.stack(weights, dim=1)  # (B, T, V), (B, T, S)
+            return (out, w) if return_weights else out
         states, _ = self.decoder(y, s[None])  # (B, T, H)
-        ctx = self.attention(states, enc, enc, mask)
-        return self.out_proj(torch.tanh(self.combine(torch.cat([ctx, states], dim=-1))))
-
-    @torch.no_grad()
-    def greedy_decode(self, src, max_len: int, bos_id: int = 1, eos_id: int = 2):
-        src = torch.as_tensor(src, device=self.src_embed.weight.device)
-        c = self.config
-        enc, s, mask = self.encode(src)
-        B = src.shape[0]
-        tokens = torch.full((B, max_len + 1), c.pad_id, dtype=torch.int64, device=src.device)
-        tokens[:, 0] = bos_id
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        for t in range(max_len):
-            logits, s, _ = self._step(self.tgt_embed(tokens[:, t]), s, enc, mask)
-            logits[:, c.pad_id] = -torch.inf
-            nxt = logits.argmax(dim=-1)
-            tokens[:, t + 1] = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)
-            done |= nxt == eos_id
-            if bool(done.all()):
-                tokens = tokens[:, : t + 2]
-                break
-        return _Greedy(tokens)
-
-
-class _Greedy:
-    def __init__(self, tokens: torch.Tensor) -> None:
-        self.tokens = tokens
+        ctx, w = self.attention(states, enc, enc, mask, return_weights=True)  # (B, T, H), (B, T, S)
+        out = self.out_proj(torch.tanh(self.combine(torch.cat([ctx, states], dim=-1))))
+        return (out, w) if return_weights else out

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from numpy_transformer.inference.search import greedy_decode
 from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
 from numpy_transformer.training.tasks import BOS, EOS, PAD, Batch, ToyDataset
 
-from .decoding import greedy_decode
 from .rnn_seq2seq import RNNSeq2Seq
+from .search import stepping
 from .transformer import Transformer
 
 
@@ -65,11 +66,9 @@ class TorchTrainer:
             total_loss += float(loss) * int(valid.sum())
             tokens += int(valid.sum())
             right_tokens += int(((logits.argmax(-1) == tgt_out) & valid).sum())
-            if isinstance(model, Transformer):
-                decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
-            else:
-                decoded = model.greedy_decode(batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
-            r, n = sequence_metrics(decoded.tokens[:, 1:].cpu().numpy(), batch)
+            max_len = batch.tgt_out.shape[1]
+            decoded = greedy_decode(stepping(model), batch.src, max_len=max_len, bos_id=BOS, eos_id=EOS)
+            r, n = sequence_metrics(decoded.tokens[:, 1:], batch)
             right_seqs, seqs = right_seqs + r, seqs + n
         model.train(was_training)
         return {

@@ -76,6 +76,7 @@ from numpy_transformer.functional import (
     softmax_forward,
 )
 from numpy_transformer.functional.softmax import SoftmaxCache
+from numpy_transformer.inference.search import greedy_decode
 from numpy_transformer.testing import report_match
 from numpy_transformer.training import NumpyTrainer, TrainConfig, fit
 from numpy_transformer.training.tasks import BOS, EOS, N_SPECIAL, PAD, ToyDataset
@@ -487,7 +488,7 @@ print(
 
 # %% [markdown]
 # Same scores, to the last bit. The package's `RNNSeq2Seq` does **not** use this: its Bahdanau
-# decoder calls the module's forward once per step, in training and in `greedy_decode`, so it
+# decoder calls the module's forward once per step, in training and in decoding, so it
 # recomputes $W_k k$ at every step (simpler, and at $S \le 9$, $A = D = 64$ it is about 37 000
 # multiply-adds per sentence and step). Caching it in training would also let the backward add
 # up $d\hat k$ over the steps and form $dW_k$ once. Section 4 measures what caching is worth at
@@ -604,7 +605,7 @@ for name, model in trained.items():
 # out the softer ones is an observation on one seed and 300 steps, not a property shown here.
 #
 # One validation sentence of the longest length, decoded greedily by each model
-# (`greedy_decode(src, max_len)` returns the tokens and the attention of every step,
+# (`greedy_decode(model, src, max_len)` returns the tokens and the attention of every step,
 # (B, 1, L, S)):
 
 # %%
@@ -615,7 +616,7 @@ print("  input:   ", " ".join(token_names(src[0])))
 print("  expected:", " ".join(token_names(val.tgt_out[example])))
 fig, axes = plt.subplots(1, len(trained), figsize=(4.2 * len(trained), 4.6), layout="constrained")
 for ax, (name, model) in zip(axes, trained.items(), strict=True):
-    decoded = model.greedy_decode(src, max_len=base.task_spec().max_seq_len, bos_id=BOS, eos_id=EOS)
+    decoded = greedy_decode(model, src, max_len=base.task_spec().max_seq_len, bos_id=BOS, eos_id=EOS)
     out = decoded.tokens[0, 1:]
     length = int(np.argmax(out == EOS)) + 1 if (out == EOS).any() else len(out)  # up to and with EOS
     weights = decoded.cross_attention[0, 0, :length]  # (L, S)

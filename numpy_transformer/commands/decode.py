@@ -26,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .. import Transformer
     from ..applications.plots import plot_attention
     from ..inference.search import beam_search, greedy_decode
     from ..training.checkpoint import CheckpointError, read_checkpoint
@@ -58,11 +57,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     model.eval()
     src = task.make_batch([np.asarray(symbols) + N_SPECIAL]).src  # (1, S)
     max_len = task.max_seq_len
-    if not isinstance(model, Transformer):
-        if args.beam > 1:
-            parser.error("--beam: beam search is implemented for the Transformer; the rnn-* models decode greedily")
-        tokens = model.greedy_decode(src, max_len, BOS, EOS).tokens[0]
-    elif args.beam > 1:
+    if args.beam > 1:
         result = beam_search(model, src, args.beam, max_len, BOS, EOS, length_penalty=args.length_penalty)
         tokens = result.tokens[0]
     else:
@@ -84,7 +79,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     cols = [names.get(int(t), str(int(t) - N_SPECIAL)) for t in src[0]]
     rows = [names.get(t, str(t - N_SPECIAL)) for t in generated] or ["-"]
     heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
-    which = "last decoder layer's cross-attention" if isinstance(model, Transformer) else f"{cfg.model} attention"
+    which = "last decoder layer's cross-attention" if cfg.model == "transformer" else f"{cfg.model} attention"
     plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: {which}")
     print(f"wrote {heatmap}")
     return 0

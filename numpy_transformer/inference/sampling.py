@@ -32,8 +32,9 @@ else: every other operation (embedding, LayerNorm, projections, feed-forward, th
 works on one position at a time. So the keys and values that position ``s`` contributes
 in layer ``i`` are a function of ``ids[:s + 1]`` only, and they do not change when tokens
 are appended. :class:`GPTKVCache` stores them (pre-allocated, ``(B, H, capacity, D)`` per
-layer) and, for each new position, computes only that position's row through every layer,
-attending over the stored keys. Step ``t`` then costs ``O(t)`` (one query against ``t + 1``
+layer, in the :class:`~numpy_transformer.modules.kv_cache.KVCache` that the encoder–decoder's
+decoding uses too) and, for each new position, computes only that position's row through
+every layer, attending over the stored keys. Step ``t`` then costs ``O(t)`` (one query against ``t + 1``
 keys) instead of the ``O(t^2)`` attention and ``O(t)`` projections of re-running the whole
 prefix, and its logits are the same numbers: the same operations on the same inputs. Only
 rounding can differ, because a matrix product over ``t`` rows and one over a single row may
@@ -47,13 +48,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..functional.attention import scaled_dot_product_attention_forward
 from ..functional.checks import check_float_array, check_int
 from ..functional.linear import linear_forward
 from ..functional.softmax import softmax_forward
 from ..models.gpt import GPT
-from ..modules.attention import MultiHeadAttention
-from ..modules.transformer_layers import EncoderLayer
+from ..modules.kv_cache import KVCache, cached_encoder_layer
 
 __all__ = [
     "GPTKVCache",
@@ -144,20 +143,15 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 # ---------------------------------------------------------------------------- the key/value cache
 
 
-@dataclass(frozen=True)
-class LayerKV:
-    """The keys and values of one layer's self-attention, for every position fed so far."""
-
-    keys: np.ndarray  # (B, H, capacity, D) k_proj of positions 0 .. length - 1
-    values: np.ndarray  # (B, H, capacity, D) v_proj of positions 0 .. length - 1
-
-
 class GPTKVCache:
     """Run a :class:`GPT` a few positions at a time, keeping every layer's keys and values.
 
     ``feed(ids)`` appends ``ids`` (B, L) at positions ``length .. length + L - 1`` and returns
     their logits (B, L, V): the same numbers as ``model.forward`` on everything fed so far,
-    restricted to the new positions. Feed the prompt once, then one token per step.
+    restricted to the new positions. Feed the prompt once, then one token per step. Each layer
+    keeps a :class:`~numpy_transformer.modules.kv_cache.KVCache` (the one the encoder–decoder's
+    ``IncrementalDecoder`` uses) and runs through
+    :func:`~numpy_transformer.modules.kv_cache.cached_encoder_layer`.
 
     Parameters
     ----------
@@ -180,9 +174,7 @@ class GPTKVCache:
         self.model = model
         self.batch_size = check_int("batch_size", batch_size, 1, None)
         self.capacity = check_int("capacity", c.max_len if capacity is None else capacity, 1, c.max_len)
-        H = c.n_heads
-        shape = (self.batch_size, H, self.capacity, c.d_model // H)  # (B, H, capacity, D)
-        self.layers = [LayerKV(np.zeros(shape, model.dtype), np.zeros(shape, model.dtype)) for _ in model.layers]
+        self.layers = [KVCache.empty(layer.self_attn, self.batch_size, self.capacity) for layer in model.layers]
         self.tokens = np.zeros((self.batch_size, self.capacity), dtype=np.int64)  # (B, capacity), for the pad mask
         self.length = 0  # positions filled
 
@@ -207,38 +199,11 @@ class GPTKVCache:
         e, _ = model.tok_embed.forward(ids)  # (B, L, C)
         p, _ = model.pos_embed.forward(np.arange(t0, t1)[None, :])  # (1, L, C): positions continue
         x = e + p
-        for layer, kv in zip(model.layers, self.layers, strict=True):
-            x = self._layer(layer, kv, x, mask, t0)  # (B, L, C)
+        for i, layer in enumerate(model.layers):
+            x, self.layers[i] = cached_encoder_layer(layer, x, self.layers[i], mask)  # (B, L, C)
         h, _ = model.norm.forward(x)
         logits, _ = linear_forward(h, model.tok_embed.weight)  # (B, L, V)
         return logits
-
-    @staticmethod
-    def _layer(layer: EncoderLayer, kv: LayerKV, x: np.ndarray, mask: np.ndarray, t0: int) -> np.ndarray:
-        """``EncoderLayer.forward`` (pre-LN) for the new positions only: ``x`` (B, L, C) -> (B, L, C)."""
-        n1, _ = layer.norm1.forward(x)
-        h = x + GPTKVCache._self_attention(layer.self_attn, kv, n1, mask, t0)
-        n2, _ = layer.norm2.forward(h)
-        f, _ = layer.ff.forward(n2)
-        return h + f
-
-    @staticmethod
-    def _self_attention(mha: MultiHeadAttention, kv: LayerKV, x: np.ndarray, mask: np.ndarray, t0: int) -> np.ndarray:
-        """Store the new positions' keys and values, then attend from them over every stored position."""
-        t1 = t0 + x.shape[1]
-        q, _ = mha.q_proj.forward(x)  # (B, L, C)
-        k, _ = mha.k_proj.forward(x)
-        v, _ = mha.v_proj.forward(x)
-        kv.keys[:, :, t0:t1] = mha.split_heads(k)  # (B, H, L, D) stored at positions t0 .. t1 - 1
-        kv.values[:, :, t0:t1] = mha.split_heads(v)
-        heads, _ = scaled_dot_product_attention_forward(
-            mha.split_heads(q),  # (B, H, L, D)
-            kv.keys[:, :, :t1],  # (B, H, t1, D)
-            kv.values[:, :, :t1],
-            mask=mask,
-        )  # (B, H, L, D)
-        out, _ = mha.out_proj.forward(mha.merge_heads(heads))  # (B, L, C)
-        return out
 
 
 # ---------------------------------------------------------------------------- generate

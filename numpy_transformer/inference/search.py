@@ -1,8 +1,27 @@
-r"""Decoding for the encoder–decoder Transformer: greedy, beam search, and a key/value cache.
+r"""Greedy and beam search, written once against a stepping protocol, and the steppers of the seq2seq models.
 
 Shape legend: ``B`` batch, ``K`` beams per source sentence, ``S`` source length,
 ``L`` decoded length including ``bos``, ``C`` d_model, ``H`` heads, ``D = C // H``,
-``V`` target vocabulary size.
+``V`` target vocabulary size, ``R`` rows a stepper runs (``B`` for greedy, ``B * K`` for beam).
+
+The stepping protocol
+---------------------
+:func:`greedy_decode` and :func:`beam_search` know nothing of any model. They drive a
+:class:`Steppable` — the facts of a model (``config.tgt_vocab_size``, ``config.pad_id``,
+``config.max_len``, ``dtype``), its source check, its eval mode, and
+``start(src, copies, capacity, use_cache)``, which encodes the source once and returns a
+:class:`Stepper` over ``R = B * copies`` rows (row ``b * copies + k`` reads source ``b``).
+A stepper has three parts: ``batch_size`` (R), ``step(token_ids)`` — feed one token per
+row, get the logits (R, V) of the next position and the attention (R, H, S) for heatmaps
+(or ``None``) — and ``reorder(rows)``, which makes row ``i`` a copy of old row ``rows[i]``
+(beam search keeps its survivors). Token ids go in and logits come out as NumPy arrays,
+whatever the model computes with.
+
+:func:`stepping` picks the Steppable of a model: :class:`TransformerStepping` (a key/value
+cache, :class:`IncrementalDecoder`, or the whole prefix at every step) and
+:class:`RNNSeq2SeqStepping` (the recurrent state, :class:`RNNStepper`). The PyTorch twin's
+models get theirs from ``torch_transformer.search.stepping(twin)``, which the searches take
+as it is; so the twin has steppers, not search loops.
 
 Token conventions
 -----------------
@@ -12,7 +31,7 @@ Every decoded sequence starts with ``bos_id`` and ends with ``eos_id`` or at
 
 Decisions worth knowing
 -----------------------
-* **Pad is never generated.** The model masks padded target positions out of
+* **Pad is never generated.** The Transformer masks padded target positions out of
   self-attention, so a generated pad would be invisible to the later steps and
   indistinguishable from the padding after ``eos``. Greedy and beam search
   therefore choose among every token except ``pad_id``; the log-probabilities
@@ -23,8 +42,8 @@ Decisions worth knowing
 * **Beam score** is length-normalised:
   :math:`\text{score} = \sum_i \log p(y_i \mid y_{<i}, x) / \text{length}^{\alpha}`
   with :math:`\alpha` = ``length_penalty`` (0: raw log-probability; 1: mean log-probability).
-* **Eval mode.** Decoding runs with dropout off: the public functions switch the
-  model to eval mode and restore every module's previous mode afterwards.
+* **Eval mode.** Decoding runs with dropout off: the searches switch the model to eval
+  mode and restore every module's previous mode afterwards.
   :class:`IncrementalDecoder` refuses a model in training mode.
 
 The key/value cache
@@ -32,39 +51,48 @@ The key/value cache
 Calling ``model.decode`` on the whole prefix at step ``t`` recomputes every
 earlier position: ``O(t)`` work in every projection and feed-forward, ``O(t^2)``
 in self-attention, and the cross-attention keys and values of the memory again.
-:class:`IncrementalDecoder` runs the decoder one position at a time instead. Per
-decoder layer, it computes the cross-attention keys and values ``k_proj(memory)``,
-``v_proj(memory)`` once, and appends each new token's self-attention key and value
-to a buffer, so step ``t`` projects one position and attends over ``t + 1`` cached
-keys: ``O(t)`` work. It calls the model's own
-modules and functional ops (``q_proj.forward``, ``norm1.forward``,
-``ff.forward``, ``scaled_dot_product_attention_forward``), so its logits equal
+:class:`IncrementalDecoder` runs the decoder one position at a time instead, with one
+:class:`~numpy_transformer.modules.kv_cache.DecoderLayerKV` per layer (the cache the GPT's
+generation uses too): the cross-attention keys and values ``k_proj(memory)``,
+``v_proj(memory)`` computed once, and each new token's self-attention key and value
+appended, so step ``t`` projects one position and attends over ``t + 1`` cached keys:
+``O(t)`` work. It calls the model's own modules and functional ops, so its logits equal
 ``model.decode`` on the whole prefix to rounding (the parity contract).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..config import check_special_ids
-from ..functional.attention import scaled_dot_product_attention_forward
+from ..config import RNNSeq2SeqConfig, TransformerConfig, check_special_ids
 from ..functional.checks import check_float_array, check_int, check_int_array, check_token_ids
 from ..functional.linear import linear_forward
 from ..functional.softmax import log_softmax_forward
+from ..models.rnn_seq2seq import RNNSeq2Seq
 from ..models.transformer import Transformer
-from ..modules.attention import MultiHeadAttention
-from ..modules.transformer_layers import DecoderLayer
+from ..modules.kv_cache import DecoderLayerKV, cached_decoder_layer, check_rows
 
 __all__ = [
     "BeamSearchResult",
     "DecodeResult",
+    "FullPrefixStepper",
     "IncrementalDecoder",
-    "LayerKVCache",
+    "RNNSeq2SeqStepping",
+    "RNNStepper",
+    "Steppable",
+    "Stepper",
+    "TransformerStepping",
     "beam_search",
+    "check_step_ids",
+    "decode_last_position",
     "greedy_decode",
+    "stepping",
 ]
 
 
@@ -84,8 +112,9 @@ class DecodeResult:
         After a row's ``eos`` they are the model's logits for its pad inputs (computed,
         but meaningless).
     cross_attention : ndarray, shape (B, H, L - 1, S), or None
-        Cross-attention probabilities of the last decoder layer at every step, for
-        heatmaps; ``None`` when the decoder has no layers.
+        The attention over the source at every step, for heatmaps: the last decoder
+        layer's (Transformer), the one attention as ``H = 1`` (recurrent model);
+        ``None`` when the decoder has no layers.
     lengths : ndarray of int64, shape (B,)
         Generated tokens per row, ``eos`` included: ``tokens[b, 1 : 1 + lengths[b]]``.
     """
@@ -130,25 +159,137 @@ class BeamSearchResult:
         return [row[: 1 + n] for row, n in zip(self.tokens, self.lengths, strict=True)]
 
 
-# ---------------------------------------------------------------------------- the key/value cache
+# ---------------------------------------------------------------------------- the stepping protocol
 
 
-@dataclass(frozen=True)
-class LayerKVCache:
-    """The keys and values one decoder layer keeps between steps.
+class Stepper(Protocol):
+    """One decoding run over ``R`` rows of prefixes, fed one token per row at a time."""
 
-    The arrays are fixed; :class:`IncrementalDecoder` writes into them. Only the
-    first ``length`` positions of the self-attention buffers are filled.
+    @property
+    def batch_size(self) -> int:
+        """``R``, the rows."""
+        ...
+
+    def step(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Feed ``token_ids`` (R,) int at the next position.
+
+        Returns the logits (R, V) for the position after it, and the attention over the
+        source there (R, H, S), or ``None`` when the model has none to show.
+        """
+        ...
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Make row ``i`` a copy of old row ``rows[i]`` (``rows`` (R,) int, repeats allowed)."""
+        ...
+
+
+@runtime_checkable
+class Steppable(Protocol):
+    """What :func:`greedy_decode` and :func:`beam_search` decode: a model's facts, and how to start a Stepper."""
+
+    @property
+    def config(self) -> TransformerConfig | RNNSeq2SeqConfig:
+        """The searches read ``tgt_vocab_size`` (V), ``pad_id`` and ``max_len`` (the most steps)."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the logits."""
+        ...
+
+    def check_src(self, src: object) -> np.ndarray:
+        """``src`` as a (B, S) NumPy integer array the model accepts; ValueError / TypeError naming ``src``."""
+        ...
+
+    def eval_mode(self) -> AbstractContextManager[object]:
+        """Eval mode for a ``with`` block, every module's own mode restored afterwards."""
+        ...
+
+    def start(self, src: np.ndarray, copies: int, capacity: int, use_cache: bool) -> Stepper:
+        """Encode ``src`` (B, S) once; a stepper over ``B * copies`` rows (row ``b * copies + k`` reads source ``b``).
+
+        ``capacity``: the most tokens that will be fed per row. ``use_cache`` False: the
+        reference stepper, the model's full forward on the whole prefix at every step.
+        """
+        ...
+
+
+def stepping(model: Transformer | RNNSeq2Seq | Steppable) -> Steppable:
+    """The :class:`Steppable` the searches drive for ``model``.
+
+    A NumPy :class:`Transformer` or :class:`RNNSeq2Seq` gets its own; anything that already
+    is a Steppable (the twin's, ``torch_transformer.search.stepping(twin)``) is used as it is.
+    """
+    if isinstance(model, Transformer):
+        return TransformerStepping(model)
+    if isinstance(model, RNNSeq2Seq):
+        return RNNSeq2SeqStepping(model)
+    if isinstance(model, Steppable):
+        return model
+    raise TypeError(
+        "model: expected a numpy_transformer Transformer or RNNSeq2Seq, or a Steppable "
+        f"(for the twin: torch_transformer.search.stepping(model)), got {type(model).__name__}"
+    )
+
+
+def check_step_ids(token_ids: object, batch_size: int, vocab_size: int) -> np.ndarray:
+    """``token_ids`` must be an int array of shape (R,) with ids in ``[0, V)``, as :meth:`Stepper.step` takes."""
+    token_ids = check_int_array("token_ids", token_ids)
+    if token_ids.shape != (batch_size,):
+        raise ValueError(f"token_ids: expected shape ({batch_size},), got {token_ids.shape}")
+    if token_ids.min() < 0 or token_ids.max() >= vocab_size:
+        raise ValueError(
+            f"token_ids: expected ids in [0, {vocab_size}), got range [{token_ids.min()}, {token_ids.max()}]"
+        )
+    return token_ids
+
+
+class FullPrefixStepper:
+    """The reference :class:`Stepper`: every step runs the model's full forward on the whole prefix fed so far.
+
+    ``last_position(prefix, rows)`` receives the prefix (R, t) and, per row, the started row it
+    descends from (reorders compose), and returns the last position's logits (R, V) and
+    attention (R, H, S) or None. No state but the tokens: nothing cached, nothing to go stale.
     """
 
-    self_keys: np.ndarray  # (B, H, capacity, D) k_proj of every target position so far
-    self_values: np.ndarray  # (B, H, capacity, D) v_proj of every target position so far
-    cross_keys: np.ndarray  # (B, H, S, D) k_proj(memory), computed once
-    cross_values: np.ndarray  # (B, H, S, D) v_proj(memory), computed once
+    def __init__(
+        self,
+        last_position: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+        batch_size: int,
+        capacity: int,
+        vocab_size: int,
+        pad_id: int,
+    ) -> None:
+        self.last_position = last_position
+        self.vocab_size = vocab_size
+        self.tokens = np.full((batch_size, capacity), pad_id, dtype=np.int64)  # (R, capacity) every token fed
+        self.rows = np.arange(batch_size)  # (R,) the started row each row descends from
+        self.length = 0  # positions fed so far
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    def step(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        check_step_ids(token_ids, self.batch_size, self.vocab_size)
+        if self.length == self.tokens.shape[1]:
+            raise ValueError(f"capacity: all {self.tokens.shape[1]} positions are fed; start with a larger capacity")
+        t = self.length
+        self.tokens[:, t] = token_ids
+        self.length = t + 1
+        return self.last_position(self.tokens[:, : t + 1], self.rows)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        rows = check_rows(rows, self.batch_size)
+        self.tokens[:, : self.length] = self.tokens[rows, : self.length]
+        self.rows = self.rows[rows]
+
+
+# ---------------------------------------------------------------------------- the Transformer
 
 
 class IncrementalDecoder:
-    """Run a :class:`Transformer`'s decoder one target position at a time, with a key/value cache.
+    """The :class:`Stepper` of a :class:`Transformer`: its decoder one target position at a time, with a KV cache.
 
     ``step(token_ids)`` feeds the token at the next position and returns the logits
     for the position after it; they equal ``model.decode(prefix, memory, src)[:, -1]``
@@ -172,13 +313,14 @@ class IncrementalDecoder:
     """
 
     def __init__(self, model: Transformer, memory: np.ndarray, src: np.ndarray, capacity: int | None = None) -> None:
-        _check_model(model)
+        if not isinstance(model, Transformer):
+            raise TypeError(f"model: expected a numpy_transformer Transformer, got {type(model).__name__}")
         if any(m.training for m in model.modules()):
             raise ValueError(
                 "model: expected eval mode (call model.eval()); the cache computes the forward without dropout"
             )
         config = model.config
-        src = _check_src(model, src)
+        src = TransformerStepping(model).check_src(src)
         B, S = src.shape
         check_float_array("memory", memory)
         if memory.shape != (B, S, config.d_model):
@@ -191,20 +333,7 @@ class IncrementalDecoder:
         self.memory_mask = model.source_mask(src)  # (B, 1, 1, S)
         self.tokens = np.full((B, self.capacity), config.pad_id, dtype=np.int64)  # every token fed, by position
         self.length = 0  # positions fed so far
-        H, D = config.n_heads, config.d_model // config.n_heads
-        self.layers: list[LayerKVCache] = []
-        for layer in model.decoder.layers:
-            mha = layer.cross_attn
-            cross_keys, _ = mha.k_proj.forward(memory)  # (B, S, C)
-            cross_values, _ = mha.v_proj.forward(memory)  # (B, S, C)
-            self.layers.append(
-                LayerKVCache(
-                    self_keys=np.zeros((B, H, self.capacity, D), dtype=model.dtype),
-                    self_values=np.zeros((B, H, self.capacity, D), dtype=model.dtype),
-                    cross_keys=mha.split_heads(cross_keys),  # (B, H, S, D)
-                    cross_values=mha.split_heads(cross_values),  # (B, H, S, D)
-                )
-            )
+        self.layers = [DecoderLayerKV.start(layer, memory, self.capacity) for layer in model.decoder.layers]
 
     @property
     def batch_size(self) -> int:
@@ -227,14 +356,7 @@ class IncrementalDecoder:
         """
         model = self.model
         config = model.config
-        check_int_array("token_ids", token_ids)
-        if token_ids.shape != (self.batch_size,):
-            raise ValueError(f"token_ids: expected shape ({self.batch_size},), got {token_ids.shape}")
-        if token_ids.min() < 0 or token_ids.max() >= config.tgt_vocab_size:
-            raise ValueError(
-                f"token_ids: expected ids in [0, {config.tgt_vocab_size}), "
-                f"got range [{token_ids.min()}, {token_ids.max()}]"
-            )
+        check_step_ids(token_ids, self.batch_size, config.tgt_vocab_size)
         if self.length == self.capacity:
             raise ValueError(f"capacity: all {self.capacity} positions are fed; build a decoder with a larger capacity")
         t = self.length
@@ -244,12 +366,14 @@ class IncrementalDecoder:
         # The model's target embedding at one position (dropout is off in eval mode):
         # x = embed(token) * sqrt(C) + PE[t]
         embedded, _ = model.tgt_embed.forward(token_ids[:, None])  # (B, 1, C)
-        x = embedded * model._embed_scale + model._pe[t : t + 1]  # (B, 1, C)
+        x = embedded * model.embed_scale + model.pe[t : t + 1]  # (B, 1, C)
         # The target mask's row t: keys 0..t (causal), padded positions excluded.
         self_mask = (self.tokens[:, : t + 1] != config.pad_id)[:, None, None, :]  # (B, 1, 1, t + 1)
         cross_attention = None
-        for layer, kv in zip(model.decoder.layers, self.layers, strict=True):
-            x, cross_attention = self._layer_step(layer, kv, x, self_mask)
+        for i, layer in enumerate(model.decoder.layers):
+            x, cross_attention, self.layers[i] = cached_decoder_layer(
+                layer, x, self.layers[i], self_mask, self.memory_mask
+            )  # (B, 1, C), (B, H, 1, S)
         if model.decoder.norm is not None:
             x, _ = model.decoder.norm.forward(x)
         weight = model.tgt_embed.weight if model.out_proj is None else model.out_proj.weight  # (V, C)
@@ -261,78 +385,142 @@ class IncrementalDecoder:
 
         ``rows``: int array of shape (B,), entries in ``[0, B)``; repeats allowed.
         """
-        check_int_array("rows", rows)
-        B, t = self.batch_size, self.length
-        if rows.shape != (B,):
-            raise ValueError(f"rows: expected shape ({B},), got {rows.shape}")
-        if rows.min() < 0 or rows.max() >= B:
-            raise ValueError(f"rows: expected entries in [0, {B}), got range [{rows.min()}, {rows.max()}]")
+        rows = check_rows(rows, self.batch_size)
         for kv in self.layers:
-            kv.self_keys[:, :, :t] = kv.self_keys[rows, :, :t]  # (B, H, t, D)
-            kv.self_values[:, :, :t] = kv.self_values[rows, :, :t]
-            kv.cross_keys[...] = kv.cross_keys[rows]  # (B, H, S, D)
-            kv.cross_values[...] = kv.cross_values[rows]
+            kv.reorder(rows)  # (B, H, t, D) and (B, H, S, D), in place
+        t = self.length
         self.tokens[:, :t] = self.tokens[rows, :t]  # (B, t)
         self.memory_mask = self.memory_mask[rows]  # (B, 1, 1, S)
 
-    # ------------------------------------------------------------ one layer, one position
 
-    def _layer_step(
-        self, layer: DecoderLayer, kv: LayerKVCache, x: np.ndarray, self_mask: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``DecoderLayer.forward`` for the new position only: ``x`` (B, 1, C) -> (B, 1, C), weights (B, H, 1, S)."""
-        if layer.norm_first:
-            n1, _ = layer.norm1.forward(x)
-            h1 = x + self._self_attention(layer.self_attn, kv, n1, self_mask)  # (B, 1, C)
-            n2, _ = layer.norm2.forward(h1)
-            b, weights = self._cross_attention(layer.cross_attn, kv, n2)
-            h2 = h1 + b
-            n3, _ = layer.norm3.forward(h2)
-            f, _ = layer.ff.forward(n3)
-            return h2 + f, weights
-        h1, _ = layer.norm1.forward(x + self._self_attention(layer.self_attn, kv, x, self_mask))  # (B, 1, C)
-        b, weights = self._cross_attention(layer.cross_attn, kv, h1)
-        h2, _ = layer.norm2.forward(h1 + b)
-        f, _ = layer.ff.forward(h2)
-        y, _ = layer.norm3.forward(h2 + f)
-        return y, weights
+def decode_last_position(
+    model: Transformer, prefix: np.ndarray, memory: np.ndarray, src: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``model.decode`` on the whole prefix (B, t); keep the last position's logits (B, V) and weights (B, H, S)."""
+    logits, cache = model.decode(prefix, memory, src)  # (B, t, V)
+    layer_caches = cache.decoder.layers
+    attention = layer_caches[-1].ca.weights[:, :, -1] if layer_caches else None  # (B, H, S)
+    return logits[:, -1], attention
 
-    def _self_attention(
-        self, mha: MultiHeadAttention, kv: LayerKVCache, x: np.ndarray, self_mask: np.ndarray
-    ) -> np.ndarray:
-        """Append the new position's key and value, then attend over every cached position."""
-        t = self.length - 1
-        q, _ = mha.q_proj.forward(x)  # (B, 1, C)
-        k, _ = mha.k_proj.forward(x)  # (B, 1, C)
-        v, _ = mha.v_proj.forward(x)  # (B, 1, C)
-        kv.self_keys[:, :, t : t + 1] = mha.split_heads(k)  # (B, H, 1, D) stored at position t
-        kv.self_values[:, :, t : t + 1] = mha.split_heads(v)
-        heads, _ = scaled_dot_product_attention_forward(
-            mha.split_heads(q),  # (B, H, 1, D)
-            kv.self_keys[:, :, : t + 1],  # (B, H, t + 1, D)
-            kv.self_values[:, :, : t + 1],
-            mask=self_mask,
-        )  # (B, H, 1, D)
-        out, _ = mha.out_proj.forward(mha.merge_heads(heads))  # (B, 1, C)
-        return out
 
-    def _cross_attention(
-        self, mha: MultiHeadAttention, kv: LayerKVCache, x: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Attend over the memory's cached keys and values."""
-        q, _ = mha.q_proj.forward(x)  # (B, 1, C)
-        heads, attention = scaled_dot_product_attention_forward(
-            mha.split_heads(q), kv.cross_keys, kv.cross_values, mask=self.memory_mask
-        )  # (B, H, 1, D)
-        out, _ = mha.out_proj.forward(mha.merge_heads(heads))  # (B, 1, C)
-        return out, attention.weights  # (B, 1, C), (B, H, 1, S)
+@dataclass(frozen=True)
+class TransformerStepping:
+    """The :class:`Steppable` of a NumPy :class:`Transformer`: the encoder once, then the decoder step by step."""
+
+    model: Transformer
+
+    @property
+    def config(self) -> TransformerConfig:
+        return self.model.config
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.model.dtype
+
+    def check_src(self, src: object) -> np.ndarray:
+        """(B, S) integer ids, ``B, S >= 1``, ``S <= max_len``, inside the source vocabulary."""
+        return check_token_ids("src", src, self.config.src_vocab_size, self.config.max_len)
+
+    def eval_mode(self) -> AbstractContextManager[object]:
+        return self.model.eval_mode()
+
+    def start(self, src: np.ndarray, copies: int, capacity: int, use_cache: bool) -> Stepper:
+        """:class:`IncrementalDecoder` (``use_cache``) or ``model.decode`` on the whole prefix every step."""
+        model = self.model
+        memory, _ = model.encode(src)  # (B, S, C)
+        if copies > 1:  # row b * copies + k reads source b
+            memory, src = np.repeat(memory, copies, axis=0), np.repeat(src, copies, axis=0)
+        if use_cache:
+            return IncrementalDecoder(model, memory, src, capacity)
+        return FullPrefixStepper(
+            lambda prefix, rows: decode_last_position(model, prefix, memory[rows], src[rows]),
+            src.shape[0],
+            capacity,
+            self.config.tgt_vocab_size,
+            self.config.pad_id,
+        )
+
+
+# ---------------------------------------------------------------------------- the recurrent model
+
+
+class RNNStepper:
+    """The :class:`Stepper` of an :class:`RNNSeq2Seq`: the decoder state (B, H) is all it carries from step to step.
+
+    ``enc`` (B, S, H), ``state`` (B, H) and ``mask`` (B, S) as :meth:`RNNSeq2Seq.encode` gives them.
+    """
+
+    def __init__(self, model: RNNSeq2Seq, enc: np.ndarray, state: np.ndarray, mask: np.ndarray) -> None:
+        self.model = model
+        self.enc, self.state, self.mask = enc, state, mask
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.shape[0]
+
+    def step(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (B, V) and the attention weights as one head (B, 1, S)."""
+        model = self.model
+        check_step_ids(token_ids, self.batch_size, model.config.tgt_vocab_size)
+        y, _ = model.tgt_embed.forward(token_ids)  # (B, E)
+        logits, self.state, weights = model.decode_step(y, self.state, self.enc, self.mask)  # (B, V), (B, H), (B, S)
+        return logits, weights[:, None]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        rows = check_rows(rows, self.batch_size)
+        self.enc, self.state, self.mask = self.enc[rows], self.state[rows], self.mask[rows]
+
+
+@dataclass(frozen=True)
+class RNNSeq2SeqStepping:
+    """The :class:`Steppable` of a NumPy :class:`RNNSeq2Seq`."""
+
+    model: RNNSeq2Seq
+
+    @property
+    def config(self) -> RNNSeq2SeqConfig:
+        return self.model.config
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.model.dtype
+
+    def check_src(self, src: object) -> np.ndarray:
+        """(B, S) integer ids inside the source vocabulary; no length limit (no position table)."""
+        return check_token_ids("src", src, self.config.src_vocab_size)
+
+    def eval_mode(self) -> AbstractContextManager[object]:
+        return self.model.eval_mode()
+
+    def start(self, src: np.ndarray, copies: int, capacity: int, use_cache: bool) -> Stepper:
+        """:class:`RNNStepper` (``use_cache``) or the teacher-forced ``model.forward`` on the whole prefix."""
+        model = self.model
+        if not use_cache:
+            src = np.repeat(src, copies, axis=0)
+            return FullPrefixStepper(
+                lambda prefix, rows: _last_forward_position(model, src[rows], prefix),
+                src.shape[0],
+                capacity,
+                self.config.tgt_vocab_size,
+                self.config.pad_id,
+            )
+        enc, state, mask, _ = model.encode(src)  # (B, S, H), (B, H), (B, S)
+        if copies > 1:  # row b * copies + k reads source b
+            enc, state, mask = (np.repeat(a, copies, axis=0) for a in (enc, state, mask))
+        return RNNStepper(model, enc, state, mask)
+
+
+def _last_forward_position(model: RNNSeq2Seq, src: np.ndarray, prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forced ``model.forward(src, prefix)``: the last position's logits (B, V) and weights (B, 1, S)."""
+    logits, cache = model.forward(src, prefix)  # (B, t, V)
+    return logits[:, -1], cache.weights[:, None, -1]
 
 
 # ---------------------------------------------------------------------------- greedy
 
 
 def greedy_decode(
-    model: Transformer,
+    model: Transformer | RNNSeq2Seq | Steppable,
     src: np.ndarray,
     max_len: int,
     bos_id: int = 1,
@@ -343,17 +531,19 @@ def greedy_decode(
 
     Parameters
     ----------
-    model : Transformer
+    model : Transformer, RNNSeq2Seq or Steppable
         Switched to eval mode for the call; every module's mode is restored afterwards.
+        The twin: ``torch_transformer.search.stepping(twin)``.
     src : ndarray of int, shape (B, S)
-        Source ids, padded with ``config.pad_id``.
+        Source ids, padded with ``config.pad_id`` (the twin's Steppable also takes a tensor).
     max_len : int
         Most tokens generated per row, ``eos`` included; ``1 <= max_len <= config.max_len``.
     bos_id, eos_id : int
         Start and end tokens (not ``config.pad_id``).
     use_cache : bool
-        True: an :class:`IncrementalDecoder` (``O(t)`` per step). False: ``model.decode``
-        on the whole prefix at every step (the reference; same tokens and logits).
+        True: the model's stepper (the Transformer's :class:`IncrementalDecoder`, ``O(t)`` per
+        step; the recurrent state). False: the model's full forward on the whole prefix at
+        every step (the reference; same tokens and logits).
 
     Returns
     -------
@@ -363,28 +553,24 @@ def greedy_decode(
         ``max_len`` steps, so ``L = 1 + max(lengths)``. A finished row emits ``pad_id``.
         ``pad_id`` itself is never chosen (see the module docstring).
     """
-    _check_model(model)
-    src = _check_src(model, src)
-    max_len = check_int("max_len", max_len, 1, model.config.max_len)
-    check_special_ids(model.config, bos_id, eos_id)
+    steps = stepping(model)
+    src = steps.check_src(src)
+    max_len = check_int("max_len", max_len, 1, steps.config.max_len)
+    check_special_ids(steps.config, bos_id, eos_id)
     if not isinstance(use_cache, (bool, np.bool_)):
         raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
-    pad_id = model.config.pad_id
+    pad_id = steps.config.pad_id
     B = src.shape[0]
     tokens = np.full((B, 1 + max_len), pad_id, dtype=np.int64)  # (B, 1 + max_len), trimmed at the end
     tokens[:, 0] = bos_id
     lengths = np.full(B, max_len, dtype=np.int64)
     finished = np.zeros(B, dtype=bool)
     step_logits, step_attention = [], []
-    with model.eval_mode():
-        memory, _ = model.encode(src)  # (B, S, C)
-        decoder = IncrementalDecoder(model, memory, src, capacity=max_len) if use_cache else None
+    with steps.eval_mode():
+        stepper = steps.start(src, 1, max_len, bool(use_cache))
         for t in range(1, max_len + 1):
             # logits for position t, from the t tokens so far
-            if decoder is not None:
-                logits, attention = decoder.step(tokens[:, t - 1])  # (B, V), (B, H, S)
-            else:
-                logits, attention = _decode_last_position(model, tokens[:, :t], memory, src)
+            logits, attention = stepper.step(tokens[:, t - 1])  # (B, V), (B, H, S)
             step_logits.append(logits)
             step_attention.append(attention)
             chosen = _without_pad(logits, pad_id).argmax(axis=-1)  # (B,)
@@ -404,26 +590,18 @@ def greedy_decode(
     )
 
 
-def _decode_last_position(
-    model: Transformer, prefix: np.ndarray, memory: np.ndarray, src: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``model.decode`` on the whole prefix (B, t); keep the last position's logits (B, V) and weights (B, H, S)."""
-    logits, (_, _, (layer_caches, _), _) = model.decode(prefix, memory, src)  # (B, t, V)
-    attention = layer_caches[-1].ca.weights[:, :, -1] if layer_caches else None  # (B, H, S)
-    return logits[:, -1], attention
-
-
 # ---------------------------------------------------------------------------- beam search
 
 
 def beam_search(
-    model: Transformer,
+    model: Transformer | RNNSeq2Seq | Steppable,
     src: np.ndarray,
     beam_size: int,
     max_len: int,
     bos_id: int = 1,
     eos_id: int = 2,
     length_penalty: float = 1.0,
+    use_cache: bool = True,
 ) -> BeamSearchResult:
     r"""Beam search with length-normalised scores, vectorised over batch × beam.
 
@@ -442,8 +620,9 @@ def beam_search(
 
     Parameters
     ----------
-    model : Transformer
+    model : Transformer, RNNSeq2Seq or Steppable
         Switched to eval mode for the call; every module's mode is restored afterwards.
+        The twin: ``torch_transformer.search.stepping(twin)``.
     src : ndarray of int, shape (B, S)
     beam_size : int
         ``K >= 1``. ``K = 1`` gives exactly :func:`greedy_decode`'s tokens.
@@ -452,6 +631,8 @@ def beam_search(
     bos_id, eos_id : int
     length_penalty : float
         :math:`\alpha` (finite).
+    use_cache : bool
+        As for :func:`greedy_decode`.
 
     Returns
     -------
@@ -459,14 +640,16 @@ def beam_search(
         The best hypothesis per source (``tokens`` (B, L), ``scores``, ``log_probs``,
         ``lengths``; ``sequences()`` as a list) and every final beam, best first.
     """
-    _check_model(model)
-    src = _check_src(model, src)
+    steps = stepping(model)
+    src = steps.check_src(src)
     K = check_int("beam_size", beam_size, 1, None)
-    max_len = check_int("max_len", max_len, 1, model.config.max_len)
-    check_special_ids(model.config, bos_id, eos_id)
+    max_len = check_int("max_len", max_len, 1, steps.config.max_len)
+    check_special_ids(steps.config, bos_id, eos_id)
     if not isinstance(length_penalty, (int, float, np.integer, np.floating)) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")
-    pad_id, V, dtype = model.config.pad_id, model.config.tgt_vocab_size, model.dtype
+    if not isinstance(use_cache, (bool, np.bool_)):
+        raise TypeError(f"use_cache: expected a bool, got {type(use_cache).__name__}")
+    pad_id, V, dtype = steps.config.pad_id, steps.config.tgt_vocab_size, steps.dtype
     alpha = dtype.type(length_penalty)
     B = src.shape[0]
 
@@ -482,11 +665,10 @@ def beam_search(
     pad_only = np.full(V, -np.inf, dtype=dtype)  # (V,)
     pad_only[pad_id] = 0
 
-    with model.eval_mode():
-        memory, _ = model.encode(src)  # (B, S, C)
-        # Row b * K + k of the decoder is beam k of source b; every beam reads its source's memory.
-        decoder = IncrementalDecoder(model, np.repeat(memory, K, axis=0), np.repeat(src, K, axis=0), max_len)
-        logits, _ = decoder.step(tokens[:, :, 0].reshape(B * K))  # (B * K, V)
+    with steps.eval_mode():
+        # Row b * K + k of the stepper is beam k of source b; every beam reads its source.
+        stepper = steps.start(src, K, max_len, bool(use_cache))
+        logits, _ = stepper.step(tokens[:, :, 0].reshape(B * K))  # (B * K, V)
         for t in range(1, max_len + 1):
             step_log_probs, _ = log_softmax_forward(logits.reshape(B, K, V))  # (B, K, V)
             step_log_probs = np.where(finished[..., None], pad_only, _without_pad(step_log_probs, pad_id))
@@ -505,8 +687,8 @@ def beam_search(
             # -inf: an empty beam (fewer than K hypotheses exist); nothing can revive it
             if t == max_len or np.all(finished | (log_probs == -np.inf)):
                 break
-            decoder.reorder((np.arange(B)[:, None] * K + parent).reshape(B * K))  # rows b * K + parent
-            logits, _ = decoder.step(token.reshape(B * K))  # (B * K, V)
+            stepper.reorder((np.arange(B)[:, None] * K + parent).reshape(B * K))  # rows b * K + parent
+            logits, _ = stepper.step(token.reshape(B * K))  # (B * K, V)
     L = 1 + t
     return BeamSearchResult(
         tokens=tokens[:, 0, : 1 + lengths[:, 0].max()],  # (B, 1 + longest best hypothesis)
@@ -526,13 +708,3 @@ def _without_pad(scores: np.ndarray, pad_id: int) -> np.ndarray:
     out = scores.copy()
     out[..., pad_id] = -np.inf
     return out
-
-
-def _check_model(model: object) -> None:
-    if not isinstance(model, Transformer):
-        raise TypeError(f"model: expected a numpy_transformer Transformer, got {type(model).__name__}")
-
-
-def _check_src(model: Transformer, src: object) -> np.ndarray:
-    """``src`` must be (B, S) integer ids, ``B, S >= 1``, ``S <= max_len``, inside the source vocabulary."""
-    return check_token_ids("src", src, model.config.src_vocab_size, model.config.max_len)

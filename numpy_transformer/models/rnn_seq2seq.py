@@ -239,41 +239,22 @@ class RNNSeq2Seq(Module):
 
     # -------------------------------------------------------------- decoding
 
-    def greedy_decode(self, src: np.ndarray, max_len: int, bos_id: int = 1, eos_id: int = 2):
-        """Greedy decoding, one step at a time: tokens (B, 1 + L) (BOS first, PAD after EOS) and weights (B, L, S)."""
-        c = self.config
-        if not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len: expected a positive int, got {max_len!r}")
-        enc, s, mask, _ = self.encode(src)
-        B = src.shape[0]
-        tokens = np.full((B, max_len + 1), c.pad_id, dtype=np.int64)
-        tokens[:, 0] = bos_id
-        done = np.zeros(B, dtype=bool)
-        all_weights = []
-        for t in range(max_len):
-            y, _ = self.tgt_embed.forward(tokens[:, t])  # (B, E)
-            if c.attention == "bahdanau":
-                ctx, c_att = self.attention.forward(s, enc, enc, mask)
-                s, _ = self.decoder.forward(np.concatenate([y, ctx], axis=-1), s)
-                logits, _ = self.out_proj.forward(np.concatenate([s, ctx], axis=-1))
-            else:
-                gru = self.decoder
-                s, _ = gru_cell_forward(y, s, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
-                ctx, c_att = self.attention.forward(s, enc, enc, mask)
-                pre, _ = self.combine.forward(np.concatenate([ctx, s], axis=-1))
-                logits, _ = self.out_proj.forward(np.tanh(pre))
-            logits[:, c.pad_id] = -np.inf  # never generate padding
-            nxt = logits.argmax(axis=-1)
-            tokens[:, t + 1] = np.where(done, c.pad_id, nxt)
-            all_weights.append(c_att.weights)
-            done |= nxt == eos_id
-            if done.all():
-                tokens = tokens[:, : t + 2]
-                break
-        return _Greedy(tokens=tokens, cross_attention=np.stack(all_weights, 1)[:, None])
+    def decode_step(
+        self, y: np.ndarray, s: np.ndarray, enc: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder step, forward only (the searches in ``inference.search`` call it once per token).
 
-
-@dataclass(frozen=True)
-class _Greedy:
-    tokens: np.ndarray  # (B, 1 + L)
-    cross_attention: np.ndarray  # (B, 1, L, S)
+        ``y`` (B, E) the embedded input token, ``s`` (B, H) the previous state, ``enc`` (B, S, H)
+        and ``mask`` (B, S) from :meth:`encode` -> logits (B, V), the new state (B, H), weights (B, S).
+        """
+        if self.config.attention == "bahdanau":
+            ctx, c_att = self.attention.forward(s, enc, enc, mask)  # (B, H) from the previous state
+            s, _ = self.decoder.forward(np.concatenate([y, ctx], axis=-1), s)
+            logits, _ = self.out_proj.forward(np.concatenate([s, ctx], axis=-1))
+        else:
+            gru = self.decoder  # one step of the decoder GRU, as a cell
+            s, _ = gru_cell_forward(y, s, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+            ctx, c_att = self.attention.forward(s, enc, enc, mask)  # from the current state
+            pre, _ = self.combine.forward(np.concatenate([ctx, s], axis=-1))
+            logits, _ = self.out_proj.forward(np.tanh(pre))
+        return logits, s, c_att.weights

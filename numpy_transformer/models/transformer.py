@@ -206,9 +206,9 @@ class Transformer(Module):
         self.out_proj = (
             None if config.tie_embeddings else Linear(C, config.tgt_vocab_size, bias=False, dtype=dtype, rng=rng)
         )
-        # A constant, not a parameter: it is not in the state dict.
-        self._pe = sinusoidal_positional_encoding(config.max_len, C, dtype=self.dtype)  # (max_len, C)
-        self._embed_scale = self.dtype.type(math.sqrt(C))
+        # A constant, not a parameter: it is not in the state dict. Names as the twin's (``pe``, ``embed_scale``).
+        self.pe = sinusoidal_positional_encoding(config.max_len, C, dtype=self.dtype)  # (max_len, C)
+        self.embed_scale = self.dtype.type(math.sqrt(C))
 
     # -------------------------------------------------------------- masks
 
@@ -230,7 +230,7 @@ class Transformer(Module):
     ) -> tuple[np.ndarray, EmbeddingCache, DropoutCache]:
         """``dropout(embed(ids) * sqrt(C) + PE)``: ``ids`` (B, L) -> (B, L, C) and the two caches."""
         e, c_e = embed.forward(ids)  # (B, L, C)
-        x = e * self._embed_scale + self._pe[: ids.shape[1]]
+        x = e * self.embed_scale + self.pe[: ids.shape[1]]
         x, c_d = masks.drop(x, self.config.dropout, site, self.training)
         return x, c_e, c_d
 
@@ -288,8 +288,8 @@ class Transformer(Module):
             self.out_proj.accumulate_grad("weight", dweight)
         dx_tgt, dmemory = self.decoder.backward(dh, dec.decoder)  # (B, T, C), (B, S, C)
         # x = dropout(embed(tgt) * sqrt(C) + PE): the positions are constants
-        de = dropout_backward(dx_tgt, dec.drop) * self._embed_scale
+        de = dropout_backward(dx_tgt, dec.drop) * self.embed_scale
         self.tgt_embed.backward(de, dec.embed)
         dx_src = self.encoder.backward(dmemory, enc.encoder)
-        de = dropout_backward(dx_src, enc.drop) * self._embed_scale
+        de = dropout_backward(dx_src, enc.drop) * self.embed_scale
         self.src_embed.backward(de, enc.embed)

@@ -180,10 +180,7 @@ class NumpyTrainer:
             total_loss += float(loss) * valid.sum()
             tokens += valid.sum()
             right_tokens += np.sum((logits.argmax(-1) == batch.tgt_out) & valid)
-            if isinstance(model, Transformer):
-                decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
-            else:
-                decoded = model.greedy_decode(batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
+            decoded = greedy_decode(model, batch.src, max_len=batch.tgt_out.shape[1], bos_id=BOS, eos_id=EOS)
             r, n = sequence_metrics(decoded.tokens[:, 1:], batch)
             right_seqs, seqs = right_seqs + r, seqs + n
         model.train(was_training)
