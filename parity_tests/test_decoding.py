@@ -2,7 +2,7 @@
 
 The searches are written once (``numpy_transformer.inference.search``) against a stepping
 protocol; the Transformer, the recurrent model and the twin's two models provide steppers
-(the twin's: ``torch_transformer.search.stepping``). So "the twin" below is the one search
+(the twin's: ``torch_transformer.steppers.stepping``). So "the twin" below is the one search
 driving the twin's stepper.
 
 * The cache: :class:`IncrementalDecoder`'s logits equal ``model.decode`` on the whole
@@ -36,13 +36,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import numpy_transformer as nt
+import numpy_transformer.inference as nd
 import torch_transformer as tt
 from numpy_transformer.config import RNN_ATTENTIONS
 from numpy_transformer.functional import log_softmax_forward
-from numpy_transformer.inference import search as nd
 from numpy_transformer.testing import tolerance
 from parity_tests.helpers import assert_matches, to_numpy
-from torch_transformer import search as ts
+from torch_transformer import steppers as ts
 from torch_transformer.bridge import state_dict_to_torch, torch_dtype, twin_of
 
 BOS, EOS = 1, 2
@@ -531,7 +531,7 @@ def test_the_searches_drive_any_steppable():
 
 def test_stepping_names_the_twins_stepping_when_given_a_twin():
     twin = tt.Transformer(nt.TransformerConfig(src_vocab_size=5, tgt_vocab_size=5, d_model=4, n_heads=1, d_ff=4))
-    with pytest.raises(TypeError, match=r"^model: .*torch_transformer\.search\.stepping\(model\)"):
+    with pytest.raises(TypeError, match=r"^model: .*torch_transformer\.steppers\.stepping\(model\)"):
         nd.greedy_decode(twin, np.array([[3]]), 2)
     with pytest.raises(TypeError, match=r"^model: expected a torch_transformer Transformer or RNNSeq2Seq"):
         ts.stepping(nt.Linear(2, 2))

@@ -16,7 +16,7 @@ from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
 from numpy_transformer.training.tasks import BOS, EOS, PAD, Batch, ToyDataset
 
 from .rnn_seq2seq import RNNSeq2Seq
-from .search import stepping
+from .steppers import stepping
 from .transformer import Transformer
 
 

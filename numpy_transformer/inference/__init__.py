@@ -1,8 +1,10 @@
 """Inference: seq2seq decoding (greedy and beam search over a stepping protocol) and sampling from a GPT.
 
-``search`` holds the two searches, the protocol and the seq2seq models' steppers; ``sampling`` generates text.
+``search`` holds the two searches, ``protocol`` what they step, ``steppers`` each model's stepper,
+``sampling`` the GPT's generation.
 """
 
+from .protocol import FullPrefixStepper, Steppable, Stepper, check_step_ids
 from .sampling import (
     GenerationResult,
     GPTKVCache,
@@ -12,20 +14,13 @@ from .sampling import (
     sample,
     sampling_distribution,
 )
-from .search import (
-    BeamSearchResult,
-    DecodeResult,
-    FullPrefixStepper,
+from .search import BeamSearchResult, DecodeResult, beam_search, greedy_decode
+from .steppers import (
     IncrementalDecoder,
     RNNSeq2SeqStepping,
     RNNStepper,
-    Steppable,
-    Stepper,
     TransformerStepping,
-    beam_search,
-    check_step_ids,
     decode_last_position,
-    greedy_decode,
     stepping,
 )
 

@@ -1,10 +1,10 @@
-"""Twin of ``numpy_transformer.inference.search``: the twin's steppers, for the one greedy and beam search.
+"""Twin of ``numpy_transformer.inference.steppers``: the twin's steppers, for the one greedy and beam search.
 
 The searches live only in the NumPy half; the twin provides what they step.
 :func:`stepping` gives a twin model's :class:`~numpy_transformer.inference.search.Steppable`::
 
     from numpy_transformer.inference import beam_search, greedy_decode
-    from torch_transformer.search import stepping
+    from torch_transformer.steppers import stepping
 
     result = greedy_decode(stepping(twin), src, max_len)  # NumPy arrays, computed by the twin
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from numpy_transformer.config import RNNSeq2SeqConfig, TransformerConfig
 from numpy_transformer.functional.checks import check_int, check_token_ids
-from numpy_transformer.inference.search import FullPrefixStepper, Stepper, check_step_ids
+from numpy_transformer.inference.protocol import FullPrefixStepper, Stepper, check_step_ids
 from numpy_transformer.modules.kv_cache import check_rows
 
 from .kv_cache import DecoderLayerKV, cached_decoder_layer
