@@ -30,7 +30,7 @@ Decisions worth knowing
   with :math:`\alpha` = ``length_penalty`` (0: raw log-probability; 1: mean log-probability).
 * **Eval mode.** Decoding runs with dropout off: the searches switch the model to eval
   mode and restore every module's previous mode afterwards.
-  :class:`IncrementalDecoder` refuses a model in training mode.
+  ``steppers.IncrementalDecoder`` refuses a model in training mode.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from .base import Module
 from .classic_attention import AdditiveAttention, LuongAttention
 from .dropout_masks import DropoutMasks
 from .gru import GRU, GRUCell, GRULayerCache
+from .kv_cache import DecoderLayerKV, KVCache, cached_attention, cached_decoder_layer, cached_encoder_layer
 from .layers import Dropout, Embedding, FeedForward, LayerNorm, Linear
 from .transformer_layers import DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderLayerCache
 
@@ -16,6 +17,7 @@ __all__ = [
     "AdditiveAttention",
     "DecoderLayer",
     "DecoderLayerCache",
+    "DecoderLayerKV",
     "Dropout",
     "DropoutMasks",
     "Embedding",
@@ -24,10 +26,14 @@ __all__ = [
     "FeedForward",
     "GRUCell",
     "GRULayerCache",
+    "KVCache",
     "LayerNorm",
     "Linear",
     "LuongAttention",
     "Module",
     "MultiHeadAttention",
     "MultiHeadAttentionCache",
+    "cached_attention",
+    "cached_decoder_layer",
+    "cached_encoder_layer",
 ]

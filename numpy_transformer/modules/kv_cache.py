@@ -20,7 +20,7 @@ one row and one over ``t`` rows may add in a different order (~1e-16 relative in
 A cross-attention's keys and values are those of the encoder output: computed once
 (:meth:`KVCache.of`), never appended to.
 
-Who uses it: ``inference.search.IncrementalDecoder`` (the encoder–decoder:
+Who uses it: ``inference.steppers.IncrementalDecoder`` (the encoder–decoder:
 :func:`cached_decoder_layer`, a growing self-attention cache and a fixed cross-attention
 one per layer) and ``inference.sampling.GPTKVCache`` (the GPT: :func:`cached_encoder_layer`).
 Every function here is forward only, for a model in eval mode (no dropout).
