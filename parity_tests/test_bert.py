@@ -2,7 +2,7 @@
 
 The forward/backward of ``BertModel``, ``BertForMaskedLM`` and
 ``BertForSequenceClassification`` against the twin and finite differences is in the
-parity registry (``torch_transformer/parity_bert.py``); real weights against Hugging
+parity registry (``torch_transformer/parity/cases_bert.py``); real weights against Hugging
 Face are in ``test_pretrained.py``.
 """
 

@@ -2,11 +2,17 @@
 
 The twin (``torch_transformer``) is written from the same formulas as the NumPy half, so a
 shared misunderstanding would pass a twin test. These tests compare against what PyTorch
-itself ships: ``F.softmax``, ``F.cross_entropy``, ``nn.LayerNorm``, ``nn.Linear``,
-``nn.Embedding``, ``F.gelu``, ``F.relu``, ``F.dropout``, ``F.scaled_dot_product_attention``
-and ``nn.MultiheadAttention``. Every forward output and every gradient (inputs and
-parameters) is compared under the parity contract, with a random upstream gradient
-(the fake loss ``(out * dout).sum()``).
+itself ships. Every forward output and every gradient (inputs and parameters) is compared
+under the parity contract, with a random upstream gradient (the fake loss ``(out * dout).sum()``).
+
+* One test is generated from the registry: every case that declares a ``Builtin``
+  (``F.softmax``, ``nn.LayerNorm``, ``nn.MultiheadAttention`` through the bridge,
+  ``nn.TransformerEncoderLayer``, ``nn.Transformer``, ``nn.GRU`` ...) runs in it on the
+  draws of ``test_twin_parity.py``. :data:`WITHOUT_BUILTIN` names the cases that have
+  none, each with the reason; ``test_meta.py`` fails on a case in neither.
+* The hand-written tests below go where a registry draw does not: any axis and huge
+  logits, every ``ignore_index``, ``F.dropout``'s own mask recovered from its output,
+  ``need_weights`` and packed biases of ``nn.MultiheadAttention``, torch-version facts.
 
 Shape legend: B batch, H heads, T query length, S key length, D head width, C model
 width, V classes / vocabulary.
@@ -15,9 +21,10 @@ width, V classes / vocabulary.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 from torch.torch_version import TorchVersion
@@ -45,7 +52,9 @@ from numpy_transformer.functional import (
     tanh_forward,
 )
 from parity_tests.helpers import assert_matches
+from parity_tests.strategies import dims_for
 from torch_transformer import bridge
+from torch_transformer.parity import CASES, run_case
 
 TORCH_VERSION = TorchVersion(torch.__version__)
 # Fully masked query rows in F.scaled_dot_product_attention: zeros (and zero gradients)
@@ -75,6 +84,40 @@ def torch_builtin_with_weights(builtin: nn.Module, np_module: nt.Module) -> nn.M
     """Load a NumPy module's state dict into a built-in with the same keys (strict)."""
     builtin.load_state_dict(bridge.state_dict_to_torch(np_module.state_dict()), strict=True)
     return builtin
+
+
+# --------------------------------------------------------------------------- every declared built-in
+
+BUILTIN_CASES = sorted(name for name, case in CASES.items() if case.builtin is not None)
+
+# The registered cases with no PyTorch built-in to compare with, and why. test_meta.py fails
+# on a case that neither declares a built-in nor appears here.
+WITHOUT_BUILTIN = {
+    "mean_pooling": "PyTorch has no masked mean pooling (sentence-transformers writes it out by hand)",
+    "dropout": "F.dropout draws its own mask and takes none; a test below recovers that mask from its output",
+    "Dropout": "nn.Dropout draws its own mask and takes none (in eval mode both are the identity)",
+    "FeedForward": "PyTorch has no feed-forward module; nn.TransformerEncoderLayer's linear1/linear2 cover it",
+    "BertModel": "not a PyTorch built-in: transformers.BertModel is compared in test_pretrained.py",
+    "BertForMaskedLM": "not a PyTorch built-in: the transformers head is compared in test_bert_hf_heads.py",
+    "BertForSequenceClassification": "not a PyTorch built-in: the transformers head is in test_bert_hf_heads.py",
+    "GPT": "not a PyTorch built-in: transformers.GPT2LMHeadModel is compared in test_gpt_hf.py",
+    "RNNSeq2Seq": "PyTorch has no attention RNN encoder-decoder; its GRUs are compared with nn.GRU (gru, GRU)",
+    "additive_attention": "PyTorch has no additive (Bahdanau) attention",
+    "AdditiveAttention": "PyTorch has no additive (Bahdanau) attention module",
+}
+
+
+@pytest.mark.parametrize("name", BUILTIN_CASES)
+@given(data=st.data(), dtype=dtypes, seed=seeds)
+def test_forward_and_every_gradient_match_the_declared_pytorch_builtin(name, data, dtype, seed):
+    case = CASES[name]
+    dims = data.draw(dims_for(case), label="dims")
+    result = run_case(case, dims, dtype, seed, finite_differences=False, twin=False)
+    assume(result.builtin_skipped is None)  # a draw the built-in cannot take (it says why)
+    assert result.builtin == case.builtin.name and result.gradients
+    assert len(result.vs_builtin) == 1 + len(result.gradients), f"{name}: the output and every gradient"
+    for cmp in result.vs_builtin:
+        assert cmp.error <= result.tolerance, f"{cmp.describe()} exceeds tolerance {result.tolerance:.0e}"
 
 
 # --------------------------------------------------------------------------- softmax family

@@ -1,7 +1,7 @@
 """Classic attention (additive / Bahdanau, Luong's dot / general / concat): its own mathematics.
 
 Twin parity and finite differences come from the registry cases
-(``torch_transformer/parity_classic_attention.py``, run by ``test_twin_parity.py``).
+(``torch_transformer/parity/cases_classic_attention.py``, run by ``test_twin_parity.py``).
 Here: the properties of the math, the module API, bad input, and the cost model.
 """
 
@@ -20,7 +20,7 @@ import numpy_transformer.functional as F
 from numpy_transformer.applications import attention_cost
 from torch_transformer import classic_attention as TC
 from torch_transformer.bridge import copy_numpy_to_torch
-from torch_transformer.parity_classic_attention import draw_source_mask
+from torch_transformer.parity.cases_classic_attention import draw_source_mask
 
 from .helpers import assert_matches
 from .strategies import dtypes, seeds

@@ -16,8 +16,22 @@ def test_numpy_matches_twin_on_cuda(name, dtype):
     enable_exact_cuda_matmul()
     case = CASES[name]
     for dims in default_dims(case):
-        result = run_case(case, dims, dtype, seed=0, device="cuda", finite_differences=False)
+        result = run_case(case, dims, dtype, seed=0, device="cuda", finite_differences=False, builtin=False)
         assert not result.failures(), result.failures()
+
+
+@pytest.mark.parametrize("name", sorted(n for n, case in CASES.items() if case.builtin is not None))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_matches_the_declared_builtin_on_cuda(name, dtype):
+    """The built-ins' own CUDA kernels (cuDNN's GRU, fused attention), our weights mapped in."""
+    enable_exact_cuda_matmul()
+    case = CASES[name]
+    compared = 0
+    for dims in default_dims(case):
+        result = run_case(case, dims, dtype, seed=0, device="cuda", finite_differences=False)
+        compared += bool(result.vs_builtin)
+        assert not result.failures(), result.failures()
+    assert compared, f"{name}: the built-in took none of the default draws"
 
 
 def test_twin_module_runs_on_cuda_and_keeps_its_weights():

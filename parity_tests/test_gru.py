@@ -1,7 +1,7 @@
 """The GRU against PyTorch's own ``nn.GRUCell`` and ``nn.GRU``, its framework facts, properties and bad input.
 
 The twin and finite-difference checks of ``gru_cell``, ``gru``, ``GRUCell`` and ``GRU``
-run from the registry (``torch_transformer/parity_gru.py``, driven by
+run from the registry (``torch_transformer/parity/cases_gru.py``, driven by
 ``test_twin_parity.py``). This file compares with the *built-ins*, whose weights come
 through the named converters of ``torch_transformer.bridge`` (identities on names), with
 a random upstream gradient on every output (the fake loss ``sum(out * dout)``).

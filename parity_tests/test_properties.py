@@ -1,9 +1,17 @@
 """The mathematics of each op, checked on its own (no PyTorch involved).
 
 These catch bugs that a twin written with the same misunderstanding would share.
+
+Every registered parity case has at least one property test: a test here declares the
+cases it is about with ``@property_of(...)``; the property tests that live in a model
+family's own file are listed in :data:`ELSEWHERE`. Both fill :data:`PROPERTY_TESTS`,
+and ``test_meta.py`` fails on a case without an entry or on an entry that names no test.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,14 +20,72 @@ from hypothesis import strategies as st
 
 import numpy_transformer as nt
 import numpy_transformer.functional as F
-from torch_transformer.parity import CASES
+from numpy_transformer.config import BertConfig, RNNSeq2SeqConfig
+from torch_transformer.parity import CASES, draw_mask
 
 from .helpers import assert_matches
 from .strategies import dims_for, dtypes, seeds
 
+# case name -> "file.py::test_name" of every test of that case's own mathematics
+PROPERTY_TESTS: dict[str, list[str]] = defaultdict(list)
+
+
+def property_of(*cases: str) -> Callable:
+    """Declare the decorated test a property test of the parity ``cases`` it names."""
+
+    def declare(test: Callable) -> Callable:
+        for case in cases:
+            PROPERTY_TESTS[case].append(f"test_properties.py::{test.__name__}")
+        return test
+
+    return declare
+
+
+# Property tests of a model family that live in that family's test file.
+ELSEWHERE: dict[str, tuple[str, ...]] = {
+    "Transformer": (
+        "test_transformer.py::test_padding_never_changes_the_real_positions",
+        "test_transformer.py::test_tied_embeddings_share_one_matrix_and_collect_both_gradients",
+    ),
+    "BertModel": (
+        "test_bert.py::test_padding_does_not_change_real_tokens_and_gets_zero_attention",
+        "test_bert.py::test_pooler_reads_the_first_position_only",
+    ),
+    "BertForMaskedLM": ("test_bert.py::test_mlm_loss_and_gradient_live_on_selected_positions_only",),
+    "GPT": (
+        "test_gpt.py::test_changing_a_future_token_does_not_change_earlier_logits",
+        "test_gpt.py::test_gradient_of_an_early_logit_reaches_no_later_position",
+        "test_gpt.py::test_pad_keys_are_never_attended_to",
+    ),
+    "gru_cell": ("test_gru.py::test_gru_cell_with_update_gate_one_keeps_h_and_passes_its_gradient_straight",),
+    "gru": (
+        "test_gru.py::test_gru_backprop_through_time_reaches_the_first_input_from_the_last_state",
+        "test_gru.py::test_gru_reverse_reads_each_row_backwards_within_its_length",
+    ),
+    "GRU": (
+        "test_gru.py::test_gru_state_is_frozen_past_each_length_and_padding_is_ignored",
+        "test_gru.py::test_gru_module_accumulates_gradients_over_two_calls_and_inits_like_torch",
+    ),
+    "additive_attention": (
+        "test_classic_attention.py::test_weights_sum_to_one_over_allowed_keys_and_a_fully_masked_row_is_zero",
+        "test_classic_attention.py::test_masked_keys_get_zero_gradient_and_changing_them_changes_nothing",
+        "test_classic_attention.py::test_additive_score_with_precomputed_key_projection_equals_the_direct_formula",
+    ),
+    "luong_attention": (
+        "test_classic_attention.py::test_weights_sum_to_one_over_allowed_keys_and_a_fully_masked_row_is_zero",
+        "test_classic_attention.py::test_dot_score_equals_general_score_with_identity_weight",
+        "test_classic_attention.py::test_concat_score_is_the_additive_score_with_split_weights",
+    ),
+    "AdditiveAttention": ("test_classic_attention.py::test_module_gradients_accumulate_over_two_backward_calls",),
+    "LuongAttention": ("test_classic_attention.py::test_module_gradients_accumulate_over_two_backward_calls",),
+}
+for _case, _tests in ELSEWHERE.items():
+    PROPERTY_TESTS[_case].extend(_tests)
+
 # --------------------------------------------------------------------------- softmax family
 
 
+@property_of("softmax")
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 6)),
     dtype=dtypes,
@@ -40,6 +106,7 @@ def test_softmax_rows_sum_to_one_and_are_shift_invariant(shape, dtype, seed, shi
     assert np.abs(y_shifted - y).max() <= rounding + (1e-10 if dtype == np.float64 else 1e-5)
 
 
+@property_of("log_softmax")
 @given(shape=st.tuples(st.integers(1, 4), st.integers(1, 6)), dtype=dtypes, seed=seeds)
 def test_log_softmax_is_log_of_softmax_and_stays_finite_for_huge_logits(shape, dtype, seed):
     x = (1e4 * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
@@ -48,6 +115,7 @@ def test_log_softmax_is_log_of_softmax_and_stays_finite_for_huge_logits(shape, d
     assert_matches("sum exp(log_softmax)", np.exp(logp).sum(axis=-1), np.ones(shape[0]), dtype)
 
 
+@property_of("cross_entropy")
 @given(N=st.integers(1, 8), V=st.integers(2, 9), dtype=dtypes, seed=seeds)
 def test_cross_entropy_without_smoothing_equals_nll_of_log_softmax(N, V, dtype, seed):
     rng = np.random.default_rng(seed)
@@ -62,6 +130,7 @@ def test_cross_entropy_without_smoothing_equals_nll_of_log_softmax(N, V, dtype, 
     assert_matches("loss", loss, nll, dtype)
 
 
+@property_of("cross_entropy")
 @given(N=st.integers(1, 8), V=st.integers(2, 9), eps=st.floats(0.0, 1.0), seed=seeds)
 def test_cross_entropy_gradient_rows_sum_to_zero_and_ignored_rows_get_none(N, V, eps, seed):
     """dlogits = (p - q)/N_valid: p and q both sum to 1, so every row of the gradient sums to 0."""
@@ -75,6 +144,7 @@ def test_cross_entropy_gradient_rows_sum_to_zero_and_ignored_rows_get_none(N, V,
     assert np.all(d[targets == -100] == 0)
 
 
+@property_of("cross_entropy")
 def test_cross_entropy_with_every_row_ignored_is_nan_with_zero_gradient():
     logits = np.random.default_rng(0).standard_normal((3, 4))
     loss, cache = F.cross_entropy_forward(logits, np.full(3, -100))
@@ -85,6 +155,7 @@ def test_cross_entropy_with_every_row_ignored_is_nan_with_zero_gradient():
 # --------------------------------------------------------------------------- layer norm
 
 
+@property_of("layer_norm")
 @given(B=st.integers(1, 4), C=st.integers(2, 16), dtype=dtypes, seed=seeds)
 def test_layer_norm_rows_have_zero_mean_and_unit_variance_before_the_affine(B, C, dtype, seed):
     rng = np.random.default_rng(seed)
@@ -100,6 +171,7 @@ def test_layer_norm_rows_have_zero_mean_and_unit_variance_before_the_affine(B, C
     assert y.dtype == dtype
 
 
+@property_of("layer_norm")
 def test_layer_norm_gradient_is_orthogonal_to_constant_shifts():
     """LayerNorm ignores adding c to a row, so dx is orthogonal to the all-ones vector (sums to 0)."""
     rng = np.random.default_rng(1)
@@ -112,13 +184,12 @@ def test_layer_norm_gradient_is_orthogonal_to_constant_shifts():
 # --------------------------------------------------------------------------- attention
 
 
+@property_of("scaled_dot_product_attention")
 @given(data=st.data(), dtype=dtypes, seed=seeds)
 def test_attention_weights_are_distributions_over_allowed_keys(data, dtype, seed):
     dims = data.draw(dims_for(CASES["scaled_dot_product_attention"]))
     B, H, T, S, D = dims["B"], dims["H"], dims["T"], dims["S"], dims["D"]
     rng = np.random.default_rng(seed)
-    from torch_transformer.parity import draw_mask
-
     mask, is_causal = draw_mask(rng, dims["mask"], B, H, T, S)
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in [(B, H, T, D), (B, H, S, D), (B, H, S, D)])
     _, cache = F.scaled_dot_product_attention_forward(q, k, v, mask=mask, is_causal=is_causal)
@@ -134,6 +205,7 @@ def test_attention_weights_are_distributions_over_allowed_keys(data, dtype, seed
     assert_matches("row sums", w.sum(axis=-1), expected, dtype)
 
 
+@property_of("MultiHeadAttention")
 @given(B=st.integers(1, 2), T=st.integers(2, 6), H=st.sampled_from([1, 2]), seed=seeds, t=st.integers(0, 5))
 def test_causal_output_never_depends_on_later_positions(B, T, H, seed, t):
     """Under a causal mask the gradient of output t with respect to inputs after t is exactly zero."""
@@ -156,6 +228,7 @@ def test_causal_output_never_depends_on_later_positions(B, T, H, seed, t):
     assert np.array_equal(out2[:, : t + 1], out[:, : t + 1])
 
 
+@property_of("MultiHeadAttention")
 @given(B=st.integers(1, 2), T=st.integers(1, 6), H=st.sampled_from([1, 2, 4]), dtype=dtypes, seed=seeds)
 def test_self_attention_without_positions_is_permutation_equivariant(B, T, H, dtype, seed):
     rng = np.random.default_rng(seed)
@@ -168,6 +241,7 @@ def test_self_attention_without_positions_is_permutation_equivariant(B, T, H, dt
     assert_matches("attention(x[perm]) vs attention(x)[perm]", out_p, out[:, perm], dtype)
 
 
+@property_of("scaled_dot_product_attention")
 def test_fully_masked_query_row_gives_zero_output_and_zero_gradient():
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((1, 1, 3, 4)), rng.standard_normal((1, 1, 5, 4)), rng.standard_normal((1, 1, 5, 2))
@@ -218,6 +292,7 @@ def test_positional_encoding_matches_the_formula_at_sample_points():
 # --------------------------------------------------------------------------- the rest
 
 
+@property_of("dropout")
 @given(dtype=dtypes, seed=seeds, p=st.sampled_from([0.1, 0.5, 0.9]))
 def test_dropout_keeps_about_one_minus_p_and_preserves_the_mean(dtype, seed, p):
     rng = np.random.default_rng(seed)
@@ -231,6 +306,7 @@ def test_dropout_keeps_about_one_minus_p_and_preserves_the_mean(dtype, seed, p):
     assert y_eval is x
 
 
+@property_of("dropout")
 def test_dropout_with_the_same_seed_drops_the_same_units():
     x = np.random.default_rng(0).standard_normal((5, 7))
     a, _ = F.dropout_forward(x, 0.5, rng=np.random.default_rng(42))
@@ -238,6 +314,7 @@ def test_dropout_with_the_same_seed_drops_the_same_units():
     assert np.array_equal(a, b)
 
 
+@property_of("embedding")
 def test_embedding_gradient_accumulates_repeated_ids():
     rng = np.random.default_rng(0)
     W = rng.standard_normal((5, 3))
@@ -250,6 +327,7 @@ def test_embedding_gradient_accumulates_repeated_ids():
     assert np.all(dW[[2, 3]] == 0)
 
 
+@property_of("gelu")
 @given(seed=seeds)
 def test_gelu_limits_and_tanh_approximation_is_close_to_exact(seed):
     x = np.random.default_rng(seed).uniform(-6, 6, 50)
@@ -273,6 +351,7 @@ def test_every_op_and_module_keeps_the_input_dtype(name, dtype):
         assert g.dtype == dtype, f"{name}: d{g_name} has dtype {g.dtype}"
 
 
+@property_of("Linear")
 def test_module_gradients_accumulate_and_zero_grad_resets_them():
     rng = np.random.default_rng(0)
     lin = nt.Linear(3, 2, rng=rng)
@@ -302,6 +381,7 @@ def test_named_parameters_and_named_grads_share_the_state_dict_keys():
     ]
 
 
+@property_of("FeedForward")
 def test_train_and_eval_switch_every_submodule():
     ff = nt.FeedForward(4, 8, dropout=0.5, rng=np.random.default_rng(0))
     ff.eval()
@@ -314,6 +394,7 @@ def test_train_and_eval_switch_every_submodule():
     assert ff.dropout.training
 
 
+@property_of("MultiHeadAttention")
 def test_key_projection_bias_has_no_effect_and_a_zero_gradient_up_to_rounding():
     """softmax(q (k + b)^T) = softmax(q k^T + q.b): the same shift for every key of a row, which softmax ignores."""
     rng = np.random.default_rng(0)
@@ -328,6 +409,7 @@ def test_key_projection_bias_has_no_effect_and_a_zero_gradient_up_to_rounding():
     assert_matches("output with another key bias", out2, out, np.float64)
 
 
+@property_of("Dropout")
 def test_dropout_module_draws_from_its_own_generator_unless_given_one():
     x = np.ones((4, 50))
     a, _ = nt.Dropout(0.5, rng=np.random.default_rng(7)).forward(x)
@@ -338,3 +420,249 @@ def test_dropout_module_draws_from_its_own_generator_unless_given_one():
         nt.Dropout(0.5).forward(x)  # training mode, p > 0, no generator anywhere
     with pytest.raises(TypeError, match="rng"):
         nt.Dropout(0.5, rng=7)
+
+
+# --------------------------------------------------------------------------- ops without a test above
+
+
+@property_of("linear")
+@given(bias=st.booleans(), dtype=dtypes, seed=seeds)
+def test_linear_backward_is_the_transpose_of_the_forward(bias, dtype, seed):
+    """y - b = x W^T is bilinear: <dout, y - b> = <dx, x> = <dW, W>, and db sums dout over every row."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((2, 3, 4)).astype(dtype), rng.standard_normal((5, 4)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype) if bias else None
+    y, cache = F.linear_forward(x, w, b)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = F.linear_backward(dout, cache)
+    pairing = np.sum(dout * (y - (b if bias else 0)), dtype=np.float64)
+    assert_matches("<dx, x>", np.sum(dx * x, dtype=np.float64), pairing, dtype)
+    assert_matches("<dW, W>", np.sum(dw * w, dtype=np.float64), pairing, dtype)
+    assert (db is None) == (not bias)
+    if bias:
+        assert_matches("db", db, dout.reshape(-1, 5).sum(axis=0), dtype)
+
+
+@property_of("relu")
+@given(dtype=dtypes, seed=seeds, scale=st.floats(0.01, 100.0))
+def test_relu_is_positively_homogeneous_and_its_gradient_gates_dout_where_x_is_positive(dtype, seed, scale):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 7)).astype(dtype)
+    x[0, :3] = 0  # the kink: derivative 0, as PyTorch
+    y, cache = F.relu_forward(x)
+    y_scaled, _ = F.relu_forward(x * dtype(scale))
+    assert np.all(y >= 0)
+    assert_matches("relu(a x) = a relu(x)", y_scaled, y * dtype(scale), dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    assert np.array_equal(F.relu_backward(dout, cache), np.where(x > 0, dout, 0))
+
+
+@property_of("tanh")
+@given(dtype=dtypes, seed=seeds)
+def test_tanh_is_odd_bounded_and_its_derivative_is_one_minus_tanh_squared(dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = (3 * rng.standard_normal((4, 6))).astype(dtype)
+    y, cache = F.tanh_forward(x)
+    y_neg, _ = F.tanh_forward(-x)
+    assert np.all(np.abs(y) <= 1)
+    assert_matches("tanh(-x) = -tanh(x)", y_neg, -y, dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    assert_matches("dx = dout (1 - y^2)", F.tanh_backward(dout, cache), dout * (1 - y * y), dtype)
+
+
+@property_of("l2_normalize")
+@given(dtype=dtypes, seed=seeds, scale=st.floats(0.1, 10.0))
+def test_l2_normalize_gives_unit_rows_ignores_row_scale_and_its_gradient_is_orthogonal_to_x(dtype, seed, scale):
+    """y(a x) = y(x) for a > 0, so (Euler, degree 0) every row of dx is orthogonal to its row of x."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((3, 5)) + 0.5).astype(dtype)
+    y, cache = F.l2_normalize_forward(x)
+    assert_matches("row norms", np.linalg.norm(y, axis=-1), np.ones(3), dtype)
+    assert_matches("y(a x) = y(x)", F.l2_normalize_forward(x * dtype(scale))[0], y, dtype)
+    dx = F.l2_normalize_backward(rng.standard_normal(x.shape).astype(dtype), cache)
+    assert_matches("<dx, x> per row", np.sum(dx * x, axis=-1), np.zeros(3), dtype)
+
+
+@property_of("mean_pooling")
+@given(dtype=dtypes, seed=seeds)
+def test_mean_pooling_averages_the_real_tokens_and_padding_changes_nothing(dtype, seed):
+    rng = np.random.default_rng(seed)
+    B, T, C = 3, 5, 4
+    lengths = rng.integers(1, T + 1, size=B)
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
+    hidden = rng.standard_normal((B, T, C)).astype(dtype)
+    y, cache = F.mean_pooling_forward(hidden, mask)
+    expected = np.stack([hidden[b, : lengths[b]].mean(axis=0) for b in range(B)])
+    assert_matches("mean of the real tokens", y, expected, dtype)
+    other = np.where(mask[..., None] == 1, hidden, dtype(1e3))  # rewrite every padded position
+    assert np.array_equal(F.mean_pooling_forward(other, mask)[0], y)
+    dhidden = F.mean_pooling_backward(rng.standard_normal(y.shape).astype(dtype), cache)
+    assert np.all(dhidden[mask == 0] == 0), "a padded position received gradient"
+
+
+# --------------------------------------------------------------------------- modules without a test above
+
+
+@property_of("Embedding")
+def test_embedding_module_looks_up_rows_and_never_updates_the_pad_row():
+    rng = np.random.default_rng(3)
+    emb = nt.Embedding(6, 3, padding_idx=2, rng=rng)
+    ids = np.array([[2, 5, 5], [0, 2, 1]])
+    y, cache = emb.forward(ids)
+    assert np.array_equal(y, emb.weight[ids])
+    dout = rng.standard_normal(y.shape)
+    emb.backward(dout, cache)
+    g = emb.grads["weight"]
+    assert np.all(g[2] == 0), "the pad row was updated"
+    assert_matches("dW[5]", g[5], dout[0, 1] + dout[0, 2], np.float64)
+    assert np.all(g[[3, 4]] == 0)
+
+
+@property_of("LayerNorm")
+@given(seed=seeds, shift=st.floats(-100, 100), scale=st.floats(0.1, 10.0))
+def test_layer_norm_module_ignores_a_shift_and_a_positive_scale_of_each_row(seed, shift, scale):
+    """LN(a x + c) = LN(x) for a > 0 (eps = 1e-20 vanishes against the variance), and dx sums to 0 per row."""
+    rng = np.random.default_rng(seed)
+    ln = nt.LayerNorm(6, eps=1e-20)
+    ln.load_state_dict({"weight": rng.standard_normal(6), "bias": rng.standard_normal(6)})
+    x = rng.standard_normal((2, 3, 6)) + np.linspace(-1, 1, 6)  # every row spread out
+    y, cache = ln.forward(x)
+    assert_matches("LN(a x + c) = LN(x)", ln.forward(scale * x + shift)[0], y, np.float64)
+    dx = ln.backward(rng.standard_normal(y.shape), cache)
+    assert np.abs(dx.sum(axis=-1)).max() < 1e-12
+
+
+@property_of("Dropout")
+def test_dropout_module_in_eval_mode_is_the_identity_and_passes_dout_through():
+    drop = nt.Dropout(0.5).eval()
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    y, cache = drop.forward(x)
+    assert np.array_equal(y, x)
+    dout = np.random.default_rng(1).standard_normal(x.shape)
+    assert np.array_equal(drop.backward(dout, cache), dout)
+
+
+@property_of("FeedForward")
+@given(activation=st.sampled_from(["relu", "gelu", "gelu_tanh"]), seed=seeds)
+def test_feed_forward_acts_on_each_position_alone(activation, seed):
+    rng = np.random.default_rng(seed)
+    ff = nt.FeedForward(4, 9, activation, dropout=0.0, rng=rng)
+    x = rng.standard_normal((2, 5, 4))
+    perm = rng.permutation(5)
+    y, _ = ff.forward(x)
+    assert_matches("ff(x[perm]) = ff(x)[perm]", ff.forward(x[:, perm])[0], y[:, perm], np.float64)
+    assert_matches("one position alone", ff.forward(x[:, 2:3])[0], y[:, 2:3], np.float64)
+
+
+@property_of("GRUCell", "GRU")
+@given(bidirectional=st.booleans(), seed=seeds)
+def test_gru_layer_is_its_cell_unrolled_over_time_in_each_direction(bidirectional, seed):
+    """outputs[:, t] = h_t of the cell fed x_0 .. x_t; the backward direction reads x_{T-1} .. x_0."""
+    rng = np.random.default_rng(seed)
+    B, T, I, H = 2, 4, 3, 2
+    gru = nt.GRU(I, H, bidirectional=bidirectional, rng=rng)
+    x, h0 = rng.standard_normal((B, T, I)), rng.standard_normal((2 if bidirectional else 1, B, H))
+    (outputs, h_n), _ = gru.forward(x, h0)
+    for d, suffix in enumerate(["_l0", "_l0_reverse"][: gru.num_directions]):
+        cell = nt.GRUCell(I, H, rng=rng)
+        cell.load_state_dict({name: gru.state_dict()[name + suffix] for name, _ in cell.named_parameters()})
+        h, steps = h0[d], range(T - 1, -1, -1) if d else range(T)
+        for t in steps:
+            h, _ = cell.forward(x[:, t], h)
+            assert_matches(f"direction {d}, step {t}", outputs[:, t, d * H : (d + 1) * H], h, np.float64)
+        assert_matches(f"h_n of direction {d}", h_n[d], h, np.float64)
+
+
+@property_of("AdditiveAttention", "LuongAttention")
+@pytest.mark.parametrize("score", ["additive", "dot", "general", "concat"])
+def test_source_attention_module_is_blind_to_the_order_of_the_source(score):
+    """Permuting the source positions with their mask keeps the context and permutes the weights."""
+    rng = np.random.default_rng(4)
+    B, T, S, Dq, Dv = 2, 3, 5, 4, 3
+    Dk = Dq if score == "dot" else 5
+    if score == "additive":
+        m = nt.AdditiveAttention(Dq, Dk, 6, rng=rng)
+    else:
+        m = nt.LuongAttention(Dq, Dk, score, attn_dim=6 if score == "concat" else None, rng=rng)
+    q, k, v = rng.standard_normal((B, T, Dq)), rng.standard_normal((B, S, Dk)), rng.standard_normal((B, S, Dv))
+    mask = rng.random((B, S)) < 0.7
+    mask[:, 0] = True
+    perm = rng.permutation(S)
+    out, cache = m.forward(q, k, v, mask=mask)
+    out_p, cache_p = m.forward(q, k[:, perm], v[:, perm], mask=mask[:, perm])
+    assert_matches("context", out_p, out, np.float64)
+    assert_matches("weights", cache_p.weights, cache.weights[..., perm], np.float64)
+
+
+# --------------------------------------------------------------------------- layers and models
+
+
+@property_of("EncoderLayer")
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_without_a_mask_is_permutation_equivariant(norm_first):
+    rng = np.random.default_rng(5)
+    layer = nt.EncoderLayer(8, 2, 12, dropout=0.0, norm_first=norm_first, rng=rng)
+    x = rng.standard_normal((2, 6, 8))
+    perm = rng.permutation(6)
+    y, _ = layer.forward(x)
+    assert_matches("layer(x[perm]) = layer(x)[perm]", layer.forward(x[:, perm])[0], y[:, perm], np.float64)
+
+
+@property_of("DecoderLayer")
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_layer_is_causal_in_the_target_and_blind_to_the_order_of_the_memory(norm_first):
+    rng = np.random.default_rng(6)
+    B, T, S, C = 2, 5, 4, 8
+    layer = nt.DecoderLayer(C, 2, 12, dropout=0.0, norm_first=norm_first, rng=rng)
+    x, memory = rng.standard_normal((B, T, C)), rng.standard_normal((B, S, C))
+    memory_mask, _ = draw_mask(rng, "padding", B, 2, T, S)  # (B, 1, 1, S)
+    causal = F.causal_mask(T)
+    y, _ = layer.forward(x, memory, causal, memory_mask)
+    perm = rng.permutation(S)
+    y_p, _ = layer.forward(x, memory[:, perm], causal, memory_mask[..., perm])
+    assert_matches("memory permuted with its mask", y_p, y, np.float64)
+    x2 = x.copy()
+    x2[:, 3:] += rng.standard_normal(x2[:, 3:].shape)  # change the future of position 2
+    y2, _ = layer.forward(x2, memory, causal, memory_mask)
+    assert np.array_equal(y2[:, :3], y[:, :3])
+
+
+@property_of("Transformer")
+def test_transformer_logit_at_step_t_never_depends_on_later_target_tokens():
+    cfg = nt.TransformerConfig(9, 9, d_model=8, n_heads=2, d_ff=16, dropout=0.0)
+    model = nt.Transformer(cfg, rng=np.random.default_rng(0))
+    src, tgt = np.array([[3, 4, 5, 6]]), np.array([[1, 6, 7, 8, 2]])
+    logits, _ = model.forward(src, tgt)
+    later = tgt.copy()
+    later[:, 3:] = [[4, 5]]
+    logits2, _ = model.forward(src, later)
+    assert np.array_equal(logits2[:, :3], logits[:, :3])
+    assert np.abs(logits2[:, 3:] - logits[:, 3:]).max() > 1e-6
+
+
+@property_of("BertForSequenceClassification")
+def test_sequence_classification_logits_ignore_what_the_padded_positions_hold():
+    cfg = BertConfig(vocab_size=20, hidden_size=8, n_layers=2, n_heads=2, intermediate_size=12, dropout=0.0)
+    rng = np.random.default_rng(7)
+    model = nt.BertForSequenceClassification(cfg, 3, np.float64, rng)
+    ids = rng.integers(4, 20, size=(2, 6))
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    logits, _ = model.forward(ids, mask)
+    other = np.where(mask == 1, ids, rng.integers(4, 20, size=ids.shape))
+    logits2, _ = model.forward(other, mask)
+    assert logits.shape == (2, 3)
+    assert_matches("logits with other padded tokens", logits2, logits, np.float64)
+
+
+@property_of("RNNSeq2Seq")
+@pytest.mark.parametrize("attention", ["bahdanau", "luong-dot", "luong-general", "luong-concat"])
+def test_rnn_seq2seq_logit_at_step_t_never_depends_on_later_target_tokens(attention):
+    cfg = RNNSeq2SeqConfig(src_vocab_size=9, tgt_vocab_size=9, embed_dim=4, hidden_size=6, attention=attention)
+    model = nt.RNNSeq2Seq(cfg, rng=np.random.default_rng(8))
+    src, tgt = np.array([[3, 4, 5, 6], [5, 6, 7, 0]]), np.array([[1, 6, 7, 8, 2], [1, 3, 4, 5, 2]])
+    logits, _ = model.forward(src, tgt)
+    later = tgt.copy()
+    later[:, 3:] = 5
+    logits2, _ = model.forward(src, later)
+    assert np.array_equal(logits2[:, :3], logits[:, :3])
+    assert np.abs(logits2[:, 3:] - logits[:, 3:]).max() > 1e-6

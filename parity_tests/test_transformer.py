@@ -25,7 +25,7 @@ from .strategies import dtypes, seeds
 def configs(draw, dropout=None):
     H = draw(st.sampled_from([1, 2, 4]))
     C = H * draw(st.sampled_from([2, 4]))
-    C = max(C, 4)  # LayerNorm over 2 features is ill-conditioned in float32 (see parity.py)
+    C = max(C, 4)  # LayerNorm over 2 features is ill-conditioned in float32 (see parity/registry.py)
     return nt.TransformerConfig(
         src_vocab_size=draw(st.integers(4, 12)),
         tgt_vocab_size=draw(st.integers(4, 12)),

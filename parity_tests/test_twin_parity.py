@@ -4,7 +4,8 @@ The cases come from ``torch_transformer.parity.CASES`` (the registry the
 ``parity`` command runs too). Hypothesis draws sizes (1s included, T != S,
 several heads), mask kinds (padding, causal, both, random, a fully masked row),
 the dtype and a seed; the upstream gradient is random. ``test_meta.py`` fails
-when an op or module has no case here.
+when an op or module has no case here. (The same draws against the PyTorch built-in a
+case declares run in ``test_builtins.py``.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _assert_result_within_contract(result) -> None:
 def test_forward_and_every_gradient_match_torch_twin(name, data, dtype, seed):
     case = CASES[name]
     dims = data.draw(dims_for(case), label="dims")
-    result = run_case(case, dims, dtype, seed, finite_differences=False)
+    result = run_case(case, dims, dtype, seed, finite_differences=False, builtin=False)
     assert result.vs_twin, f"{name}: no gradient was compared"
     _assert_result_within_contract(result)
 
@@ -45,7 +46,7 @@ def test_forward_and_every_gradient_match_torch_twin(name, data, dtype, seed):
 def _check_finite_differences(name: str, data, seed: int) -> None:
     case = CASES[name]
     dims = data.draw(dims_for(case, max_len=4), label="dims")
-    result = run_case(case, dims, np.float64, seed, finite_differences=True)
+    result = run_case(case, dims, np.float64, seed, finite_differences=True, builtin=False)
     assert result.vs_finite_differences, f"{name}: no gradient was checked"
     fd_tol = tolerance("finite_differences", np.float64)
     for cmp in result.vs_finite_differences:

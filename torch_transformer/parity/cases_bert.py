@@ -1,10 +1,13 @@
 """Parity cases for BERT: the encoder with its pooler, the MLM head, the classification head.
 
-Registered on import. Variants: ``(dropout p, number of layers)``; padding, two
+Registered on import. Variants: dropout p and the number of layers; padding, two
 segments and (with p > 0) the NumPy model's dropout masks replayed in the twin.
+No PyTorch built-in: ``transformers.BertModel`` is compared in ``parity_tests/test_pretrained.py``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,19 +15,38 @@ import torch
 from numpy_transformer.config import BertConfig
 from numpy_transformer.models import bert as nbert
 
-from . import bert as tbert
-from .parity import _DROP, CASES, Case, _given_masks, _layer_dims, _load, _module_grads, _normal, _params_and, a_dtype
+from .. import bert as tbert
+from .registry import (
+    Case,
+    float_dtype,
+    given_masks,
+    layer_dims,
+    load_weights,
+    module_grads,
+    normal,
+    numpy_dtype,
+    register,
+    stored_masks,
+    twin_float_dtype,
+)
 
-_VARIANTS = ((0.0, 1), (0.2, 2))
+
+@dataclass(frozen=True)
+class BertVariant:
+    dropout: float
+    layers: int
+
+
+VARIANTS = (BertVariant(dropout=0.0, layers=1), BertVariant(dropout=0.2, layers=2))
 _LABELS = 3
 
 
 def _config(d: dict) -> BertConfig:
-    H, C, Fw = _layer_dims(d)
-    p, layers = d["variant"]
+    H, C, Fw = layer_dims(d)
+    v = d["variant"]
     return BertConfig(
-        vocab_size=d["V"] + 2, hidden_size=C, n_layers=layers, n_heads=H, intermediate_size=Fw,
-        max_position_embeddings=8, type_vocab_size=2, dropout=p, layer_norm_eps=1e-12, pad_id=0,
+        vocab_size=d["V"] + 2, hidden_size=C, n_layers=v.layers, n_heads=H, intermediate_size=Fw,
+        max_position_embeddings=8, type_vocab_size=2, dropout=v.dropout, layer_norm_eps=1e-12, pad_id=0,
     )  # fmt: skip
 
 
@@ -48,7 +70,7 @@ def _drawer(kind: str):
     def draw(rng, dtype, d):
         cfg = _config(d)
         model = _make(kind, cfg, dtype)
-        arrays = {name: _normal(rng, p.shape, dtype, scale=0.5) for name, p in model.named_parameters()}
+        arrays = {name: normal(rng, p.shape, dtype, scale=0.5) for name, p in model.named_parameters()}
         B, S = d["B"], d["S"]
         ids = rng.integers(1, cfg.vocab_size, size=(B, S))
         lengths = rng.integers(1, S + 1, size=B)  # right padding; position 0 ([CLS]) stays a token
@@ -64,7 +86,7 @@ def _drawer(kind: str):
         model.load_state_dict({n: arrays[n] for n, _ in model.named_parameters()})
         _, cache = model.forward(ids, keep.astype(np.int64), arrays["token_type_ids"], rng=rng)
         used = cache.dropout_masks if kind == "BertModel" else cache.bert.dropout_masks
-        arrays.update({_DROP + k: v for k, v in used.items()})
+        arrays.update(stored_masks(used))
         return arrays
 
     return draw
@@ -88,9 +110,9 @@ def _joined(hidden, pooled):
 
 def _numpy(kind: str):
     def run(a, d):
-        model = _load(_make(kind, _config(d), a_dtype(a)), a)
+        model = load_weights(_make(kind, _config(d), float_dtype(a)), a)
         out, cache = model.forward(
-            a["input_ids"], a["attention_mask"], a["token_type_ids"], dropout_masks=_given_masks(a)
+            a["input_ids"], a["attention_mask"], a["token_type_ids"], dropout_masks=given_masks(a)
         )
 
         def backward(dout):
@@ -100,7 +122,7 @@ def _numpy(kind: str):
                 model.backward(dout[:, : S * C].reshape(B, S, C), np.ascontiguousarray(dout[:, S * C :]), cache)
             else:
                 model.backward(dout, cache)
-            return _module_grads(model)
+            return module_grads(model)
 
         if kind == "BertModel":
             return _joined(out.last_hidden_state, out.pooler_output), backward
@@ -112,10 +134,9 @@ def _numpy(kind: str):
 def _torch(kind: str):
     def run(t, d):
         ids = t["input_ids"]
-        dtype = next(v.dtype for v in t.values() if v.is_floating_point())
-        model = _load(_make(kind, _config(d), np.float32 if dtype == torch.float32 else np.float64, twin=True), t)
+        model = load_weights(_make(kind, _config(d), numpy_dtype(twin_float_dtype(t)), twin=True), t)
         model = model.to(ids.device)
-        out = model(ids, t["attention_mask"], t["token_type_ids"], _given_masks(t))
+        out = model(ids, t["attention_mask"], t["token_type_ids"], given_masks(t))
         if kind == "BertModel":
             out = _joined(*out)
         return out, dict(model.named_parameters())
@@ -124,8 +145,17 @@ def _torch(kind: str):
 
 
 for _kind in ("BertModel", "BertForMaskedLM", "BertForSequenceClassification"):
-    CASES[_kind] = Case(
-        _kind, "model", _drawer(_kind), _params_and(), _numpy(_kind), _torch(_kind),
-        variants=_VARIANTS, uses=("B", "S", "H", "D", "V"),
-        conventional_zeros=None if _kind == "BertForMaskedLM" else _zero_pad_row,
-    )  # fmt: skip
+    register(
+        Case(
+            name=_kind,
+            kind="model",
+            draw=_drawer(_kind),
+            differentiable=lambda d: (),
+            all_parameters=True,
+            numpy=_numpy(_kind),
+            torch=_torch(_kind),
+            variants=VARIANTS,
+            uses=("B", "S", "H", "D", "V"),
+            conventional_zeros=None if _kind == "BertForMaskedLM" else _zero_pad_row,
+        )
+    )
