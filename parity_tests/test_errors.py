@@ -315,6 +315,225 @@ def test_bad_input_raises_the_documented_error_naming_the_argument(call, error, 
         call()
 
 
+# --------------------------------------------------------------------------- degenerate sizes, loose arguments
+#
+# Each used to fail deep inside NumPy (a zero-size reduction, ZeroDivisionError, IndexError) or to
+# pass silently (scale=nan gave NaN, eps=inf gave zeros, is_causal="no" was truthy). Every
+# message names the argument, says what was expected and shows what was given. TypeError for a
+# value of the wrong type, ValueError for a wrong value of the right type (sizes, eps and
+# probabilities keep their family's ValueError: checks.py explains the two families).
+
+K0, V0 = arr(2, 0, 4), arr(2, 0, 6)  # S = 0 keys and values
+MHA = nt.MultiHeadAttention(4, 2, rng=np.random.default_rng(1))
+
+DEGENERATE_CASES = [
+    # ---- degenerate sizes
+    (
+        "attention S = 0",
+        lambda: scaled_dot_product_attention_forward(Q, K0, V0),
+        ValueError,
+        r"^k: expected .*S >= 1.*\(2, 0, 4\)",
+    ),
+    (
+        "attention D = 0",
+        lambda: scaled_dot_product_attention_forward(arr(2, 3, 0), arr(2, 5, 0), V),
+        ValueError,
+        r"^q: expected .*D >= 1.*\(2, 3, 0\)",
+    ),
+    (
+        "attention D = 0 with an explicit scale",
+        lambda: scaled_dot_product_attention_forward(arr(2, 3, 0), arr(2, 5, 0), V, scale=1.0),
+        ValueError,
+        r"^q: expected .*D >= 1",
+    ),
+    (
+        "MultiHeadAttention S = 0",
+        lambda: MHA.forward(arr(1, 3, 4), arr(1, 0, 4), arr(1, 0, 4)),
+        ValueError,
+        r"^key: expected .*S >= 1.*\(1, 0, 4\)",
+    ),
+    (
+        "softmax zero-size axis",
+        lambda: softmax_forward(arr(2, 0)),
+        ValueError,
+        r"^x: expected axis -1 .*size >= 1.*\(2, 0\)",
+    ),
+    ("softmax zero-size axis 0", lambda: softmax_forward(arr(0, 3), axis=0), ValueError, r"^x: expected axis 0 "),
+    ("log_softmax zero-size axis", lambda: log_softmax_forward(arr(3, 0)), ValueError, r"^x: expected axis -1 "),
+    (
+        "cross_entropy V = 0",
+        lambda: cross_entropy_forward(arr(2, 0), np.array([0, 0])),
+        ValueError,
+        r"^logits: expected axis -1 \(classes V\) to have size >= 1, got shape \(2, 0\)",
+    ),
+    (
+        "cross_entropy V = 0, (B, T, V)",
+        lambda: cross_entropy_forward(arr(2, 3, 0), np.zeros((2, 3), dtype=np.int64)),
+        ValueError,
+        r"^logits: expected axis -1 \(classes V\) to have size >= 1, got shape \(2, 3, 0\)",
+    ),
+    # ---- loose arguments
+    (
+        "attention scale = nan",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale=float("nan")),
+        ValueError,
+        r"^scale: expected a finite number, got nan",
+    ),
+    (
+        "attention scale = inf",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale=np.inf),
+        ValueError,
+        r"^scale: expected a finite number, got inf",
+    ),
+    (
+        "attention scale = 0",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale=0.0),
+        ValueError,
+        r"^scale: expected a number > 0, got 0.0",
+    ),
+    (
+        "attention scale = -1",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale=-1),
+        ValueError,
+        r"^scale: expected a number > 0, got -1.0",
+    ),
+    (
+        "attention scale = 'x'",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale="x"),
+        TypeError,
+        r"^scale: expected a real number, got str 'x'",
+    ),
+    (
+        "attention scale = True",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, scale=True),
+        TypeError,
+        r"^scale: expected a real number, got bool",
+    ),
+    (
+        "layer_norm eps = inf",
+        lambda: layer_norm_forward(arr(2, C), LN_W, LN_B, eps=np.inf),
+        ValueError,
+        r"^eps: expected a positive float \(finite, > 0\), got inf",
+    ),
+    (
+        "layer_norm eps = nan",
+        lambda: layer_norm_forward(arr(2, C), LN_W, LN_B, eps=float("nan")),
+        ValueError,
+        r"^eps: expected a positive float \(finite, > 0\), got nan",
+    ),
+    (
+        "LayerNorm module eps = inf",
+        lambda: nt.LayerNorm(C, eps=np.inf).forward(arr(2, C)),
+        ValueError,
+        r"^eps: expected a positive float \(finite, > 0\), got inf",
+    ),
+    (
+        "attention is_causal = 'no'",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, is_causal="no"),
+        TypeError,
+        r"^is_causal: expected a bool, got str 'no'",
+    ),
+    (
+        "attention is_causal = 1",
+        lambda: scaled_dot_product_attention_forward(Q, K, V, is_causal=1),
+        TypeError,
+        r"^is_causal: expected a bool, got int 1",
+    ),
+    (
+        "MultiHeadAttention is_causal = 'no'",
+        lambda: MHA.forward(arr(1, 3, 4), arr(1, 3, 4), arr(1, 3, 4), is_causal="no"),
+        TypeError,
+        r"^is_causal: expected a bool, got str 'no'",
+    ),
+    (
+        "cross_entropy ignore_index = 'x'",
+        lambda: cross_entropy_forward(arr(3, 5), np.array([0, 1, 2]), ignore_index="x"),
+        TypeError,
+        r"^ignore_index: expected an integer, got str 'x'",
+    ),
+    (
+        "cross_entropy ignore_index = 1.5",
+        lambda: cross_entropy_forward(arr(3, 5), np.array([0, 1, 2]), ignore_index=1.5),
+        TypeError,
+        r"^ignore_index: expected an integer, got float 1.5",
+    ),
+    (
+        "cross_entropy label_smoothing = 'x'",
+        lambda: cross_entropy_forward(arr(3, 5), np.array([0, 1, 2]), label_smoothing="x"),
+        TypeError,
+        r"^label_smoothing: expected a real number, got str 'x'",
+    ),
+    (
+        "cross_entropy label_smoothing = True",
+        lambda: cross_entropy_forward(arr(3, 5), np.array([0, 1, 2]), label_smoothing=True),
+        TypeError,
+        r"^label_smoothing: expected a real number, got bool",
+    ),
+    (
+        "embedding padding_idx = 1.5",
+        lambda: embedding_forward(np.array([0, 1]), EMB, padding_idx=1.5),
+        TypeError,
+        r"^padding_idx: expected an integer, got float 1.5",
+    ),
+    (
+        "embedding padding_idx = '1'",
+        lambda: embedding_forward(np.array([0, 1]), EMB, padding_idx="1"),
+        TypeError,
+        r"^padding_idx: expected an integer, got str '1'",
+    ),
+    (
+        "embedding padding_idx = True",
+        lambda: embedding_forward(np.array([0, 1]), EMB, padding_idx=True),
+        TypeError,
+        r"^padding_idx: expected an integer, got bool",
+    ),
+    (
+        "padding_mask pad_id = 'x'",
+        lambda: padding_mask(np.array([[1, 0]]), "x"),
+        TypeError,
+        r"^pad_id: expected an integer, got str 'x'",
+    ),
+    (
+        "dropout p = np.float64(1.0)",
+        lambda: dropout_forward(arr(2, 3), np.float64(1.0), rng=RNG),
+        ValueError,
+        r"^p: expected a probability in \[0, 1\), got",
+    ),
+    (
+        "dropout p = np.True_",
+        lambda: dropout_forward(arr(2, 3), np.True_, rng=RNG),
+        ValueError,
+        r"^p: expected a probability in \[0, 1\), got",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"), [c[1:] for c in DEGENERATE_CASES], ids=[c[0] for c in DEGENERATE_CASES]
+)
+def test_degenerate_size_or_loose_argument_raises_a_named_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize(
+    "p", [np.int64(0), np.int32(0), np.float32(0.25), np.float64(0.5), np.array(0.25), 0, 0.25], ids=repr
+)
+def test_dropout_probability_accepts_numpy_scalars_like_python_numbers(p):
+    """``p=np.int64(0)`` (say, from a config read with NumPy) is the same probability as ``0``."""
+    from numpy_transformer.functional.checks import check_dropout_p
+
+    assert check_dropout_p(p) == float(p)
+    x = arr(2, 3)
+    y, _ = dropout_forward(x, p, rng=np.random.default_rng(0))
+    y_ref, _ = dropout_forward(x, float(p), rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(y, y_ref)
+    assert nt.Dropout(p).p == float(p)
+    assert nt.MultiHeadAttention(4, 2, dropout=p, rng=np.random.default_rng(0)).dropout == float(p)
+    scaled_dot_product_attention_forward(Q, K, V, dropout_p=p, rng=np.random.default_rng(0))
+    assert nt.TransformerConfig(src_vocab_size=5, tgt_vocab_size=5, d_model=4, n_heads=2, d_ff=8, dropout=p)
+
+
 # --------------------------------------------------------------------------- backward: dout shape
 
 

@@ -34,6 +34,7 @@ from numpy_transformer.functional import (
 from numpy_transformer.testing import relative_error, tolerance
 from parity_tests.helpers import assert_matches
 from torch_transformer import bridge
+from torch_transformer import functional as TF
 
 TORCH_VERSION = TorchVersion(torch.__version__)
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -278,6 +279,87 @@ def test_fact_cross_entropy_label_smoothing_is_averaged_over_non_ignored_rows_on
     (loss_t * float(dout)).backward()
     assert_matches("ours vs the hand formula", loss, np.array(expected), dtype)
     assert_matches("ours vs F.cross_entropy dlogits", cross_entropy_backward(dout, cache), lt.grad, dtype)
+
+
+def _infinite_logit_rows(dtype) -> dict[str, tuple[list[list[float]], list[int]]]:
+    """Rows holding -inf, +inf or the extremes of ``dtype`` (Hugging Face masks with ``finfo.min``)."""
+    lo, hi = np.finfo(dtype).min, np.finfo(dtype).max
+    return {
+        "-inf, finite target": ([[-np.inf, 0.0, 1.0]], [1]),
+        "-inf at the target": ([[-np.inf, 0.0, 1.0]], [0]),
+        "finfo.min twice, finite target": ([[lo, lo, 0.0, 1.0]], [2]),
+        "finfo.min at the target": ([[lo, lo, 0.0, 1.0]], [0]),
+        "finite -1e38 and -3e38": ([[1.0, 0.0, -1e38, -3e38]], [0]),
+        "finfo.max and finfo.min": ([[hi, 0.0, lo]], [1]),
+        "+inf": ([[np.inf, 0.0, 1.0]], [1]),
+        "-inf row next to an ignored row": ([[0.0, -np.inf, 2.0], [-np.inf, 0.0, 1.0]], [2, -100]),
+    }
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", list(_infinite_logit_rows(np.float64)))
+def test_cross_entropy_with_infinite_or_finfo_min_logits_matches_f_cross_entropy_nan_and_inf_included(case, dtype, eps):
+    """Ours and the twin give ``F.cross_entropy``'s loss and gradient for logits holding ``-inf``,
+    ``+inf`` or ``finfo.min``, with and without label smoothing -- the same inf and the same NaN
+    where torch gives them (``relative_error`` counts NaN == NaN and inf == inf as a match)."""
+    rows, targets = _infinite_logit_rows(dtype)[case]
+    logits, targets = np.array(rows, dtype=dtype), np.array(targets)
+    lt = leaf(logits)
+    loss_t = F.cross_entropy(lt, torch.from_numpy(targets), ignore_index=-100, label_smoothing=eps)
+    loss_t.backward()
+    with np.errstate(over="ignore", invalid="ignore"):  # +inf - inf, finfo.min sums: as in torch
+        loss, cache = cross_entropy_forward(logits, targets, label_smoothing=eps)
+        dlogits = cross_entropy_backward(dtype(1.0), cache)
+    twin_lt = leaf(logits)
+    twin_loss = TF.cross_entropy(twin_lt, torch.from_numpy(targets), label_smoothing=eps)
+    twin_loss.backward()
+    tol = tolerance("cpu", dtype)
+    for name, actual, expected in (
+        ("ours: loss", loss, loss_t.detach()),
+        ("ours: dlogits", dlogits, lt.grad),
+        ("twin: loss", twin_loss.detach(), loss_t.detach()),
+        ("twin: dlogits", twin_lt.grad, lt.grad),
+    ):
+        cmp = relative_error(name, np.asarray(actual), np.asarray(expected))
+        assert cmp.error <= tol, f"{case}, eps={eps}: {cmp.describe()}"
+    assert loss.dtype == dtype
+
+
+def test_fact_cross_entropy_a_minus_inf_logit_is_finite_without_smoothing_inf_with_it_and_nan_at_one():
+    """Observed on torch 2.13 CPU (``F.cross_entropy``, mean reduction):
+
+    * a ``-inf`` logit off the target is a class of probability 0: the loss is finite
+      (``[-inf, 0, 1]``, target 1: 1.3133) and ``dlogits`` is 0 there;
+    * with ``label_smoothing > 0`` the uniform term averages ``-log p`` over every class,
+      ``-log 0 = inf``: the loss is ``inf`` (the gradient ``p - q`` stays finite);
+    * the target at ``-inf``: ``inf``; and at ``label_smoothing == 1`` torch still multiplies
+      ``(1 - eps) * nll = 0 * inf``: NaN;
+    * a ``+inf`` logit: NaN loss and NaN gradient (``inf - inf`` in the log-softmax).
+    """
+
+    def ce(row, target, eps=0.0):
+        z = torch.tensor([row], dtype=torch.float64, requires_grad=True)
+        loss = F.cross_entropy(z, torch.tensor([target]), label_smoothing=eps)
+        loss.backward()
+        return loss.item(), z.grad[0].numpy()
+
+    row = [-math.inf, 0.0, 1.0]
+    loss, grad = ce(row, 1)
+    assert loss == pytest.approx(math.log(1 + math.e) - 0.0, rel=1e-12) and grad[0] == 0.0
+    loss, grad = ce(row, 1, eps=0.1)
+    assert loss == math.inf and np.isfinite(grad).all()
+    assert ce(row, 0)[0] == math.inf
+    assert math.isnan(ce(row, 0, eps=1.0)[0])
+    loss, grad = ce([math.inf, 0.0, 1.0], 1)
+    assert math.isnan(loss) and np.isnan(grad).all()
+    # Ours gives the same numbers (the op used to return NaN for the first and third: 0 * inf).
+    for target, eps, expected in ((1, 0.0, math.log(1 + math.e)), (1, 0.1, math.inf), (0, 0.0, math.inf)):
+        ours, _ = cross_entropy_forward(np.array([row]), np.array([target]), label_smoothing=eps)
+        assert float(ours) == pytest.approx(expected, rel=1e-12), (target, eps)
+    with np.errstate(invalid="ignore"):  # 0 * inf, on purpose
+        ours, _ = cross_entropy_forward(np.array([row]), np.array([0]), label_smoothing=1.0)
+    assert math.isnan(float(ours))
 
 
 def test_fact_nn_layer_norm_uses_biased_variance_with_eps_inside_the_sqrt():

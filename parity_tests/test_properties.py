@@ -666,3 +666,24 @@ def test_rnn_seq2seq_logit_at_step_t_never_depends_on_later_target_tokens(attent
     logits2, _ = model.forward(src, later)
     assert np.array_equal(logits2[:, :3], logits[:, :3])
     assert np.abs(logits2[:, 3:] - logits[:, 3:]).max() > 1e-6
+
+
+@property_of("cross_entropy")
+@given(N=st.integers(1, 6), V=st.integers(2, 7), dtype=dtypes, seed=seeds, hf_style=st.booleans())
+def test_cross_entropy_a_class_masked_to_minus_inf_is_the_same_as_a_class_removed(N, V, dtype, seed, hf_style):
+    """Without smoothing, a logit of ``-inf`` (or ``finfo.min``, Hugging Face's masking value) off
+    the target is a class of probability 0: the loss is that of the logits without the class, and
+    its gradient there is 0 (it used to be NaN: 0 * inf from the unused smoothing term)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((N, V + 1)).astype(dtype)
+    logits[:, V] = np.finfo(dtype).min if hf_style else -np.inf  # the masked class is the last one
+    targets = rng.integers(0, V, N)
+    loss, cache = F.cross_entropy_forward(logits, targets)
+    ref, ref_cache = F.cross_entropy_forward(np.ascontiguousarray(logits[:, :V]), targets)
+    assert np.isfinite(loss)
+    assert_matches("loss with a masked class", loss, ref, dtype)
+    dlogits = F.cross_entropy_backward(dtype(1.0), cache)
+    assert (dlogits[:, V] == 0).all()
+    assert_matches(
+        "dlogits of the other classes", dlogits[:, :V], F.cross_entropy_backward(dtype(1.0), ref_cache), dtype
+    )

@@ -1,7 +1,8 @@
 """The twin of ``numpy_transformer.models.bert``: same layout, same state-dict keys, autograd backward.
 
-Forward only; ``dropout_masks`` (site name -> bool keep-mask tensor, e.g. a NumPy
-cache's ``dropout_masks``) replays the NumPy model's dropout exactly.
+Forward only; ``dropout_masks`` (site name -> bool keep-mask, e.g. a NumPy cache's
+``dropout_masks`` as it is) replays the NumPy model's dropout exactly. NumPy ids,
+``attention_mask``, ``token_type_ids`` and masks are converted to tensors on the model's device.
 """
 
 from __future__ import annotations
@@ -13,8 +14,19 @@ from numpy_transformer.config import BertConfig
 
 from . import functional as TF
 from .dropout_masks import DropoutMasks
-from .modules import Embedding, LayerNorm, Linear
+from .modules import Embedding, LayerNorm, Linear, as_tensor, as_tensor_masks, module_device
 from .transformer_layers import EncoderLayer
+
+
+def _tensors(model: nn.Module, input_ids, attention_mask, token_type_ids, dropout_masks):
+    """NumPy inputs (ids, the 0/1 attention mask, segments, dropout masks) -> tensors on the model's device."""
+    device = module_device(model)
+    return (
+        as_tensor(input_ids, device),
+        as_tensor(attention_mask, device),
+        as_tensor(token_type_ids, device),
+        as_tensor_masks(dropout_masks, device),
+    )
 
 
 class BertEmbeddings(nn.Module):
@@ -60,6 +72,9 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None, masks=None):
         """-> ``(last_hidden_state (B, S, C), pooler_output (B, C) or None)``."""
+        input_ids, attention_mask, token_type_ids, dropout_masks = _tensors(
+            self, input_ids, attention_mask, token_type_ids, dropout_masks
+        )
         masks = masks if masks is not None else DropoutMasks(dropout_masks)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -82,6 +97,9 @@ class BertForMaskedLM(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size, dtype=dtype, device=device))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None):
+        input_ids, attention_mask, token_type_ids, dropout_masks = _tensors(
+            self, input_ids, attention_mask, token_type_ids, dropout_masks
+        )
         masks = DropoutMasks(dropout_masks)
         h, _ = self.bert(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
         h = self.mlm_norm(TF.gelu(self.mlm_dense(h)))
@@ -97,6 +115,9 @@ class BertForSequenceClassification(nn.Module):
         self.classifier = Linear(config.hidden_size, num_labels, dtype=dtype, device=device)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, dropout_masks=None):
+        input_ids, attention_mask, token_type_ids, dropout_masks = _tensors(
+            self, input_ids, attention_mask, token_type_ids, dropout_masks
+        )
         masks = DropoutMasks(dropout_masks)
         _, pooled = self.bert(input_ids, attention_mask, token_type_ids, masks=masks.child("bert"))
         return self.classifier(masks.drop(pooled, self.config.dropout, "dropout", self.training))

@@ -81,8 +81,11 @@ def cross_entropy(
     valid = t != ignore_index
     safe = torch.where(valid, t, torch.zeros_like(t))
     nll = -logp.gather(1, safe[:, None])[:, 0]  # (N,)
-    smooth = -logp.mean(dim=1)  # (N,)
-    per_row = (1 - label_smoothing) * nll + label_smoothing * smooth
+    if label_smoothing == 0:
+        per_row = nll  # no smoothing term: 0 * inf would be NaN for a row holding -inf, as in F.cross_entropy
+    else:
+        smooth = -logp.mean(dim=1)  # (N,)
+        per_row = (1 - label_smoothing) * nll + label_smoothing * smooth
     per_row = torch.where(valid, per_row, torch.zeros_like(per_row))
     return per_row.sum() / valid.sum()
 

@@ -5,8 +5,9 @@ Same structure and state-dict keys (``tok_embed.weight``, ``pos_embed.weight``,
 ``EncoderLayer(norm_first=True)`` driven with a causal mask, and the logits use
 ``tok_embed.weight`` (tied). Runs on any device, in float32 or float64.
 
-Dropout masks: pass ``dropout_masks`` (site name -> bool keep-mask tensor), e.g. the
-``cache.dropout_masks`` of the NumPy forward, and the twin drops exactly the same units.
+Dropout masks: pass ``dropout_masks`` (site name -> bool keep-mask), e.g. the
+``cache.dropout_masks`` of the NumPy forward as it is (NumPy masks and ids are converted
+to tensors on the model's device), and the twin drops exactly the same units.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from numpy_transformer.config import GPTConfig
 from numpy_transformer.models.gpt import EMBED_INIT_STD
 
 from .dropout_masks import DropoutMasks
-from .modules import Embedding, LayerNorm
+from .modules import Embedding, LayerNorm, as_tensor, as_tensor_masks, module_device
 from .transformer_layers import EncoderLayer
 
 
@@ -51,8 +52,10 @@ class GPT(nn.Module):
         return mask
 
     def forward(self, ids: torch.Tensor, dropout_masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``ids`` (B, T) -> logits (B, T, V)."""
-        masks = DropoutMasks(dropout_masks)
+        """``ids`` (B, T) -> logits (B, T, V). NumPy ids and masks are converted to tensors on the model's device."""
+        device = module_device(self)
+        ids = as_tensor(ids, device)
+        masks = DropoutMasks(as_tensor_masks(dropout_masks, device))
         T = ids.shape[1]
         positions = torch.arange(T, device=ids.device)[None, :]  # (1, T)
         x = self.tok_embed(ids) + self.pos_embed(positions)  # (B, T, C)

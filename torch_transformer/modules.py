@@ -9,11 +9,42 @@ Written out explicitly (``MultiHeadAttention`` does not wrap
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import functional as TF
+
+# ---------------------------------------------------------------------------- NumPy inputs
+# The twin models take what the NumPy models take and give: NumPy token ids, masks and the
+# ``cache.dropout_masks`` dict. Each model's ``forward`` converts them once, at its entry, to
+# tensors on its own device; tensors pass through unchanged.
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (CPU for a module without parameters)."""
+    param = next(module.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
+def as_tensor(x: object, device: torch.device | str) -> object:
+    """A NumPy array as a tensor on ``device`` (integer ids as int64: a uint8 tensor would index as a mask).
+
+    Anything else (a tensor, None) is returned unchanged.
+    """
+    if not isinstance(x, np.ndarray):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if np.issubdtype(x.dtype, np.integer):
+        t = t.to(torch.int64)
+    return t.to(device)
+
+
+def as_tensor_masks(masks: Mapping[str, object] | None, device: torch.device | str) -> dict[str, object] | None:
+    """A dict of dropout keep-masks (site -> NumPy or torch bool array) with every NumPy mask on ``device``."""
+    return None if masks is None else {site: as_tensor(m, device) for site, m in masks.items()}
 
 
 class Linear(nn.Module):
@@ -152,7 +183,14 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         dropout_mask: torch.Tensor | None = None,
         return_weights: bool = False,
+        *,
+        key_padding_mask: torch.Tensor | None = None,
     ):
+        """As ``numpy_transformer.MultiHeadAttention.forward``: ``mask`` True = may attend, 4-D or a
+        (T, S) pattern; ``key_padding_mask`` (B, S) bool, True = real token, applied as (B, 1, 1, S)."""
+        if key_padding_mask is not None:
+            keep = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+            mask = keep if mask is None else mask & keep
         q = self._split(self.q_proj(query))
         k = self._split(self.k_proj(key))
         v = self._split(self.v_proj(value))

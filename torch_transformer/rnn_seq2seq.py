@@ -9,7 +9,7 @@ from numpy_transformer.config import RNNSeq2SeqConfig
 
 from .classic_attention import AdditiveAttention, LuongAttention
 from .gru import GRU, GRUCell, gru_cell
-from .modules import Embedding, Linear
+from .modules import Embedding, Linear, as_tensor, module_device
 
 
 class RNNSeq2Seq(nn.Module):
@@ -58,8 +58,11 @@ class RNNSeq2Seq(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing -> logits (B, T, V), and with ``return_weights`` the attention weights (B, T, S).
 
-        ``dropout_masks`` is accepted for the trainer (no dropout here).
+        ``dropout_masks`` is accepted for the trainer (no dropout here). NumPy ids are converted
+        to tensors on the model's device.
         """
+        device = module_device(self)
+        src, tgt = as_tensor(src, device), as_tensor(tgt, device)
         enc, s, mask = self.encode(src)
         y = self.tgt_embed(tgt)  # (B, T, E)
         if self.config.attention == "bahdanau":

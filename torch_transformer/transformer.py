@@ -1,8 +1,9 @@
 """The twin of ``numpy_transformer.models``: the same networks, same state-dict keys, autograd backward.
 
-Dropout masks: pass ``dropout_masks`` (site name -> bool keep-mask tensor), e.g. the
-``cache.dropout_masks`` of the NumPy forward, and the twin drops exactly the same
-units; a site missing from the dict draws its own mask from torch's generator.
+Dropout masks: pass ``dropout_masks`` (site name -> bool keep-mask), e.g. the
+``cache.dropout_masks`` of the NumPy forward as it is (NumPy arrays, like NumPy token
+ids, are converted to tensors on the model's device), and the twin drops exactly the
+same units; a site missing from the dict draws its own mask from torch's generator.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from numpy_transformer.config import TransformerConfig
 
 from . import functional as TF
 from .dropout_masks import DropoutMasks
-from .modules import Embedding, LayerNorm, Linear
+from .modules import Embedding, LayerNorm, Linear, as_tensor, as_tensor_masks, module_device
 from .transformer_layers import DecoderLayer, EncoderLayer
 
 
@@ -104,5 +105,8 @@ class Transformer(nn.Module):
         return h @ weight.T  # (B, T, V)
 
     def forward(self, src, tgt, dropout_masks: dict[str, torch.Tensor] | None = None):
-        masks = DropoutMasks(dropout_masks)
+        """``src`` (B, S), ``tgt`` (B, T) ids -> logits (B, T, V). NumPy ids and masks are converted to tensors."""
+        device = module_device(self)
+        src, tgt = as_tensor(src, device), as_tensor(tgt, device)
+        masks = DropoutMasks(as_tensor_masks(dropout_masks, device))
         return self.decode(tgt, self.encode(src, masks), src, masks)

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_broadcastable, check_dout, check_dropout_p, check_float_array, check_same_dtype, check_shape
+from .checks import (
+    check_bool,
+    check_broadcastable,
+    check_dout,
+    check_dropout_p,
+    check_float_array,
+    check_real,
+    check_same_dtype,
+    check_shape,
+)
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
@@ -55,14 +64,17 @@ def scaled_dot_product_attention_forward(
     q : ndarray, shape (..., T, D)
     k : ndarray, shape (..., S, D)
     v : ndarray, shape (..., S, Dv)
-        ``q``, ``k`` and ``v`` must have identical leading dimensions.
+        ``q``, ``k`` and ``v`` must have identical leading dimensions; ``D >= 1`` and
+        ``S >= 1`` (a softmax over no key is undefined; a fully masked row is the way to
+        give a query nothing to attend to). ``T``, ``Dv`` and leading sizes may be 0.
     mask : bool ndarray broadcastable to (..., T, S), optional
         ``True`` = this query may attend to this key.
     is_causal : bool
         Also block keys after the query, aligned at the top-left when ``T != S``
         (as in PyTorch). Unlike PyTorch, it may be combined with ``mask``: both apply.
+        A bool (Python or NumPy): ``"no"`` or ``1`` is a ``TypeError``, never truthy.
     scale : float, optional
-        Defaults to :math:`1/\sqrt{D}`.
+        Defaults to :math:`1/\sqrt{D}`; otherwise a finite number > 0.
     dropout_p : float in [0, 1)
         Dropout on the attention weights (applied whenever ``dropout_p > 0``,
         like ``F.scaled_dot_product_attention``; modules pass 0 in eval mode).
@@ -85,6 +97,10 @@ def scaled_dot_product_attention_forward(
     if k.shape[:-2] != tuple(lead) or k.shape[-1] != D:
         raise ValueError(f"k: expected shape {tuple(lead) + ('S', D)} to match q {q.shape}, got {k.shape}")
     S = k.shape[-2]
+    if D < 1:
+        raise ValueError(f"q: expected a query/key width D >= 1, got shape {q.shape}")
+    if S < 1:
+        raise ValueError(f"k: expected at least one key (S >= 1), got shape {k.shape}")
     if v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"v: expected shape {k.shape[:-1] + ('Dv',)} to match k {k.shape}, got {v.shape}")
     scores_shape = (*lead, T, S)
@@ -95,8 +111,8 @@ def scaled_dot_product_attention_forward(
             )
         check_broadcastable("mask", mask, scores_shape)
     dropout_p = check_dropout_p(dropout_p, "dropout_p")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    is_causal = check_bool("is_causal", is_causal)
+    scale = 1.0 / math.sqrt(D) if scale is None else check_real("scale", scale, low=0, low_inclusive=False)
 
     allowed = None  # (..., T, S) or broadcastable; None = everything allowed
     if mask is not None:

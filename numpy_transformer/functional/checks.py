@@ -72,6 +72,22 @@ def check_token_ids(
     return ids
 
 
+def check_axis(axis: object, ndim: int, name: str = "axis") -> int:
+    """An int (not a bool) in ``[-ndim, ndim)``, returned as a Python int; ValueError otherwise."""
+    if not _is_int(axis) or not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: expected an int in [{-ndim}, {ndim}), got {axis!r}")
+    return int(axis)
+
+
+def check_nonempty_axis(name: str, x: np.ndarray, axis: int, what: str) -> None:
+    """``x.shape[axis]`` must be at least 1: a softmax, a mean or a max over nothing is undefined.
+
+    ``what`` says what the axis holds, for the message (``"classes V"``, ``"keys S"``).
+    """
+    if x.shape[axis] < 1:
+        raise ValueError(f"{name}: expected axis {axis} ({what}) to have size >= 1, got shape {x.shape}")
+
+
 def check_broadcastable(name: str, x: np.ndarray, target: tuple[int, ...]) -> None:
     """``x`` must broadcast to ``target`` without growing ``target``.
 
@@ -96,10 +112,13 @@ def check_dout(dout: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
 
 # ---------------------------------------------------------------------------- scalars
 #
-# Two families, kept apart on purpose. Sizes and counts (``check_int``, ``check_positive_int``)
-# raise ValueError for any wrong value, a float included: ``d_model=2.0`` is a wrong size.
-# Optimizer hyper-parameters (``check_real``, ``check_integer``, ``check_bool``) raise
-# TypeError for a wrong type and ValueError for a wrong value, as ``torch.optim`` does.
+# Two families, kept apart on purpose. Sizes and counts (``check_int``, ``check_positive_int``),
+# epsilons (``check_positive_float``) and probabilities (``check_dropout_p``) raise ValueError for
+# any wrong value, a float included: ``d_model=2.0`` is a wrong size. Optimizer hyper-parameters
+# and the ops' other scalars (``check_real``, ``check_integer``, ``check_bool``: an attention
+# ``scale``, ``label_smoothing``, ``ignore_index``, ``padding_idx``, ``is_causal``) raise TypeError
+# for a wrong type and ValueError for a wrong value, as ``torch.optim`` and ``torch.nn.functional`` do.
+# NumPy scalars (``np.int64(0)``, ``np.float32(0.1)``) count as the Python numbers they hold.
 
 
 def _is_int(value: object) -> bool:
@@ -136,14 +155,27 @@ def check_non_negative_int(name: str, value: object) -> int:
 
 
 def check_positive_float(name: str, value: object) -> float:
-    """A real number > 0 (an epsilon, a base, a standard deviation); ValueError otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name}: expected a positive float, got {value!r}")
+    """A finite real number > 0 (an epsilon, a base, a standard deviation); ValueError otherwise.
+
+    ``inf`` is refused too: ``eps=inf`` in a LayerNorm silently gives zeros.
+    """
+    value = _scalar(value)
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{name}: expected a positive float (finite, > 0), got {value!r}")
     return float(value)
 
 
 def check_dropout_p(p: object, name: str = "p") -> float:
-    """A dropout probability in ``[0, 1)`` (1 would drop everything and divide by zero)."""
+    """A dropout probability in ``[0, 1)`` (1 would drop everything and divide by zero).
+
+    Python and NumPy numbers alike (``np.int64(0)``, ``np.float32(0.1)``, a 0-d array); not a bool.
+    """
+    p = _scalar(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) < 1.0:
         raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
     return float(p)
@@ -163,8 +195,15 @@ def _scalar(value: object) -> object:
     return value[()] if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
-def check_real(name: str, value: object, *, low: float | None = None, low_inclusive: bool = True) -> float:
-    """A finite real number (not a bool) as a Python float, optionally bounded below.
+def check_real(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    low_inclusive: bool = True,
+    high: float | None = None,
+) -> float:
+    """A finite real number (not a bool) as a Python float, optionally bounded below and above (inclusive).
 
     TypeError for a value that is not a real number, ValueError for one out of range.
     """
@@ -174,21 +213,40 @@ def check_real(name: str, value: object, *, low: float | None = None, low_inclus
     out = float(value)
     if not math.isfinite(out):
         raise ValueError(f"{name}: expected a finite number, got {out!r}")
-    if low is not None and (out < low or (out == low and not low_inclusive)):
-        bound = f">= {low}" if low_inclusive else f"> {low}"
+    too_low = low is not None and (out < low or (out == low and not low_inclusive))
+    if too_low or (high is not None and out > high):
+        if high is None:
+            bound = f">= {low}" if low_inclusive else f"> {low}"
+        elif low is None:
+            bound = f"<= {high}"
+        else:
+            bound = f"in {'[' if low_inclusive else '('}{low}, {high}]"
         raise ValueError(f"{name}: expected a number {bound}, got {out!r}")
     return out
 
 
-def check_integer(name: str, value: object, *, low: int = 0) -> int:
-    """An integer (not a bool) >= ``low`` as a Python int; TypeError for a non-integer, ValueError below ``low``."""
+def check_integer(name: str, value: object, *, low: int | None = 0) -> int:
+    """An integer (not a bool) >= ``low`` (any, with ``low=None``) as a Python int.
+
+    TypeError for a non-integer (``1.5``, ``"x"``), ValueError below ``low``.
+    """
     value = _scalar(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
     out = int(value)
-    if out < low:
+    if low is not None and out < low:
         raise ValueError(f"{name}: expected an integer >= {low}, got {out}")
     return out
+
+
+def check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
+    """None, or an integer id in ``[0, num_embeddings)``: TypeError for a non-integer (``1.5``), ValueError outside."""
+    if padding_idx is None:
+        return None
+    idx = check_integer("padding_idx", padding_idx, low=None)
+    if not 0 <= idx < num_embeddings:
+        raise ValueError(f"padding_idx: expected an id in [0, {num_embeddings}), got {idx}")
+    return idx
 
 
 def check_bool(name: str, value: object) -> bool:

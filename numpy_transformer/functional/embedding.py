@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_dout, check_float_array, check_int_array, check_positive_float
+from .checks import check_dout, check_float_array, check_int_array, check_padding_idx, check_positive_float
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ def embedding_forward(
         Every id must lie in ``[0, V)``; anything else is a ``ValueError``.
     weight : ndarray, shape (V, C)
     padding_idx : int, optional
-        As in ``torch.nn.Embedding``: the row of this id receives no gradient.
+        As in ``torch.nn.Embedding``: the row of this id receives no gradient. An integer
+        in ``[0, V)`` (``TypeError`` for ``1.5``, ``ValueError`` outside the range).
 
     Returns
     -------
@@ -48,8 +49,7 @@ def embedding_forward(
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         bad = ids[(ids < 0) | (ids >= V)].flat[0]
         raise ValueError(f"ids: expected token ids in [0, {V}), got {bad}")
-    if padding_idx is not None and not 0 <= padding_idx < V:
-        raise ValueError(f"padding_idx: expected an id in [0, {V}), got {padding_idx}")
+    padding_idx = check_padding_idx(padding_idx, V)
     return weight[ids], EmbeddingCache(
         ids=ids, num_embeddings=V, embedding_dim=weight.shape[1], dtype=weight.dtype, padding_idx=padding_idx
     )

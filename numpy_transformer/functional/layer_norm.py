@@ -38,6 +38,7 @@ def layer_norm_forward(
     x : ndarray, shape (..., C)
     weight, bias : ndarray, shape (C,)  (:math:`\gamma`, :math:`\beta`)
     eps : float
+        A finite number > 0 (``inf`` would silently give zeros).
 
     Returns
     -------

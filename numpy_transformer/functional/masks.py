@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_int_array, check_non_negative_int
+from .checks import check_int_array, check_integer, check_non_negative_int
 
 
 def causal_mask(T: int, S: int | None = None) -> np.ndarray:
@@ -35,4 +35,5 @@ def padding_mask(ids: np.ndarray, pad_id: int) -> np.ndarray:
     check_int_array("ids", ids)
     if ids.ndim != 2:
         raise ValueError(f"ids: expected shape (B, S), got {ids.shape}")
+    pad_id = check_integer("pad_id", pad_id, low=None)
     return (ids != pad_id)[:, None, None, :]

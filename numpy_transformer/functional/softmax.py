@@ -10,13 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_dout, check_float_array, check_int_array, check_shape
-
-
-def _check_axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise ValueError(f"axis: expected an int in [{-ndim}, {ndim}), got {axis!r}")
-    return int(axis)
+from .checks import (
+    check_axis,
+    check_dout,
+    check_float_array,
+    check_int_array,
+    check_integer,
+    check_nonempty_axis,
+    check_real,
+    check_shape,
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ def softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, SoftmaxC
     magnitude are fine. A row of all ``-inf`` has no defined softmax and gives NaN.
     """
     check_float_array("x", x, ndim_min=1)
-    axis = _check_axis(axis, x.ndim)
+    axis = check_axis(axis, x.ndim)
+    check_nonempty_axis("x", x, axis, "the softmax axis")
     shifted = x - x.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     y = e / e.sum(axis=axis, keepdims=True)
@@ -65,7 +69,8 @@ def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, LogS
     a large finite negative number instead of ``log(0) = -inf``.
     """
     check_float_array("x", x, ndim_min=1)
-    axis = _check_axis(axis, x.ndim)
+    axis = check_axis(axis, x.ndim)
+    check_nonempty_axis("x", x, axis, "the softmax axis")
     shifted = x - x.max(axis=axis, keepdims=True)
     y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     return y, LogSoftmaxCache(y=y, axis=axis)
@@ -110,6 +115,16 @@ def cross_entropy_forward(
     If every row is ignored the mean is ``0/0``: the loss is NaN and the
     gradient is zero, exactly what PyTorch returns.
 
+    Infinite logits give what ``F.cross_entropy`` gives (pinned in
+    ``parity_tests/test_framework_facts.py``). A logit of ``-inf`` (or a large negative
+    one such as ``np.finfo(dtype).min``, Hugging Face's masking value) is a class of
+    probability 0: without smoothing the loss stays finite unless that class is the
+    target (then ``-log 0 = inf``). With ``label_smoothing > 0`` the uniform term averages
+    :math:`-\log p_v` over every class, so the loss is ``inf`` (in float32 two
+    ``finfo.min`` logits already overflow that sum); at ``label_smoothing == 1`` with the
+    target at ``-inf`` it is ``0 * inf = NaN``, as in torch. A ``+inf`` logit gives NaN
+    (``inf - inf``). The gradient :math:`p - q` stays finite wherever the loss is ``inf``.
+
     Parameters
     ----------
     logits : ndarray, shape (N, V) or (B, T, V)
@@ -124,10 +139,11 @@ def cross_entropy_forward(
     check_float_array("logits", logits)
     if logits.ndim not in (2, 3):
         raise ValueError(f"logits: expected shape (N, V) or (B, T, V), got {logits.shape}")
+    check_nonempty_axis("logits", logits, -1, "classes V")
     check_int_array("targets", targets)
     check_shape("targets", targets, logits.shape[:-1])
-    if not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
+    ignore_index = check_integer("ignore_index", ignore_index, low=None)
+    label_smoothing = check_real("label_smoothing", label_smoothing, low=0, high=1)
     V = logits.shape[-1]
     flat_logits = logits.reshape(-1, V)  # (N, V)
     flat_targets = targets.reshape(-1).astype(np.int64)  # (N,)
@@ -141,9 +157,14 @@ def cross_entropy_forward(
 
     logp, _ = log_softmax_forward(flat_logits, axis=-1)  # (N, V)
     nll = -np.take_along_axis(logp, safe_targets[:, None], axis=1)[:, 0]  # (N,)
-    smooth = -logp.mean(axis=1)  # (N,) cross-entropy against the uniform distribution
-    eps = logits.dtype.type(label_smoothing)
-    per_row = (1 - eps) * nll + eps * smooth  # (N,)
+    if label_smoothing == 0:
+        # No smoothing term at all, as in PyTorch: computing it and multiplying by eps = 0
+        # would turn the +inf of a row holding a -inf logit into 0 * inf = NaN.
+        per_row = nll  # (N,)
+    else:
+        smooth = -logp.mean(axis=1)  # (N,) cross-entropy against the uniform distribution
+        eps = logits.dtype.type(label_smoothing)
+        per_row = (1 - eps) * nll + eps * smooth  # (N,)
     n_valid = int(valid.sum())
     total = np.where(valid, per_row, 0).sum()
     # 0/0 -> NaN when every row is ignored, as in PyTorch (without a warning).
@@ -154,7 +175,7 @@ def cross_entropy_forward(
         targets=safe_targets,
         valid=valid,
         n_valid=n_valid,
-        label_smoothing=float(label_smoothing),
+        label_smoothing=label_smoothing,
         logits_shape=logits.shape,
     )
     return loss, cache

@@ -2,6 +2,17 @@
 
 Shape legend: ``B`` batch, ``T`` query length, ``S`` key length, ``C`` d_model,
 ``H`` heads, ``D = C // H`` head width.
+
+Masks (one convention in the package: ``True`` = may attend)
+-------------------------------------------------------------
+``mask`` is broadcast against the scores (B, H, T, S): a 4-D mask (each axis its size or 1,
+e.g. ``padding_mask(ids, pad)`` (B, 1, 1, S) or (B, 1, T, T)), or a 2-D (T, S) pattern shared
+by every sequence (``causal_mask(T)``). A padding mask in its natural (B, S) form goes to
+``key_padding_mask``, never to ``mask``: read as (T, S) it would be applied to the wrong rows
+whenever B == T, with no error to tell. ``key_padding_mask`` is ``True`` at real tokens
+(the keys that may be attended to) and ``False`` at padding -- the opposite of
+``torch.nn.MultiheadAttention``'s argument of the same name (``bridge`` converts).
+1-D and 3-D masks are refused: their leading axis could be read as B or as H.
 """
 
 from __future__ import annotations
@@ -93,11 +104,16 @@ class MultiHeadAttention(Module):
         is_causal: bool = False,
         rng: np.random.Generator | None = None,
         dropout_mask: np.ndarray | None = None,
+        *,
+        key_padding_mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, MultiHeadAttentionCache]:
-        """Attend from ``query`` (B, T, C) over ``key`` / ``value`` (B, S, C).
+        """Attend from ``query`` (B, T, C) over ``key`` / ``value`` (B, S, C), ``S >= 1``.
 
-        ``mask``: bool, ``True`` = may attend, broadcastable to (B, H, T, S), e.g.
-        ``padding_mask(ids, pad)`` of shape (B, 1, 1, S) or ``causal_mask(T)``.
+        ``mask``: bool, ``True`` = may attend; 4-D broadcastable to (B, H, T, S), e.g.
+        ``padding_mask(ids, pad)`` of shape (B, 1, 1, S), or a 2-D (T, S) pattern such as
+        ``causal_mask(T)`` (shared by the whole batch; never a (B, S) padding mask).
+        ``key_padding_mask``: bool (B, S), ``True`` = real token (may be attended to),
+        ``False`` = padding; applied as (B, 1, 1, S), together with ``mask`` and ``is_causal``.
         ``dropout_mask``: explicit (B, H, T, S) keep-mask for the attention weights.
         """
         C = self.d_model
@@ -111,6 +127,9 @@ class MultiHeadAttention(Module):
             raise ValueError(
                 f"key, value: expected shape ({query.shape[0]}, S, {C}) each, got {key.shape} and {value.shape}"
             )
+        if key.shape[1] < 1:
+            raise ValueError(f"key: expected at least one key position (S >= 1), got shape {key.shape}")
+        mask = self._combined_mask(mask, key_padding_mask, query.shape[1], key.shape[:2])
         q, cq = self.q_proj.forward(query)  # (B, T, C)
         k, ck = self.k_proj.forward(key)  # (B, S, C)
         v, cv = self.v_proj.forward(value)  # (B, S, C)
@@ -127,6 +146,45 @@ class MultiHeadAttention(Module):
         )  # (B, H, T, D)
         out, co = self.out_proj.forward(self.merge_heads(heads))  # (B, T, C)
         return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
+
+    def _combined_mask(
+        self, mask: object, key_padding_mask: object, T: int, batch_and_keys: tuple[int, int]
+    ) -> np.ndarray | None:
+        """Check ``mask`` and ``key_padding_mask`` (see the module docstring); return ``mask & keep``.
+
+        The result broadcasts to (B, H, T, S): ``mask`` as given, or (B, 1, T|1, S) with the padding.
+        """
+        B, S = batch_and_keys
+        scores = (B, self.n_heads, T, S)
+        hint = "; a (B, S) padding mask (True = real token) goes to key_padding_mask=, not mask="
+        if mask is not None:
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+                raise TypeError(
+                    "mask: expected a bool ndarray (True = may attend), "
+                    f"got {getattr(mask, 'dtype', type(mask).__name__)}"
+                )
+            if mask.ndim not in (2, 4):
+                raise ValueError(
+                    f"mask: expected a 2-D (T, S) or a 4-D mask broadcastable to (B, H, T, S) = {scores}, "
+                    f"got shape {mask.shape}{hint}"
+                )
+            if any(a not in (1, b) for a, b in zip(mask.shape[::-1], scores[::-1], strict=False)):
+                raise ValueError(
+                    f"mask: expected a shape broadcastable to (B, H, T, S) = {scores}, got {mask.shape}{hint}"
+                )
+        if key_padding_mask is None:
+            return mask
+        if not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_:
+            raise TypeError(
+                "key_padding_mask: expected a bool ndarray (True = real token, False = padding), "
+                f"got {getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}"
+            )
+        if key_padding_mask.shape != (B, S):
+            raise ValueError(
+                f"key_padding_mask: expected shape (B, S) = {(B, S)} (True = real token), got {key_padding_mask.shape}"
+            )
+        keep = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        return keep if mask is None else mask & keep  # (B, 1|H, T|1, S)
 
     def backward(self, dout: np.ndarray, cache: MultiHeadAttentionCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(dquery, dkey, dvalue)``, separate even for self-attention.
