@@ -213,11 +213,11 @@ def test_mask_to_attn_mask_and_back_round_trips_and_flips_the_convention(case):
 
 
 @given(T=st.integers(1, 5), S=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
-def test_two_d_attn_mask_converts_to_our_t_by_s_mask(T, S, seed):
+def test_two_d_attn_mask_converts_to_our_four_d_mask(T, S, seed):
     blocked = np.random.default_rng(seed).random((T, S)) < 0.5
     ours = bridge.attn_mask_to_mask(torch.from_numpy(blocked))
-    assert ours.shape == (T, S) and np.array_equal(ours, ~blocked)
-    assert np.array_equal(bridge.attn_mask_to_mask(blocked), ~blocked)  # NumPy input too
+    assert ours.shape == (1, 1, T, S) and np.array_equal(ours[0, 0], ~blocked)  # 4-D, as MultiHeadAttention takes
+    assert np.array_equal(bridge.attn_mask_to_mask(blocked), ours)  # NumPy input too
     # The causal mask becomes torch's triu(…, 1) "blocked" form.
     causal_blocked = bridge.mask_to_attn_mask(causal_mask(T, S), 1, 1, T, S)[0]
     assert torch.equal(causal_blocked, torch.ones(T, S, dtype=torch.bool).triu(1))

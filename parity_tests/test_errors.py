@@ -428,6 +428,24 @@ DEGENERATE_CASES = [
         r"^eps: expected a positive float \(finite, > 0\), got inf",
     ),
     (
+        "LayerNorm module eps = inf, caught when built",
+        lambda: nt.LayerNorm(C, eps=np.inf),
+        ValueError,
+        r"^eps: expected a positive float \(finite, > 0\), got inf",
+    ),
+    (
+        "Embedding module padding_idx = 1.5",
+        lambda: nt.Embedding(5, 3, padding_idx=1.5),
+        TypeError,
+        r"^padding_idx: expected an integer, got float 1.5",
+    ),
+    (
+        "Embedding module padding_idx = True",
+        lambda: nt.Embedding(5, 3, padding_idx=True),
+        TypeError,
+        r"^padding_idx: expected an integer, got bool True",
+    ),
+    (
         "attention is_causal = 'no'",
         lambda: scaled_dot_product_attention_forward(Q, K, V, is_causal="no"),
         TypeError,

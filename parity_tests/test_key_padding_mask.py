@@ -1,14 +1,14 @@
 """``MultiHeadAttention(..., key_padding_mask=)``: a (B, S) padding mask that cannot be misread.
 
 The package has one mask convention, ``True`` = may attend. ``mask`` is broadcast against the
-scores (B, H, T, S), so a 2-D ``mask`` is a (T, S) pattern shared by every sequence (a causal
-mask, say). A (B, S) padding mask handed to ``mask=`` used to be read that way: an error when
-B != T, but silently applied to the wrong rows when B == T (five sentences of five tokens).
+scores (B, H, T, S). A (B, S) padding mask handed to ``mask=`` used to be read as a (T, S)
+pattern shared by every sequence: an error when B != T, but silently applied to the wrong rows
+when B == T (five sentences of five tokens). ``mask`` must now be 4-D (a causal pattern is
+``causal_mask(T)[None, None]``), so that mistake is an error naming ``key_padding_mask``.
 Padding has its own argument now: ``key_padding_mask`` (B, S), ``True`` = a real token that
 may be attended to, ``False`` = padding (the opposite of ``nn.MultiheadAttention``'s
 ``key_padding_mask``, where ``True`` means padded; ``bridge.mask_to_key_padding_mask``
-converts). It is checked to be exactly (B, S) and applied as (B, 1, 1, S); a 1-D or 3-D
-``mask`` (whose leading axis could be B or H) is refused. Both halves take it.
+converts). It is checked to be exactly (B, S) and applied as (B, 1, 1, S). Both halves take it.
 """
 
 from __future__ import annotations
@@ -57,9 +57,12 @@ def test_key_padding_mask_with_b_equal_t_gives_every_sentence_its_own_padding(dt
         alone, _ = mha.forward(xb, xb, xb)
         assert_matches(f"sentence {b} (length {L})", out[b, :L], alone[0], dtype)
         assert (cache.weights[b, :, :, L:] == 0).all(), f"sentence {b} attends to its padding"
-    # Handed to mask= instead, the same (B, S) array is a (T, S) pattern: row t of every
-    # sentence gets sentence t's padding. That reading is what key_padding_mask exists to avoid.
-    misread, _ = mha.forward(x, x, x, mask=keep)
+    # Handed to mask= instead, the same (B, S) array would read as a (T, S) pattern (row t of
+    # every sentence getting sentence t's padding) and nothing would tell, since B == T: refused.
+    with pytest.raises(ValueError, match=r"^mask: expected a 4-D mask.*got shape \(5, 5\).*key_padding_mask="):
+        mha.forward(x, x, x, mask=keep)
+    # What that reading would have computed is far from the right answer (so the error matters).
+    misread, _ = mha.forward(x, x, x, mask=keep[None, None])
     assert relative_error("mask= reading", misread, out).error > 1e3 * tolerance("cpu", dtype)
 
 
@@ -72,7 +75,7 @@ def test_key_padding_mask_combines_with_mask_and_is_causal_and_the_twin_agrees_w
     keep = _keep()
     pattern = rng.random((T, S)) < 0.7  # a (T, S) pattern shared by the batch
     pattern[:, 0] = True
-    out, cache = mha.forward(query, memory, memory, mask=pattern, is_causal=True, key_padding_mask=keep)
+    out, cache = mha.forward(query, memory, memory, mask=pattern[None, None], is_causal=True, key_padding_mask=keep)
     expected, _ = mha.forward(query, memory, memory, mask=pattern & causal_mask(T, S) & keep[:, None, None, :])
     np.testing.assert_array_equal(out, expected)
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -112,11 +115,15 @@ BAD = [
     ("key_padding_mask (B, S - 1)", T, dict(key_padding_mask=_keep()[:, :4]), ValueError,
      r"^key_padding_mask: expected shape \(B, S\) = \(5, 5\).*got \(5, 4\)"),
     ("mask 3-D (B, T, S)", T, dict(mask=np.ones((B, T, S), dtype=bool)), ValueError,
-     r"^mask: expected a 2-D \(T, S\) or a 4-D mask.*got shape \(5, 5, 5\).*key_padding_mask"),
+     r"^mask: expected a 4-D mask.*got shape \(5, 5, 5\).*key_padding_mask"),
     ("mask 1-D (S,)", T, dict(mask=np.ones(S, dtype=bool)), ValueError,
-     r"^mask: expected a 2-D \(T, S\) or a 4-D mask.*got shape \(5,\)"),
+     r"^mask: expected a 4-D mask.*got shape \(5,\)"),
+    ("mask (B, S) with B == T", T, dict(mask=_keep()), ValueError,
+     r"^mask: expected a 4-D mask.*causal_mask\(T\)\[None, None\].*got shape \(5, 5\).*key_padding_mask"),
     ("mask (B, S) with B != T", 4, dict(mask=_keep()), ValueError,
-     r"^mask: expected a shape broadcastable to \(B, H, T, S\) = \(5, 2, 4, 5\), got \(5, 5\).*key_padding_mask"),
+     r"^mask: expected a 4-D mask.*got shape \(5, 5\).*key_padding_mask"),
+    ("mask 4-D, wrong S", T, dict(mask=np.ones((1, 1, T, S - 1), dtype=bool)), ValueError,
+     r"^mask: expected a shape broadcastable to \(B, H, T, S\) = \(5, 2, 5, 5\), got \(1, 1, 5, 4\)"),
 ]  # fmt: skip
 
 

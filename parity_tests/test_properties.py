@@ -616,7 +616,7 @@ def test_decoder_layer_is_causal_in_the_target_and_blind_to_the_order_of_the_mem
     layer = nt.DecoderLayer(C, 2, 12, dropout=0.0, norm_first=norm_first, rng=rng)
     x, memory = rng.standard_normal((B, T, C)), rng.standard_normal((B, S, C))
     memory_mask, _ = draw_mask(rng, "padding", B, 2, T, S)  # (B, 1, 1, S)
-    causal = F.causal_mask(T)
+    causal = F.causal_mask(T)[None, None]  # (1, 1, T, T)
     y, _ = layer.forward(x, memory, causal, memory_mask)
     perm = rng.permutation(S)
     y_p, _ = layer.forward(x, memory[:, perm], causal, memory_mask[..., perm])

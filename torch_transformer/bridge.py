@@ -207,15 +207,15 @@ def attn_mask_to_mask(
 ) -> np.ndarray:
     """MHA ``attn_mask`` (bool, True = blocked; ``(T, S)`` or ``(B*H, T, S)``) -> our mask.
 
-    Returns ``(T, S)`` or, for the 3-D form, ``(B, H, T, S)`` (``batch`` and
-    ``n_heads`` required). Float (additive) masks are not converted: they can
+    Returns ``(1, 1, T, S)`` (4-D, as ``MultiHeadAttention`` takes masks) or, for the 3-D
+    form, ``(B, H, T, S)`` (``batch`` and ``n_heads`` required). Float (additive) masks are not converted: they can
     carry values other than 0 / -inf.
     """
     a = attn_mask.detach().cpu().numpy() if isinstance(attn_mask, torch.Tensor) else np.asarray(attn_mask)
     if a.dtype != np.bool_:
         raise TypeError(f"attn_mask: expected a bool mask (True = blocked), got {a.dtype}")
     if a.ndim == 2:
-        return ~a
+        return ~a[None, None]  # (1, 1, T, S)
     if a.ndim == 3:
         if batch is None or n_heads is None or a.shape[0] != batch * n_heads:
             raise ValueError(

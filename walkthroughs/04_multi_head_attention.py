@@ -423,7 +423,7 @@ with torch.no_grad():
         average_attn_weights=False,
     )
     o_causal, _ = builtin(t64(x), t64(x), t64(x), attn_mask=causal_blocked)
-out_causal, cache_causal = mha.forward(x, x, x, mask=causal_mask(T))
+out_causal, cache_causal = mha.forward(x, x, x, mask=causal_mask(T)[None, None])  # (1, 1, T, T)
 report_match("causal, converted (~causal_mask)", out_causal, o_causal)
 report_differs("causal, unconverted (causal_mask)", out_causal, o_wrong)
 print("  unconverted: head 0, batch 0 weights (query t sees keys > t only):")

@@ -219,7 +219,8 @@ def markdown_table(rows: list[CostRow]) -> str:
 
 def write_report(rows: list[CostRow], directory: str | Path, name: str = "attention_cost") -> tuple[Path, Path]:
     """Write ``<name>.md`` (the table) and ``<name>.png`` (time vs S and vs d); return both paths."""
-    from .plots import pyplot
+    from ..training.atomic import atomic_write_text
+    from .plots import pyplot, save_figure
 
     if not rows:
         raise ValueError("rows: expected at least one CostRow, got none")
@@ -227,10 +228,11 @@ def write_report(rows: list[CostRow], directory: str | Path, name: str = "attent
     directory.mkdir(parents=True, exist_ok=True)
     B = rows[0].B
     md = directory / f"{name}.md"
-    md.write_text(
+    atomic_write_text(
+        md,
         f"# Classic attention: cost per decoder step (B = {B}, Dq = Dk = Dv = A = d)\n\n"
         "FLOPs counted by the formulas of `numpy_transformer.applications.attention_cost`; times are medians "
-        "of the NumPy ops on one BLAS thread.\n\n" + markdown_table(rows)
+        "of the NumPy ops on one BLAS thread.\n\n" + markdown_table(rows),
     )
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -256,6 +258,5 @@ def write_report(rows: list[CostRow], directory: str | Path, name: str = "attent
     fig.suptitle(f"classic attention, one decoder step, B = {B}, NumPy, 1 thread")
     fig.tight_layout()
     png = directory / f"{name}.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
     return md, png

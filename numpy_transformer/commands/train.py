@@ -17,6 +17,7 @@ import numpy as np
 from ..applications.charlm import CharData, CharLMConfig, sample_text, train_charlm, unigram_entropy
 from ..inference.sampling import check_sampling_args
 from ..models.gpt import GPT
+from ..training.atomic import atomic_write_text
 from ..training.checkpoint import save_checkpoint
 from ..training.loop import MODELS, TrainConfig
 from ..training.tasks import TASKS
@@ -162,7 +163,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         copy_torch_to_numpy(trainers[0].model, model)  # save the trained twin in the same format
     optimizer = trainers[0].optimizer if trainers[0].backend == "numpy" else None
     ckpt = save_checkpoint(out / "checkpoint.npz", model, optimizer, train_config=history.config, steps=steps)
-    (out / "history.json").write_text(json.dumps(history.to_json(), indent=1, default=float))
+    atomic_write_text(out / "history.json", json.dumps(history.to_json(), indent=1, default=float))
     from ..applications.plots import plot_loss_curves
 
     png = plot_loss_curves(history, out / "loss_curves.png", title=f"{cfg.task}: {label}, {args.dtype}")
@@ -257,6 +258,6 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         out / "checkpoint.npz", run.model, run.optimizer, train_config=asdict(cfg), vocab=run.vocab.chars
     )
     history = {"config": asdict(cfg), "evals": run.evals, "seconds": run.seconds, "samples": samples}
-    (out / "history.json").write_text(json.dumps(history, indent=1, default=float))
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
     print(f"wrote {ckpt}, {out / 'history.json'}")
     return 0

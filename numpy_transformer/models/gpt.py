@@ -105,8 +105,8 @@ class GPT(Module):
         return check_token_ids(name, ids, self.config.vocab_size, self.config.max_len)
 
     def attention_mask(self, ids: np.ndarray) -> np.ndarray:
-        """(T, T) causal mask, or (B, 1, T, T) causal and not-a-pad-key when ``pad_id`` is set."""
-        mask = causal_mask(ids.shape[1])  # (T, T): query t sees keys 0..t
+        """(1, 1, T, T) causal mask, or (B, 1, T, T) causal and not-a-pad-key when ``pad_id`` is set."""
+        mask = causal_mask(ids.shape[1])[None, None]  # (1, 1, T, T): query t sees keys 0..t
         if self.config.pad_id is not None:
             mask = padding_mask(ids, self.config.pad_id) & mask  # (B, 1, T, T)
         return mask

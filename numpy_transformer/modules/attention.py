@@ -5,14 +5,16 @@ Shape legend: ``B`` batch, ``T`` query length, ``S`` key length, ``C`` d_model,
 
 Masks (one convention in the package: ``True`` = may attend)
 -------------------------------------------------------------
-``mask`` is broadcast against the scores (B, H, T, S): a 4-D mask (each axis its size or 1,
-e.g. ``padding_mask(ids, pad)`` (B, 1, 1, S) or (B, 1, T, T)), or a 2-D (T, S) pattern shared
-by every sequence (``causal_mask(T)``). A padding mask in its natural (B, S) form goes to
-``key_padding_mask``, never to ``mask``: read as (T, S) it would be applied to the wrong rows
-whenever B == T, with no error to tell. ``key_padding_mask`` is ``True`` at real tokens
-(the keys that may be attended to) and ``False`` at padding -- the opposite of
+``mask`` is broadcast against the scores (B, H, T, S) and must be 4-D (each axis its size or 1):
+``padding_mask(ids, pad)`` (B, 1, 1, S), a causal pattern ``causal_mask(T)[None, None]``
+(1, 1, T, T), or their ``&``. A padding mask in its natural (B, S) form goes to
+``key_padding_mask``. Masks of fewer axes are refused: a 2-D mask could be a (T, S) pattern or
+a (B, S) padding mask, and read as (T, S) the latter would be applied to the wrong rows whenever
+B == T, with no error to tell. ``key_padding_mask`` is ``True`` at real tokens (the keys that
+may be attended to) and ``False`` at padding -- the opposite of
 ``torch.nn.MultiheadAttention``'s argument of the same name (``bridge`` converts).
-1-D and 3-D masks are refused: their leading axis could be read as B or as H.
+(The functional ``scaled_dot_product_attention_forward`` broadcasts any mask, as PyTorch's
+does: it has no separate batch of sentences to confuse with queries.)
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ class MultiHeadAttention(Module):
     ) -> tuple[np.ndarray, MultiHeadAttentionCache]:
         """Attend from ``query`` (B, T, C) over ``key`` / ``value`` (B, S, C), ``S >= 1``.
 
-        ``mask``: bool, ``True`` = may attend; 4-D broadcastable to (B, H, T, S), e.g.
-        ``padding_mask(ids, pad)`` of shape (B, 1, 1, S), or a 2-D (T, S) pattern such as
-        ``causal_mask(T)`` (shared by the whole batch; never a (B, S) padding mask).
+        ``mask``: bool, ``True`` = may attend; 4-D, broadcastable to (B, H, T, S), e.g.
+        ``padding_mask(ids, pad)`` of shape (B, 1, 1, S) or ``causal_mask(T)[None, None]``
+        (1, 1, T, T); fewer axes are refused (a (B, S) padding mask goes to ``key_padding_mask``).
         ``key_padding_mask``: bool (B, S), ``True`` = real token (may be attended to),
         ``False`` = padding; applied as (B, 1, 1, S), together with ``mask`` and ``is_causal``.
         ``dropout_mask``: explicit (B, H, T, S) keep-mask for the attention weights.
@@ -163,10 +165,10 @@ class MultiHeadAttention(Module):
                     "mask: expected a bool ndarray (True = may attend), "
                     f"got {getattr(mask, 'dtype', type(mask).__name__)}"
                 )
-            if mask.ndim not in (2, 4):
+            if mask.ndim != 4:  # a 2-D mask could be (T, S) or a (B, S) padding mask: B == T would hide the mistake
                 raise ValueError(
-                    f"mask: expected a 2-D (T, S) or a 4-D mask broadcastable to (B, H, T, S) = {scores}, "
-                    f"got shape {mask.shape}{hint}"
+                    f"mask: expected a 4-D mask broadcastable to (B, H, T, S) = {scores}, e.g. "
+                    f"causal_mask(T)[None, None] for a (T, S) pattern, got shape {mask.shape}{hint}"
                 )
             if any(a not in (1, b) for a, b in zip(mask.shape[::-1], scores[::-1], strict=False)):
                 raise ValueError(

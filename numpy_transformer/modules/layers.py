@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..functional.activations import GeluCache, ReluCache, gelu_backward, gelu_forward, relu_backward, relu_forward
-from ..functional.checks import check_dropout_p, check_positive_int, check_rng
+from ..functional.checks import check_dropout_p, check_padding_idx, check_positive_float, check_positive_int, check_rng
 from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from ..functional.layer_norm import LayerNormCache, layer_norm_backward, layer_norm_forward
@@ -70,9 +70,7 @@ class Embedding(Module):
         super().__init__()
         self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
-            raise ValueError(f"padding_idx: expected an id in [0, {num_embeddings}), got {padding_idx}")
-        self.padding_idx = padding_idx
+        self.padding_idx = padding_idx = check_padding_idx(padding_idx, num_embeddings)
         self.dtype = check_module_dtype(dtype)
         weight = check_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
@@ -100,7 +98,7 @@ class LayerNorm(Module):
         """``rng`` is accepted like every module's, and unused: the initial values are fixed (1 and 0)."""
         super().__init__()
         self.normalized_shape = check_positive_int("normalized_shape", normalized_shape)
-        self.eps = float(eps)
+        self.eps = check_positive_float("eps", eps)
         self.dtype = check_module_dtype(dtype)
         self._init_parameters(weight=np.ones(normalized_shape, self.dtype), bias=np.zeros(normalized_shape, self.dtype))
 

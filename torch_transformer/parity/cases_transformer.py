@@ -69,7 +69,7 @@ def _make_layer(cls, d, dt, rng=None):
 def _with_causal(mask: np.ndarray | None, causal: bool, T: int) -> np.ndarray | None:
     if not causal:
         return mask
-    return causal_mask(T) if mask is None else mask & causal_mask(T)
+    return causal_mask(T)[None, None] if mask is None else mask & causal_mask(T)
 
 
 def _builtin_dropout(a, d) -> str | None:
