@@ -1,7 +1,7 @@
 """Training: the loop and its trainers, the toy seq2seq tasks it learns, and checkpoints.
 
 ``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy, reverse, sort),
-``checkpoint`` (save, read, load).
+``checkpoint`` (save, read, load; files need not be trusted), ``atomic`` (the one writer of files).
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
