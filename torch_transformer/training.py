@@ -7,6 +7,8 @@ loss, so that a compare run checks those built-ins as well as the model.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,15 +44,25 @@ class TorchTrainer:
             ignore_index=PAD,
             label_smoothing=cfg.label_smoothing,
         )
+        lr = cfg.learning_rate(self.updates + 1)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # no backward pass and no update: the model keeps the last good weights
+            return StepResult(loss_value, math.nan, lr)
         self.optimizer.zero_grad()
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        try:  # the norm is the one vectorised check of every gradient; it raises before scaling any
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm, error_if_nonfinite=True)
+        except RuntimeError:
+            for name, p in model.named_parameters():
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    kind = "nan" if bool(p.grad.isnan().any()) else "inf"
+                    return StepResult(loss_value, math.nan, lr, nonfinite_grad=name, nonfinite_value=kind)
+            return StepResult(loss_value, math.inf, lr)  # every gradient finite, their sum of squares overflows
         self.updates += 1
-        lr = cfg.learning_rate(self.updates)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return StepResult(loss.item(), norm.item(), lr)
+        return StepResult(loss_value, norm.item(), lr)
 
     @torch.no_grad()
     def evaluate(self, dataset: ToyDataset, batch_size: int) -> dict[str, float]:

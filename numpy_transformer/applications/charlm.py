@@ -29,6 +29,7 @@ from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..inference.sampling import generate
 from ..models.gpt import GPT
 from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
+from ..training.loop import NonFiniteError, first_nonfinite, nonfinite_kind
 from .datasets import make_corpus
 
 # ---------------------------------------------------------------------------- characters <-> ids
@@ -186,9 +187,16 @@ def train_charlm(
         x, y = data.batch(batch_rng, cfg.batch_size, cfg.block_size)
         logits, cache = model.forward(x, rng=rng)
         loss, loss_cache = cross_entropy_forward(logits, y)
+        if not np.isfinite(loss):  # stop before any update: the model keeps the last good weights
+            raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
         model.zero_grad()
         model.backward(cross_entropy_backward(1.0, loss_cache), cache)
-        clip_grad_norm(model, cfg.clip_norm)
+        try:  # the norm checks every gradient at once; it raises before scaling any
+            clip_grad_norm(model, cfg.clip_norm, error_if_nonfinite=True)
+        except ValueError:
+            bad = first_nonfinite(model.named_grads())
+            kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
+            raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
         opt.lr = opt_plain.lr = linear_warmup_cosine(step, cfg.peak_lr, min(cfg.warmup_steps, cfg.steps), cfg.steps)
         opt.step()
         opt_plain.step()

@@ -122,9 +122,44 @@ class TrainConfig:
 @dataclass(frozen=True)
 class StepResult:
     loss: float
-    grad_norm: float  # before clipping
+    grad_norm: float  # before clipping; NaN when the loss was not finite (no backward pass then)
     lr: float
     dropout_masks: dict[str, Any] = field(default_factory=dict, repr=False)
+    # when the loss or the gradient norm is not finite the trainer makes no update and names here the
+    # first non-finite gradient (None: the loss, or a norm that overflowed although every gradient is finite)
+    nonfinite_grad: str | None = None
+    nonfinite_value: str = ""  # "nan" or "inf": what that gradient holds
+
+
+class NonFiniteError(ArithmeticError):
+    """Training met a non-finite loss or gradient: ``step`` (from 1), ``tensor`` ("loss", a parameter name or
+    "gradient norm"), ``value`` ("nan" or "inf"), ``backend``; ``history`` holds the losses up to that step.
+
+    The step that met it made no update, so the model holds the weights of the step before.
+    """
+
+    def __init__(self, step: int, tensor: str, value: str, backend: str = "numpy", history: History | None = None):
+        self.step, self.tensor, self.value, self.backend, self.history = step, tensor, value, backend, history
+        if tensor == "loss":
+            what = f"loss is {value}"
+        elif tensor == "gradient norm":
+            what = f"gradient norm is {value} (every gradient is finite; their sum of squares overflows)"
+        else:
+            what = f"gradient of {tensor} has {value}"
+        super().__init__(f"step {step}: {what} ({backend} backend)")
+
+
+def nonfinite_kind(values: Any) -> str:
+    """'nan' if ``values`` holds a NaN, else 'inf' (for values known not to be all finite)."""
+    return "nan" if bool(np.isnan(np.asarray(values)).any()) else "inf"
+
+
+def first_nonfinite(named: Iterator[tuple[str, np.ndarray]]) -> str | None:
+    """The name of the first array in ``named`` with a NaN or an infinity, or None."""
+    for name, g in named:
+        if not np.isfinite(g).all():
+            return name
+    return None
 
 
 class Trainer(Protocol):
@@ -158,10 +193,18 @@ class NumpyTrainer:
         model.train()
         logits, cache = model.forward(batch.src, batch.tgt_in, rng=self.rng, dropout_masks=dropout_masks)
         loss, loss_cache = cross_entropy_forward(logits, batch.tgt_out, PAD, cfg.label_smoothing)
+        lr = cfg.learning_rate(opt.step_count + 1)
+        if not np.isfinite(loss):  # no backward pass and no update: the model keeps the last good weights
+            return StepResult(float(loss), math.nan, lr, cache.dropout_masks)
         model.zero_grad()
         model.backward(cross_entropy_backward(1.0, loss_cache), cache)
-        norm = clip_grad_norm(model, cfg.clip_norm)
-        opt.lr = cfg.learning_rate(opt.step_count + 1)
+        try:  # the norm is the one vectorised check of every gradient; it raises before scaling any
+            norm = clip_grad_norm(model, cfg.clip_norm, error_if_nonfinite=True)
+        except ValueError:
+            bad = first_nonfinite(model.named_grads())
+            kind = "" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
+            return StepResult(float(loss), math.inf if bad is None else math.nan, lr, cache.dropout_masks, bad, kind)
+        opt.lr = lr
         opt.step()
         return StepResult(float(loss), float(norm), opt.lr, cache.dropout_masks)
 
@@ -228,6 +271,20 @@ def _batches(dataset: ToyDataset, cfg: TrainConfig, rng: np.random.Generator) ->
             yield epoch, batch
 
 
+def _check_finite(step: int, trainer: Trainer, result: StepResult, history: History, start: float) -> None:
+    """Raise :class:`NonFiniteError` if ``result`` holds a non-finite loss or gradient norm (two float tests)."""
+    if math.isfinite(result.loss) and math.isfinite(result.grad_norm):
+        return
+    history.seconds = time.perf_counter() - start
+    if not math.isfinite(result.loss):
+        tensor, value = "loss", nonfinite_kind(result.loss)
+    elif result.nonfinite_grad is None:
+        tensor, value = "gradient norm", nonfinite_kind(result.grad_norm)
+    else:
+        tensor, value = result.nonfinite_grad, result.nonfinite_value
+    raise NonFiniteError(step, tensor, value, trainer.backend, history)
+
+
 def fit(
     trainers: list[Trainer],
     dataset: ToyDataset,
@@ -242,6 +299,10 @@ def fit(
     With two trainers the first (NumPy) draws the dropout masks and the second replays
     them, so both see identical randomness. ``eval_every`` defaults to once per epoch
     and there is always a final evaluation.
+
+    After each step the loss and the gradient norm (which covers every gradient) must be
+    finite; else :class:`NonFiniteError` names the step and the first offending tensor
+    (the trainer made no update at that step).
     """
     if steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps}")
@@ -257,6 +318,7 @@ def fit(
             masks = masks if masks is not None else result.dropout_masks
             history.losses[trainer.backend].append(result.loss)
             results.append(result)
+            _check_finite(step, trainer, result, history, start)
         if on_step is not None:
             on_step(step, results)
         if step % eval_every == 0 or step == steps:
