@@ -8,6 +8,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_check
 from .loop import (
     MODELS,
     History,
+    NonFiniteError,
     NumpyTrainer,
     StepResult,
     TrainConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "History",
+    "NonFiniteError",
     "NumpyTrainer",
     "StepResult",
     "ToyDataset",
