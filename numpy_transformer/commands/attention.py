@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import non_negative_int, positive_int
+from .common import check_output_dir, is_installed, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..applications import inspect_attention as ia
     from ..applications.pretrained import load_minilm
 
+    # Paths and packages first: neither should be found wrong only after the model ran.
+    check_output_dir(parser, "--out", args.out)
+    if not is_installed("matplotlib"):
+        print("attention: plots need matplotlib: pip install 'numpy-transformer[train]'", file=sys.stderr)
+        return 1
     try:
         bert = load_minilm()
     except ImportError as exc:  # the model package or the pretrained extra

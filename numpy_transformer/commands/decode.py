@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import BertConfig, GPTConfig
 from ..training.loop import TrainConfig
-from .common import positive_int
+from .common import check_output_file, finite_float, positive_int, require_module
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,13 +36,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "to continue, e.g. 'The '",
     )
     decode.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy; seq2seq only)")
-    decode.add_argument("--length-penalty", type=float, default=1.0)
-    decode.add_argument("--heatmap", type=Path, help="PNG path (default: next to the checkpoint)")
+    decode.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam search: a finite number")
+    decode.add_argument(
+        "--heatmap",
+        type=Path,
+        help="PNG path in an existing folder, or an existing folder to write cross_attention.png (charlm: "
+        "self_attention.png) in (default: next to the checkpoint)",
+    )
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ..training.checkpoint import CheckpointError, read_checkpoint
 
+    require_module(
+        parser, "matplotlib", "decode draws its heatmap with matplotlib: pip install 'numpy-transformer[train]'"
+    )
     try:
         ckpt = read_checkpoint(args.checkpoint)
     except CheckpointError as exc:
@@ -53,6 +61,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "runs the checkpoints of `train` (the seq2seq tasks and --task charlm); load others with "
             "numpy_transformer.training.checkpoint.load_checkpoint"
         )
+    # The heatmap's path is checked before any model runs; a folder gets the default name inside it.
+    default = "self_attention.png" if isinstance(ckpt.config, GPTConfig) else "cross_attention.png"
+    heatmap = args.heatmap if args.heatmap is not None else args.checkpoint.with_name(default)
+    if heatmap.is_dir():
+        heatmap = heatmap / default
+    args.heatmap = check_output_file(parser, "--heatmap", heatmap, ".png")
     try:
         if isinstance(ckpt.config, GPTConfig):
             return _continue_text(parser, args, ckpt)
@@ -113,7 +127,7 @@ def _decode_seq2seq(parser: argparse.ArgumentParser, args: argparse.Namespace, c
     names = {PAD: "PAD", BOS: "BOS", EOS: "EOS"}
     cols = [names.get(int(t), str(int(t) - N_SPECIAL)) for t in src[0]]
     rows = [names.get(t, str(t - N_SPECIAL)) for t in generated] or ["-"]
-    heatmap = args.heatmap or args.checkpoint.with_name("cross_attention.png")
+    heatmap = args.heatmap
     which = "last decoder layer's cross-attention" if cfg.model == "transformer" else f"{cfg.model} attention"
     plot_attention(weights, rows, cols, heatmap, title=f"{task.name}, {search}: {which}")
     print(f"wrote {heatmap}")
@@ -170,7 +184,7 @@ def _continue_text(parser: argparse.ArgumentParser, args: argparse.Namespace, ck
     # (and quick to draw) where one per head would not.
     weights = cache.attention_weights()[0].mean(axis=0, keepdims=True)  # (1, T, T)
     labels = ["\u2423" if c == " " else c for c in text]  # an open box for each space
-    heatmap = args.heatmap or args.checkpoint.with_name("self_attention.png")
+    heatmap = args.heatmap
     title = f"charlm, greedy: last layer's self-attention, mean over the {config.n_heads} heads"
     plot_attention(weights, labels, labels, heatmap, title=title, panel_titles=["mean over heads"])
     print(f"wrote {heatmap}")

