@@ -43,6 +43,15 @@ def property_of(*cases: str) -> Callable:
 
 # Property tests of a model family that live in that family's test file.
 ELSEWHERE: dict[str, tuple[str, ...]] = {
+    "conv2d": (
+        "test_conv.py::test_conv2d_with_kernel_equal_to_stride_is_patches_then_a_linear_layer",
+        "test_conv.py::test_a_1x1_conv2d_is_a_per_pixel_linear_layer_over_the_strided_pixels",
+    ),
+    "conv1d": ("test_conv.py::test_conv1d_equals_conv2d_with_height_one",),
+    "max_pool2d": (
+        "test_conv.py::test_max_pool2d_sends_each_upstream_value_to_exactly_one_input",
+        "test_conv.py::test_max_pool2d_ties_go_where_torch_sends_them",
+    ),
     "Transformer": (
         "test_transformer.py::test_padding_never_changes_the_real_positions",
         "test_transformer.py::test_tied_embeddings_share_one_matrix_and_collect_both_gradients",

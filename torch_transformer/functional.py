@@ -154,3 +154,71 @@ def scaled_dot_product_attention(
         attn = torch.where(dropout_mask, weights / (1.0 - dropout_p), torch.zeros_like(weights))
     out = attn @ v
     return (out, weights) if return_weights else out
+
+
+# ---------------------------------------------------------------------------- convolution and pooling
+# im2col, as in numpy_transformer.functional.conv: pad, unfold the windows with Tensor.unfold
+# (a strided view, like NumPy's sliding_window_view), then one matmul. Autograd differentiates
+# the unfold (its backward is the fold) and the matmul; F.conv2d / F.max_pool2d are never used,
+# so comparing against them tests something.
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
+def _windows(xp: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """(N, C, Hp, Wp) -> (N, C, Ho, Wo, kh, kw): every window at the stride, a view."""
+    return xp.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1])
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+) -> torch.Tensor:
+    """(N, C, H, W), (O, C, kh, kw) -> (N, O, Ho, Wo): ``Y = W_mat @ col`` over the unfolded patches."""
+    ph, pw = _pair(padding)
+    O, C, kh, kw = weight.shape
+    xp = torch.nn.functional.pad(x, (pw, pw, ph, ph))  # zeros; (N, C, Hp, Wp)
+    windows = _windows(xp, (kh, kw), _pair(stride))  # (N, C, Ho, Wo, kh, kw)
+    N, _, Ho, Wo = windows.shape[:4]
+    col = windows.permute(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, N * Ho * Wo)  # (K, P), rows (c, i, j)
+    y = (weight.reshape(O, C * kh * kw) @ col).reshape(O, N, Ho, Wo).transpose(0, 1)  # (N, O, Ho, Wo)
+    return y if bias is None else y + bias[:, None, None]
+
+
+def conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int] = 1,
+    padding: int | tuple[int] = 0,
+) -> torch.Tensor:
+    """(N, C, L), (O, C, k) -> (N, O, Lo): conv2d over a height of 1."""
+    s = stride if isinstance(stride, int) else stride[0]
+    p = padding if isinstance(padding, int) else padding[0]
+    return conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, stride=(1, s), padding=(0, p)).squeeze(2)
+
+
+def max_pool2d(
+    x: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, Ho, Wo): the maximum of each window, padding counting as -inf.
+
+    The gradient reaches the element ``gather`` reads: the first maximum of the flattened
+    window in row-major order (``torch.argmax`` returns the first of equal maxima). That is
+    ``F.max_pool2d``'s tie rule too, unless a window's real elements are all ``-inf``.
+    """
+    kernel = _pair(kernel_size)
+    ph, pw = _pair(padding)
+    xp = torch.nn.functional.pad(x, (pw, pw, ph, ph), value=float("-inf"))  # (N, C, Hp, Wp)
+    windows = _windows(xp, kernel, kernel if stride is None else _pair(stride))  # (N, C, Ho, Wo, kh, kw)
+    flat = windows.flatten(start_dim=4)  # (N, C, Ho, Wo, kh*kw)
+    first_max = flat.detach().argmax(dim=-1, keepdim=True)  # (N, C, Ho, Wo, 1)
+    return flat.gather(-1, first_max).squeeze(-1)

@@ -14,6 +14,16 @@ from .classic_attention import (
     luong_attention_backward,
     luong_attention_forward,
 )
+from .conv import (
+    conv1d_backward,
+    conv1d_forward,
+    conv2d_backward,
+    conv2d_forward,
+    fold_windows,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    sliding_windows,
+)
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
@@ -35,12 +45,17 @@ __all__ = [
     "additive_attention_forward",
     "additive_attention_scores",
     "causal_mask",
+    "conv1d_backward",
+    "conv1d_forward",
+    "conv2d_backward",
+    "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout_backward",
     "dropout_forward",
     "embedding_backward",
     "embedding_forward",
+    "fold_windows",
     "gelu_backward",
     "gelu_forward",
     "gru_backward",
@@ -58,6 +73,8 @@ __all__ = [
     "luong_attention_backward",
     "luong_attention_forward",
     "masked_softmax",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
     "mean_pooling_backward",
     "mean_pooling_forward",
     "padding_mask",
@@ -66,6 +83,7 @@ __all__ = [
     "scaled_dot_product_attention_backward",
     "scaled_dot_product_attention_forward",
     "sinusoidal_positional_encoding",
+    "sliding_windows",
     "softmax_backward",
     "softmax_forward",
     "tanh_backward",

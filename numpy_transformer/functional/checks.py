@@ -46,6 +46,30 @@ def check_shape(name: str, x: np.ndarray, expected: tuple[int, ...]) -> None:
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {x.shape}")
 
 
+def check_float_layout(
+    name: str, x: object, layout: tuple[str, ...], *, may_be_empty: tuple[str, ...] = ()
+) -> np.ndarray:
+    """A float32/float64 array with exactly one axis per letter of ``layout``, each of size >= 1.
+
+    ``layout`` names the axes for the message, e.g. ``("N", "C", "H", "W")``; the letters in
+    ``may_be_empty`` (a batch ``N``) may have size 0.
+    """
+    check_float_array(name, x)
+    letters = "(" + ", ".join(layout) + ")"
+    if x.ndim != len(layout):
+        raise ValueError(f"{name}: expected shape {letters} ({len(layout)} dimensions), got shape {x.shape}")
+    empty = [letter for letter, size in zip(layout, x.shape, strict=True) if size < 1 and letter not in may_be_empty]
+    if empty:
+        raise ValueError(f"{name}: expected shape {letters} with {', '.join(empty)} >= 1, got shape {x.shape}")
+    return x
+
+
+def check_axis_size(name: str, x: np.ndarray, axis: int, expected: int, what: str) -> None:
+    """``x.shape[axis]`` must be ``expected``; ``what`` says what the axis holds and where ``expected`` comes from."""
+    if x.shape[axis] != expected:
+        raise ValueError(f"{name}: expected {what} = {expected} at axis {axis}, got shape {x.shape}")
+
+
 def check_int_array(name: str, x: object) -> np.ndarray:
     """Return ``x`` if it is an ndarray of integers (any width, signed or not)."""
     if not isinstance(x, np.ndarray):
@@ -239,6 +263,26 @@ def check_integer(name: str, value: object, *, low: int | None = 0) -> int:
     return out
 
 
+def check_int_tuple(name: str, value: object, n: int, *, low: int) -> tuple[int, ...]:
+    """An int, or a tuple / list of ``n`` ints, each >= ``low``, as a tuple of ``n`` Python ints.
+
+    The ``stride`` / ``padding`` / ``kernel_size`` of a convolution or a pooling, as
+    ``torch.nn.functional`` takes them: ``2`` means ``(2, 2)`` for a 2-D op. TypeError for
+    what is not an integer (``1.5``, ``True``, ``"2"``), ValueError for a wrong length or a
+    value below ``low``.
+    """
+    what = "an int or a tuple of 1 int" if n == 1 else f"an int or a tuple of {n} ints"
+    value = _scalar(value)
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in items):
+        raise TypeError(f"{name}: expected {what} (not bools), got {type(value).__name__} {value!r}")
+    if len(items) != n:
+        raise ValueError(f"{name}: expected {what}, got {len(items)} values {value!r}")
+    if any(v < low for v in items):
+        raise ValueError(f"{name}: expected {what} >= {low}, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
 def check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
     """None, or an integer id in ``[0, num_embeddings)``: TypeError for a non-integer (``1.5``), ValueError outside."""
     if padding_idx is None:
@@ -264,3 +308,33 @@ def check_rng(rng: object, name: str = "rng") -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"{name}: expected a numpy.random.Generator or None, got {type(rng).__name__}")
     return rng
+
+
+# ---------------------------------------------------------------------------- sliding windows
+# Convolution and pooling slide a kernel over a padded input; these two checks say, before
+# any arithmetic, when the geometry makes no sense.
+
+
+def check_kernel_fits(
+    name: str, kernel: tuple[int, ...], spatial: tuple[int, ...], padding: tuple[int, ...], *, input_name: str = "x"
+) -> None:
+    """Every kernel extent must fit the padded input, ``k <= size + 2 * padding``: else no window exists."""
+    padded = tuple(s + 2 * p for s, p in zip(spatial, padding, strict=True))
+    if any(k > s for k, s in zip(kernel, padded, strict=True)):
+        raise ValueError(
+            f"{name}: expected a kernel no larger than the padded input {padded} "
+            f"({input_name}'s {spatial} plus padding {padding} on each side), got kernel {kernel}"
+        )
+
+
+def check_pool_padding(padding: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    """Max-pooling padding at most half the kernel in each dimension, ``2 * p <= k``, as torch requires.
+
+    Padding counts as ``-inf``; with more of it a window could hold nothing but padding
+    and have no maximum to pass a gradient to.
+    """
+    if any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
+        raise ValueError(
+            f"padding: expected at most half of kernel_size in each dimension "
+            f"(torch requires padding <= kernel_size / 2), got padding {padding} for kernel_size {kernel}"
+        )
