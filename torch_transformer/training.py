@@ -3,6 +3,11 @@
 It follows :class:`numpy_transformer.training.NumpyTrainer` step for step (same
 schedule, same clipping, same loss), using PyTorch's own optimizer, clipping and
 loss, so that a compare run checks those built-ins as well as the model.
+
+For ``train --resume`` the trainer writes its Adam state in the NumPy optimizer's format
+(:meth:`TorchTrainer.numpy_optimizer_state`; the two Adams keep the same buffers) and reads it
+back (:meth:`TorchTrainer.load_numpy_optimizer_state`), so one checkpoint format serves both
+backends; :func:`generator_states` / :func:`restore_generators` carry torch's random generators.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from numpy_transformer.inference.search import greedy_decode
+from numpy_transformer.optim import Adam
 from numpy_transformer.training import StepResult, TrainConfig, sequence_metrics
 from numpy_transformer.training.tasks import BOS, EOS, PAD, Batch, ToyDataset
 
@@ -64,6 +70,41 @@ class TorchTrainer:
         self.optimizer.step()
         return StepResult(loss_value, norm.item(), lr)
 
+    def numpy_optimizer_state(self, numpy_model) -> dict:
+        """This Adam's state as ``numpy_transformer.optim.Adam.state_dict()`` of ``numpy_model`` gives it.
+
+        ``numpy_model``: the NumPy model with this twin's parameter names (its values are not read).
+        """
+        cfg = self.cfg
+        state = Adam(numpy_model, lr=0.0, betas=cfg.betas, eps=cfg.eps).state_dict()
+        state["step"] = self.updates
+        state["lr"] = self.optimizer.param_groups[0]["lr"]
+        for name, p in self.model.named_parameters():
+            buffers = self.optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in buffers:
+                    state[f"{key}.{name}"] = buffers[key].detach().cpu().numpy().copy()
+        return state
+
+    def load_numpy_optimizer_state(self, state: dict) -> None:
+        """Set this Adam from a NumPy Adam's ``state_dict()`` (already checked against the model by
+        ``numpy_transformer.optim.Adam.load_state_dict``): the buffers bit for bit, the step count."""
+        step = int(state["step"])
+        mine = self.optimizer.state_dict()
+        named = dict(self.model.named_parameters())
+        index = {id(p): i for i, p in enumerate(self.optimizer.param_groups[0]["params"])}
+        if step > 0:
+            like = torch.zeros(())  # the dtype torch gives a fresh Adam's step counter (float32 by default)
+            for name, p in named.items():
+                mine["state"][index[id(p)]] = {
+                    "step": torch.tensor(float(step), dtype=like.dtype),
+                    "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"]).copy()),
+                    "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"]).copy()),
+                }
+        mine["param_groups"][0]["lr"] = float(state["lr"])
+        self.optimizer.load_state_dict(mine)  # moves the buffers to each parameter's device and dtype
+        self.updates = step
+
     @torch.no_grad()
     def evaluate(self, dataset: ToyDataset, batch_size: int) -> dict[str, float]:
         model = self.model
@@ -88,3 +129,27 @@ class TorchTrainer:
             "val_token_accuracy": right_tokens / tokens,
             "val_sequence_accuracy": right_seqs / seqs,
         }
+
+
+def generator_states(device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """torch's random generators as uint8 arrays: ``torch_rng.cpu`` and, on CUDA, ``torch_rng.cuda``."""
+    out = {"torch_rng.cpu": torch.get_rng_state().numpy().copy()}
+    if torch.device(device).type == "cuda":
+        out["torch_rng.cuda"] = torch.cuda.get_rng_state(torch.device(device)).numpy().copy()
+    return out
+
+
+def restore_generators(states: dict[str, np.ndarray], device: torch.device | str = "cpu") -> None:
+    """Undo :func:`generator_states`: a ``ValueError`` naming the entry if one is missing or not a state."""
+    wanted = ["torch_rng.cpu"] + (["torch_rng.cuda"] if torch.device(device).type == "cuda" else [])
+    for key in wanted:
+        a = states.get(key)
+        if a is None or a.dtype != np.uint8 or a.ndim != 1:
+            got = None if a is None else f"{a.shape} {a.dtype}"
+            raise ValueError(f"state/{key}: expected torch's generator state, a 1-D uint8 array; got {got}")
+    try:
+        torch.set_rng_state(torch.from_numpy(states["torch_rng.cpu"].copy()))
+        if "torch_rng.cuda" in wanted:
+            torch.cuda.set_rng_state(torch.from_numpy(states["torch_rng.cuda"].copy()), torch.device(device))
+    except RuntimeError as exc:
+        raise ValueError(f"state/torch_rng.*: not a state torch accepts ({exc})") from None

@@ -107,14 +107,24 @@ class CharLMConfig:
 
 @dataclass
 class CharLMRun:
-    """A trained model, its vocabulary and what happened on the way."""
+    """A model being trained (or trained), its vocabulary and what happened on the way.
+
+    Everything :func:`train_charlm` needs to continue is here, which is what ``train --resume``
+    saves: the model, the optimizer (one AdamW, two parameter groups: decayed and not), the generator
+    of dropout masks (``rng``) and of training windows (``batch_rng``), each step's loss.
+    """
 
     model: GPT
     vocab: CharVocab
     optimizer: AdamW
     unigram_entropy: float  # nats, of the training split
+    rng: np.random.Generator = field(repr=False)  # dropout masks
+    batch_rng: np.random.Generator = field(repr=False)  # the random training windows
     evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "train_loss", "val_loss"}
+    losses: list[float] = field(default_factory=list)  # the training loss of each step so far
     seconds: float = 0.0
+    steps_done: int = 0
+    stopped: bool = False  # train_charlm returned early because should_stop asked it to
 
 
 class CharData:
@@ -157,21 +167,43 @@ def evaluate(model: GPT, windows: np.ndarray) -> float:
     return total / len(windows)
 
 
+def start_charlm(cfg: CharLMConfig, dtype: np.dtype | type = np.float32) -> CharLMRun:
+    """A fresh run: the model drawn from ``cfg.seed``, AdamW (no decay on LayerNorm parameters, biases
+    or the position table), the generators, nothing trained yet."""
+    data = CharData(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    model = GPT(cfg.model_config(data.vocab.size), dtype=dtype, rng=rng)
+    triples = [(n, p, g) for (n, p), (_, g) in zip(model.named_parameters(), model.named_grads(), strict=True)]
+    groups = [
+        {"params": [t for t in triples if not _no_decay(t[0])], "weight_decay": cfg.weight_decay},
+        {"params": [t for t in triples if _no_decay(t[0])], "weight_decay": 0.0},
+    ]
+    optimizer = AdamW(groups, lr=0.0, betas=(0.9, 0.99))
+    batch_rng = np.random.default_rng([cfg.seed, 1])
+    return CharLMRun(model, data.vocab, optimizer, unigram_entropy(data.train, data.vocab.size), rng, batch_rng)
+
+
 def train_charlm(
     cfg: CharLMConfig,
     dtype: np.dtype | type = np.float32,
     on_eval: Callable[[dict[str, float]], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    *,
+    run: CharLMRun | None = None,
+    save_every: int | None = None,
+    on_save: Callable[[CharLMRun], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CharLMRun:
-    """Train a :class:`GPT` on the built-in corpus; evaluate at step 0, every ``eval_every`` steps and at the end."""
+    """Train a :class:`GPT` on the built-in corpus; evaluate at step 0, every ``eval_every`` steps and at the end.
+
+    ``run``: continue this run (from :func:`start_charlm`, or rebuilt from a checkpoint) at step
+    ``run.steps_done + 1``; by default a fresh one. ``on_save(run)`` is called every ``save_every``
+    steps, after the last, and when ``should_stop()`` (asked after every step) says yes; then the
+    run returns with ``stopped`` set.
+    """
     data = CharData(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    model = GPT(cfg.model_config(data.vocab.size), dtype=dtype, rng=rng)
-    decay = [(n, p, g) for (n, p), (_, g) in zip(model.named_parameters(), model.named_grads(), strict=True)]
-    opt = AdamW([t for t in decay if not _no_decay(t[0])], lr=0.0, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    opt_plain = AdamW([t for t in decay if _no_decay(t[0])], lr=0.0, betas=(0.9, 0.99), weight_decay=0.0)
-    run = CharLMRun(model, data.vocab, opt, unigram_entropy(data.train, data.vocab.size))
-    batch_rng = np.random.default_rng([cfg.seed, 1])
+    run = run if run is not None else start_charlm(cfg, dtype)
+    model, opt = run.model, run.optimizer
 
     def record(step: int, train_loss: float) -> None:
         row = {"step": step, "train_loss": train_loss, "val_loss": evaluate(model, data.val_windows)}
@@ -179,13 +211,13 @@ def train_charlm(
         if on_eval is not None:
             on_eval(row)
 
-    start = time.perf_counter()
-    record(0, float("nan"))
-    recent: list[float] = []
+    start = time.perf_counter() - run.seconds
+    if run.steps_done == 0:
+        record(0, float("nan"))
     model.train()
-    for step in range(1, cfg.steps + 1):
-        x, y = data.batch(batch_rng, cfg.batch_size, cfg.block_size)
-        logits, cache = model.forward(x, rng=rng)
+    for step in range(run.steps_done + 1, cfg.steps + 1):
+        x, y = data.batch(run.batch_rng, cfg.batch_size, cfg.block_size)
+        logits, cache = model.forward(x, rng=run.rng)
         loss, loss_cache = cross_entropy_forward(logits, y)
         if not np.isfinite(loss):  # stop before any update: the model keeps the last good weights
             raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
@@ -197,15 +229,22 @@ def train_charlm(
             bad = first_nonfinite(model.named_grads())
             kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
             raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
-        opt.lr = opt_plain.lr = linear_warmup_cosine(step, cfg.peak_lr, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+        lr = linear_warmup_cosine(step, cfg.peak_lr, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
-        opt_plain.step()
-        recent.append(float(loss))
+        run.losses.append(float(loss))
+        run.steps_done = step
         if on_step is not None:
             on_step(step, float(loss))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            record(step, float(np.mean(recent)))
-            recent = []
+            record(step, float(np.mean(run.losses[run.evals[-1]["step"] :])))
+        run.stopped = step < cfg.steps and should_stop is not None and should_stop()
+        run.seconds = time.perf_counter() - start
+        if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):
+            on_save(run)
+        if run.stopped:
+            break
     run.seconds = time.perf_counter() - start
     return run
 

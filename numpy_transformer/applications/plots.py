@@ -48,8 +48,14 @@ def smooth(values: list[float], window: int = 25) -> np.ndarray:
     return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
 
 
-def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
-    """Training loss per step (raw and smoothed) and validation loss per evaluation, one colour per backend."""
+def plot_loss_curves(
+    history, path: str | Path, title: str = "", loss_label: str = "training loss (label-smoothed)"
+) -> Path:
+    """Training loss per step (raw and smoothed) and validation loss per evaluation, one colour per backend.
+
+    ``history``: ``losses`` (backend -> loss per step) and ``evals`` (rows with ``step``, ``backend``,
+    ``val_loss`` and, for the seq2seq tasks, ``val_sequence_accuracy``).
+    """
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"numpy": "tab:blue", "torch": "tab:orange"}
@@ -63,9 +69,10 @@ def plot_loss_curves(history, path: str | Path, title: str = "") -> Path:
         if evals:
             axes[1].plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o" + style, color=c,
                          label=f"{backend} val loss")  # fmt: skip
-            axes[1].plot([e["step"] for e in evals], [e["val_sequence_accuracy"] for e in evals], "s:", color=c,
-                         label=f"{backend} val sequence accuracy")  # fmt: skip
-    axes[0].set(xlabel="step", ylabel="training loss (label-smoothed)", title="training loss", yscale="log")
+            if "val_sequence_accuracy" in evals[0]:
+                axes[1].plot([e["step"] for e in evals], [e["val_sequence_accuracy"] for e in evals], "s:", color=c,
+                             label=f"{backend} val sequence accuracy")  # fmt: skip
+    axes[0].set(xlabel="step", ylabel=loss_label, title="training loss", yscale="log")
     axes[1].set(xlabel="step", title="validation")
     for ax in axes:
         ax.legend(fontsize=8)

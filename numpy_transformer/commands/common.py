@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +60,17 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type for a dropout probability in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
     return value
 
 
@@ -133,3 +145,47 @@ def limit_threads(n: int) -> None:
     threadpool_limits(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+
+
+class StopOnSignal:
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM asks a long run to stop instead of killing it.
+
+    The handler only records the signal; the training loop asks ``stop()`` after each step, saves a
+    checkpoint and returns, and the command exits with ``exit_code`` (128 + the signal number: 130 for
+    SIGINT, 143 for SIGTERM, what a shell reports for a process the signal killed). A second signal
+    while stopping is reported and otherwise ignored, so it cannot cut the checkpoint in half (the
+    writer is atomic anyway). On leaving, the previous handlers are put back.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{name}: finishing this step, then writing a checkpoint", file=sys.stderr, flush=True)
+        else:
+            print(f"\n{name}: already stopping; the checkpoint is being written", file=sys.stderr, flush=True)
+
+    def stop(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return "" if self.signum is None else signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.signum is None else 128 + self.signum

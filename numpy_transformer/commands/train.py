@@ -1,6 +1,10 @@
 """``train``: the Transformer or a recurrent seq2seq model on a toy task (or ``--task charlm``, the GPT).
 
 ``--backend torch`` and ``--compare`` import the twin, lazily.
+
+Long runs: the checkpoint is written every ``--save-every`` steps, at the end, and when Ctrl-C or
+SIGTERM stops the run (after the current step; exit status 130 / 143). ``--resume DIR`` continues
+from it bit for bit: the file holds everything the run's future depends on (``training/resume.py``).
 """
 
 from __future__ import annotations
@@ -14,14 +18,43 @@ from pathlib import Path
 
 import numpy as np
 
-from ..applications.charlm import CharData, CharLMConfig, sample_text, train_charlm, unigram_entropy
+from ..applications.charlm import (
+    CharData,
+    CharLMConfig,
+    CharLMRun,
+    sample_text,
+    start_charlm,
+    train_charlm,
+    unigram_entropy,
+)
 from ..inference.sampling import check_sampling_args
 from ..models.gpt import GPT
+from ..optim import Adam
 from ..training.atomic import atomic_write_text
-from ..training.checkpoint import save_checkpoint
-from ..training.loop import MODELS, NonFiniteError, TrainConfig
+from ..training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    config_from_json,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from ..training.loop import MODELS, History, NonFiniteError, TrainConfig
+from ..training.resume import TRAIN_STATE_VERSION, check_train_state, generator_state, restore_generator
 from ..training.tasks import TASKS
-from .common import check_output_dir, limit_threads, non_negative_int, positive_int, require_module
+from .common import (
+    StopOnSignal,
+    check_output_dir,
+    limit_threads,
+    non_negative_int,
+    positive_int,
+    probability,
+    require_module,
+)
+
+SAVE_EVERY = 250  # steps between checkpoints: a few minutes of the default runs, a second of writing
+# What a resumed run takes from its checkpoint, never from the command line.
+RUN_OPTIONS = ("task", "model", "backend", "dtype", "steps", "epochs", "batch_size", "dropout", "device", "seed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,35 +68,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--task",
         choices=(*TASKS, "charlm"),
-        default="reverse",
-        help="a seq2seq toy task, or charlm: a GPT character-level language model on a generated English corpus",
+        help="a seq2seq toy task (default reverse), or charlm: a GPT character-level language model on a generated "
+        "English corpus",
     )
     train.add_argument(
         "--model",
         choices=MODELS,
-        default="transformer",
-        help="the encoder-decoder Transformer, or a bidirectional-GRU encoder with a GRU decoder and "
+        help="the encoder-decoder Transformer (default), or a bidirectional-GRU encoder with a GRU decoder and "
         "Bahdanau (additive) or Luong (dot / general / concat) attention",
     )
-    train.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--backend", choices=("numpy", "torch"), help="default numpy")
+    train.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help=f"updates to make (default {TrainConfig.steps})")
     length.add_argument("--epochs", type=positive_int, help="passes over the training set instead of --steps")
     train.add_argument(
         "--batch-size", type=positive_int, help=f"sequences per step (default {TrainConfig.batch_size}; charlm 32)"
     )
-    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the torch backend runs")
-    train.add_argument("--seed", type=non_negative_int, default=0)
-    train.add_argument("--out", type=Path, help="output folder (default runs/TASK-BACKEND)")
+    train.add_argument("--dropout", type=probability, help="dropout probability in [0, 1) (default 0)")
+    train.add_argument("--device", choices=("cpu", "cuda"), help="where the torch backend runs (default cpu)")
+    train.add_argument("--seed", type=non_negative_int, help="default 0")
+    train.add_argument("--out", type=Path, help="output folder (default runs/TASK-BACKEND; with --resume, DIR)")
     train.add_argument(
         "--compare",
         action="store_true",
         help="train both backends from the same weights on the same batches and dropout masks; "
         "print the largest per-step loss difference and overlay both curves",
     )
+    train.add_argument(
+        "--save-every",
+        type=non_negative_int,
+        default=SAVE_EVERY,
+        metavar="N",
+        help=f"write the checkpoint every N steps (default {SAVE_EVERY}; 0: only at the end), and always at the "
+        "end or when stopped by Ctrl-C / SIGTERM",
+    )
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run whose checkpoint is DIR/checkpoint.npz exactly where it stopped (the same "
+        "weights, optimizer, schedule, data order and random generators: bit for bit what an uninterrupted "
+        "run gives); its configuration comes from the file",
+    )
     train.add_argument("--threads", type=positive_int, default=1, help="BLAS / torch threads (default 1)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--log-every", type=non_negative_int, default=0, metavar="N", help="print the loss every N steps (0: never)"
+    )
     train.add_argument("--temperature", type=float, default=0.8, help="charlm samples: temperature (0 = greedy)")
     train.add_argument("--top-k", type=positive_int, help="charlm samples: keep the k most likely characters")
     train.add_argument("--top-p", type=float, help="charlm samples: nucleus sampling, a probability in (0, 1]")
@@ -71,53 +123,183 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    resumed = None
+    if args.resume is not None:
+        given = [f"--{n.replace('_', '-')}" for n in RUN_OPTIONS if getattr(args, n) is not None]
+        given += ["--compare"] * args.compare
+        if given:
+            parser.error(f"--resume continues the run as it was configured; {', '.join(given)} cannot change it")
+        resumed = _read_resumable(parser, args.resume)
+        args.out = args.out or args.resume
     if args.out is not None:  # before any work: an --out that cannot be a writable folder is exit status 2
         check_output_dir(parser, "--out", args.out)
-    if args.task == "charlm":
-        limit_threads(args.threads)
-        return _train_charlm(parser, args)
-    # The seq2seq tasks end by drawing loss_curves.png: find a missing matplotlib now, not after every step.
+    if args.dtype is None:
+        args.dtype = resumed.meta["dtype"] if resumed is not None else "float32"
+    task = resumed.meta["train_state"]["task"] if resumed is not None else (args.task or "reverse")
+    # Every run ends by drawing loss_curves.png: find a missing matplotlib now, not after every step.
     require_module(
         parser, "matplotlib", "train draws its loss curves with matplotlib: pip install 'numpy-transformer[train]'"
     )
-    from ..training.checkpoint import save_checkpoint
+    if task == "charlm":
+        limit_threads(args.threads)
+        return _train_charlm(parser, args, resumed)
+    return _train_seq2seq(parser, args, resumed)
+
+
+def _read_resumable(parser: argparse.ArgumentParser, folder: Path) -> Checkpoint:
+    """``folder/checkpoint.npz``, read and checked, with a ``train_state`` that can continue; else exit status 2."""
+    path = folder / "checkpoint.npz"
+    if not folder.is_dir():
+        parser.error(f"--resume: {folder} is not a folder (give the run's folder, the one holding checkpoint.npz)")
+    try:
+        ckpt = read_checkpoint(path)
+        state = ckpt.meta.get("train_state")
+        if state is None:
+            raise CheckpointError(
+                f"checkpoint: {path} holds no run state: it was written by a --compare run or by an older version; "
+                "decode can read it, train cannot continue it"
+            )
+        task = state.get("task") if isinstance(state, dict) else None
+        if task not in (*TASKS, "charlm"):
+            raise CheckpointError(f"checkpoint: {path}: meta.train_state.task: expected one of "
+                                  f"{[*TASKS, 'charlm']}, got {task!r:.80}")  # fmt: skip
+        where = f"checkpoint: {path}: meta.train_config"
+        cfg = config_from_json(CharLMConfig if task == "charlm" else TrainConfig, ckpt.meta.get("train_config"), where)
+        backend = state.get("backend")
+        if backend not in ("numpy", "torch"):
+            raise CheckpointError(f"checkpoint: {path}: meta.train_state.backend: expected 'numpy' or 'torch', "
+                                  f"got {backend!r:.80}")  # fmt: skip
+        if task == "charlm":
+            generators = ("dropout", "windows")
+        else:
+            generators = ("dropout",) if backend == "numpy" else ()
+        check_train_state(state, ckpt.state_arrays, cfg.steps, f"checkpoint: {path}: meta.train_state",
+                          generators, (backend,), position=task != "charlm")  # fmt: skip
+    except CheckpointError as exc:
+        parser.error(f"--resume: {exc}")
+    if state["steps_done"] == cfg.steps:
+        parser.error(f"--resume: the run in {folder} already made all its {cfg.steps} steps; nothing to continue")
+    if state.get("device") not in ("cpu", "cuda"):
+        where = f"--resume: {path}: meta.train_state.device"
+        parser.error(f"{where}: expected 'cpu' or 'cuda', got {state.get('device')!r:.80}")
+    return ckpt
+
+
+def _train_state(task: str, backend: str, device: str, steps_done: int, seconds: float, evals: list, **more) -> dict:
+    """``meta["train_state"]``: the JSON part of what a resumed run needs (``training/resume.py``)."""
+    return {"version": TRAIN_STATE_VERSION, "task": task, "backend": backend, "device": device,
+            "steps_done": steps_done, "seconds": seconds, "evals": evals, **more}  # fmt: skip
+
+
+class _Saver:
+    """Writes the run's files; a failed write is reported and training goes on, with the last good file kept."""
+
+    def __init__(self, out: Path, say) -> None:
+        self.out, self.say = out, say
+        self.saved_step: int | None = None  # the step of the last checkpoint written
+        self.error: OSError | None = None  # the last write's error, None if it worked
+
+    def __call__(self, step: int, write) -> None:
+        try:
+            write()
+        except OSError as exc:
+            self.error = exc
+            kept = "no checkpoint yet" if self.saved_step is None else f"the one of step {self.saved_step} is kept"
+            self.say(f"warning: step {step}: could not write the checkpoint ({exc}); {kept}")
+            return
+        self.error, self.saved_step = None, step
+
+    def lost(self) -> int:
+        """After the last save failed: say so (exit status 1)."""
+        kept = (
+            "no checkpoint was written"
+            if self.saved_step is None
+            else f"the last checkpoint written, {self.out / 'checkpoint.npz'}, is of step {self.saved_step} "
+            f"(continue it with: python -m numpy_transformer train --resume {self.out})"
+        )
+        print(f"error: could not write the final checkpoint: {self.error}; {kept}", file=sys.stderr)
+        return 1
+
+
+def _stopped(stop: StopOnSignal, saver: _Saver, step: int, steps: int, resumable: bool) -> int:
+    """The run stopped on a signal at ``step``: say where its checkpoint is and how to continue."""
+    if saver.error is not None:
+        return saver.lost()
+    print(f"\nstopped by {stop.name} after step {step} of {steps}; wrote {saver.out / 'checkpoint.npz'}")
+    if resumable:
+        print(f"continue with: python -m numpy_transformer train --resume {saver.out}")
+    else:
+        print("(a --compare run cannot be resumed: the file holds the NumPy model; train --backend numpy to go on)")
+    return stop.exit_code
+
+
+def _train_seq2seq(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
     from ..training.loop import NumpyTrainer, fit
     from ..training.tasks import ToyDataset
 
-    needs_torch = args.backend == "torch" or args.compare
+    if resumed is not None:
+        args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
+    backend, device = args.backend or "numpy", args.device or "cpu"
+    needs_torch = backend == "torch" or args.compare
     if needs_torch:
         try:
             import torch
 
             from torch_transformer.bridge import copy_torch_to_numpy, twin_of
-            from torch_transformer.training import TorchTrainer
+            from torch_transformer.training import TorchTrainer, generator_states, restore_generators
         except ImportError as exc:
             parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
-        if args.device == "cuda" and not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available here")
-    elif args.device == "cuda":
+    elif device == "cuda":
         parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
     limit_threads(args.threads)
 
-    defaults = TrainConfig()
-    common = dict(task=args.task, model=args.model, batch_size=args.batch_size or defaults.batch_size, seed=args.seed)
-    cfg = TrainConfig(**common)
-    steps = args.epochs * cfg.steps_per_epoch() if args.epochs else (args.steps or defaults.steps)
-    cfg = TrainConfig(**common, steps=steps)
-    label = "compare" if args.compare else args.backend
-    name = args.task if args.model == "transformer" else f"{args.task}-{args.model}"
+    if resumed is not None:
+        cfg = config_from_json(TrainConfig, resumed.meta["train_config"], "train_config")
+        steps = cfg.steps
+    else:
+        defaults = TrainConfig()
+        common = dict(task=args.task or defaults.task, model=args.model or defaults.model,
+                      batch_size=args.batch_size or defaults.batch_size, seed=args.seed or 0,
+                      dropout=defaults.dropout if args.dropout is None else args.dropout)  # fmt: skip
+        cfg = TrainConfig(**common)
+        steps = args.epochs * cfg.steps_per_epoch() if args.epochs else (args.steps or defaults.steps)
+        cfg = TrainConfig(**common, steps=steps)
+    label = "compare" if args.compare else backend
+    name = cfg.task if cfg.model == "transformer" else f"{cfg.task}-{cfg.model}"
     out = args.out or Path("runs") / f"{name}-{label}"
     out.mkdir(parents=True, exist_ok=True)
 
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # draws the initial weights, then every dropout mask
     model = cfg.build_model(np.dtype(args.dtype), rng)
     dataset = ToyDataset(cfg.task_spec(), cfg.n_train, cfg.n_val, cfg.seed)
     trainers = []
-    if args.backend == "numpy" or args.compare:
+    if backend == "numpy" or args.compare:
         trainers.append(NumpyTrainer(model, cfg, rng))
+    resume_from = None
+    if resumed is not None:
+        path = args.resume / "checkpoint.npz"
+        state = resumed.meta["train_state"]
+        if backend == "numpy":
+            load_checkpoint(path, model, trainers[0].optimizer)
+            restore_generator(rng, state["generators"]["dropout"])
+        else:
+            numpy_adam = Adam(model, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+            load_checkpoint(path, model, numpy_adam)
+        losses = {backend: resumed.state_arrays[f"losses.{backend}"].tolist()}
+        history = History(asdict(cfg), losses, state["evals"], state["seconds"], state["steps_done"])
+        resume_from = (history, state["position"])
     if needs_torch:
-        twin = twin_of(model, device=args.device)  # the same initial weights
-        trainers.append(TorchTrainer(twin, cfg, device=args.device))
+        torch.manual_seed(cfg.seed)  # the torch backend's own dropout masks
+        twin = twin_of(model, device=device)  # the same initial (or resumed) weights
+        trainers.append(TorchTrainer(twin, cfg, device=device))
+        if resumed is not None:
+            trainers[-1].load_numpy_optimizer_state(numpy_adam.state_dict())
+            try:
+                restore_generators(resumed.state_arrays, device)
+            except ValueError as exc:
+                parser.error(f"--resume: {path}: {exc}")
 
     n_params = sum(p.size for p in model.parameters())
     print(
@@ -127,7 +309,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if cfg.model == "transformer":
         print(
             f"model: d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers}+{cfg.n_layers} layers, "
-            f"d_ff {cfg.d_ff}, {'pre' if cfg.norm_first else 'post'}-LN, {n_params} parameters, {args.dtype}"
+            f"d_ff {cfg.d_ff}, {'pre' if cfg.norm_first else 'post'}-LN, dropout {cfg.dropout}, {n_params} parameters, "
+            f"{args.dtype}"
         )
     else:
         print(
@@ -139,20 +322,21 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         f"({steps / cfg.steps_per_epoch():.1f} epochs), Adam, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, "
         f"label smoothing {cfg.label_smoothing}, {args.threads} thread(s)"
     )
-    bar = None
-    if not args.no_progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr)
-        except ImportError:
-            bar = None
+    if resume_from is not None:
+        print(f"resuming after step {resume_from[0].steps_done} from {args.resume / 'checkpoint.npz'}")
+    done = 0 if resume_from is None else resume_from[0].steps_done
+    bar = _progress_bar(args, steps, done)
     say = bar.write if bar is not None else print
+    saver = _Saver(out, say)
 
     def on_step(step: int, results) -> None:
         if bar is not None:
             bar.set_postfix({t.backend: f"{r.loss:.4f}" for t, r in zip(trainers, results, strict=True)})
             bar.update(1)
+        if args.log_every and step % args.log_every == 0:
+            losses = "  ".join(f"{t.backend} {r.loss:.6f}" for t, r in zip(trainers, results, strict=True))
+            say(f"step {step}/{steps}  loss {losses}")
+            sys.stdout.flush()
 
     def on_eval(row: dict) -> None:
         say(
@@ -161,23 +345,51 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"  sequence acc {row['val_sequence_accuracy']:.4f}"
         )
 
-    try:
-        history = fit(trainers, dataset, cfg, steps, on_step=on_step, on_eval=on_eval)
-    except NonFiniteError as exc:
-        if bar is not None:
-            bar.close()
-        return _report_divergence(exc)
-    if bar is not None:
-        bar.close()
+    torch_only = backend == "torch" and not args.compare
 
-    if args.backend == "torch" and not args.compare:
-        copy_torch_to_numpy(trainers[0].model, model)  # save the trained twin in the same format
-    optimizer = trainers[0].optimizer if trainers[0].backend == "numpy" else None
-    ckpt = save_checkpoint(out / "checkpoint.npz", model, optimizer, train_config=history.config, steps=steps)
-    atomic_write_text(out / "history.json", json.dumps(history.to_json(), indent=1, default=float))
+    def write(history: History, position: dict) -> None:
+        if torch_only:  # the file holds the NumPy model and a NumPy Adam: one format for both backends
+            copy_torch_to_numpy(trainers[0].model, model)
+            optimizer = Adam(model, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+            optimizer.load_state_dict(trainers[0].numpy_optimizer_state(model))
+        else:
+            optimizer = trainers[0].optimizer
+        arrays = {f"losses.{b}": np.asarray(v, dtype=np.float64) for b, v in history.losses.items()}
+        extra = {}
+        if not args.compare:
+            generators = {"dropout": generator_state(rng)} if backend == "numpy" else {}
+            extra["train_state"] = _train_state(cfg.task, backend, device, history.steps_done, history.seconds,
+                                                history.evals, generators=generators, position=position)  # fmt: skip
+            if torch_only:
+                arrays.update(generator_states(device))
+        save_checkpoint(out / "checkpoint.npz", model, optimizer, arrays, train_config=history.config, steps=steps,
+                        **extra)  # fmt: skip
+        atomic_write_text(out / "history.json", json.dumps(history.to_json(), indent=1, default=float))
+
+    with StopOnSignal() as stop:
+        try:
+            history = fit(trainers, dataset, cfg, steps, on_step=on_step, on_eval=on_eval, resume_from=resume_from,
+                          save_every=args.save_every, on_save=lambda h, p: saver(h.steps_done, lambda: write(h, p)),
+                          should_stop=stop.stop)  # fmt: skip
+        except NonFiniteError as exc:
+            if bar is not None:
+                bar.close()
+            return _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if history.stopped:
+            return _stopped(stop, saver, history.steps_done, steps, resumable=not args.compare)
+    if saver.error is not None:
+        return saver.lost()
+
     from ..applications.plots import plot_loss_curves
 
-    png = plot_loss_curves(history, out / "loss_curves.png", title=f"{cfg.task}: {label}, {args.dtype}")
+    png = out / "loss_curves.png"
+    try:
+        plot_loss_curves(history, png, title=f"{cfg.task}: {label}, {args.dtype}")
+    except OSError as exc:
+        print(f"warning: could not write {png}: {exc}", file=sys.stderr)
     final = [e for e in history.evals if e["step"] == steps]
     print(f"\ntrained {steps} steps in {history.seconds:.1f} s")
     for row in final:
@@ -189,18 +401,32 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if diff is not None:
         print(f"largest per-step loss difference numpy vs torch: {diff[0]:.3e} (relative, at step {diff[1]})")
         _print_final_weight_difference(model, trainers[1].model)
-    print(f"wrote {ckpt}, {out / 'history.json'}, {png}")
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")
     return 0
 
 
-def _report_divergence(exc: NonFiniteError) -> int:
-    """A non-finite loss or gradient stopped training: say where, and that nothing was saved."""
+def _progress_bar(args: argparse.Namespace, steps: int, done: int):
+    """A tqdm bar on stderr (None with --no-progress or without tqdm)."""
+    if args.no_progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=steps, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _report_divergence(exc: NonFiniteError, saver: _Saver) -> int:
+    """A non-finite loss or gradient stopped training: say where, and which checkpoint is the last good one."""
     print(f"error: training diverged: {exc}", file=sys.stderr)
-    print(
-        f"no checkpoint written; the run diverged at step {exc.step} (this command saves only after the last "
-        "step, and the NaN/inf weights are not saved)",
-        file=sys.stderr,
-    )
+    if saver.saved_step is None:
+        kept = "no checkpoint was written before it (the NaN/inf weights are not saved)"
+    else:
+        kept = (
+            f"the last good checkpoint, {saver.out / 'checkpoint.npz'}, is of step {saver.saved_step} "
+            "(the NaN/inf weights are not saved)"
+        )
+    print(f"the run diverged at step {exc.step}; {kept}", file=sys.stderr)
     return 1
 
 
@@ -225,22 +451,29 @@ def _print_final_weight_difference(model, twin) -> None:
     )
 
 
-def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
     """``train --task charlm``: train, print the validation loss as it falls, print samples, save the run."""
-    if args.backend != "numpy" or args.compare or args.model != "transformer" or args.device != "cpu":
+    if resumed is None and ((args.backend or "numpy") != "numpy" or args.compare or args.model is not None
+                            or (args.device or "cpu") != "cpu"):  # fmt: skip
         parser.error("--task charlm trains the NumPy GPT only (no --backend torch, --compare, --model or --device)")
     try:
         check_sampling_args(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         parser.error(f"sampling options (--temperature, --top-k, --top-p): {exc}")
-    defaults = CharLMConfig()
-    batch_size = args.batch_size or defaults.batch_size
-    cfg = CharLMConfig(batch_size=batch_size, seed=args.seed, steps=args.steps or defaults.steps)
-    if args.epochs:
-        per_epoch = math.ceil(0.9 * cfg.corpus_chars / (cfg.batch_size * cfg.block_size))
-        cfg = CharLMConfig(batch_size=batch_size, seed=args.seed, steps=args.epochs * per_epoch)
+    if resumed is not None:
+        cfg = config_from_json(CharLMConfig, resumed.meta["train_config"], "train_config")
+    else:
+        defaults = CharLMConfig()
+        batch_size = args.batch_size or defaults.batch_size
+        dropout = defaults.dropout if args.dropout is None else args.dropout
+        common = dict(batch_size=batch_size, seed=args.seed or 0, dropout=dropout)
+        cfg = CharLMConfig(**common, steps=args.steps or defaults.steps)
+        if args.epochs:
+            per_epoch = math.ceil(0.9 * cfg.corpus_chars / (cfg.batch_size * cfg.block_size))
+            cfg = CharLMConfig(**common, steps=args.epochs * per_epoch)
     out = args.out or Path("runs") / "charlm-numpy"
     out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(args.dtype)
     data_preview = CharData(cfg)
     n_params = sum(
         p.size for p in GPT(cfg.model_config(data_preview.vocab.size), rng=np.random.default_rng(0)).parameters()
@@ -252,21 +485,65 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     )
     print(
         f"model: GPT, d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers} layers, d_ff {cfg.d_ff}, "
-        f"context {cfg.block_size}, {n_params} parameters, {args.dtype}"
+        f"context {cfg.block_size}, dropout {cfg.dropout}, {n_params} parameters, {args.dtype}"
     )
     print(
         f"training: {cfg.steps} steps of {cfg.batch_size} x {cfg.block_size} characters, AdamW, peak lr "
         f"{cfg.peak_lr}, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, {args.threads} thread(s)"
     )
+    run = start_charlm(cfg, dtype)
+    if resumed is not None:
+        path = args.resume / "checkpoint.npz"
+        if resumed.meta.get("vocab") != run.vocab.chars:
+            parser.error(f"--resume: {path}: meta.vocab is not the vocabulary of the corpus its train_config makes")
+        load_checkpoint(path, run.model, run.optimizer)
+        state = resumed.meta["train_state"]
+        restore_generator(run.rng, state["generators"]["dropout"])
+        restore_generator(run.batch_rng, state["generators"]["windows"])
+        run.losses = resumed.state_arrays["losses.numpy"].tolist()
+        run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], state["steps_done"]
+        print(f"resuming after step {run.steps_done} from {path}")
+    bar = _progress_bar(args, cfg.steps, run.steps_done)
+    say = bar.write if bar is not None else print
+    saver = _Saver(out, say)
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+        if args.log_every and step % args.log_every == 0:
+            say(f"step {step}/{cfg.steps}  loss {loss:.6f}")
+            sys.stdout.flush()
 
     def on_eval(row: dict[str, float]) -> None:
         train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.4f} | "
-        print(f"step {row['step']:>5}  {train}val loss {row['val_loss']:.4f}", flush=True)
+        say(f"step {row['step']:>5}  {train}val loss {row['val_loss']:.4f}")
+        sys.stdout.flush()
 
-    try:
-        run = train_charlm(cfg, np.dtype(args.dtype), on_eval=on_eval)
-    except NonFiniteError as exc:
-        return _report_divergence(exc)
+    def write(run: CharLMRun, samples: list[str] | None = None) -> None:
+        generators = {"dropout": generator_state(run.rng), "windows": generator_state(run.batch_rng)}
+        state = _train_state("charlm", "numpy", "cpu", run.steps_done, run.seconds, run.evals, generators=generators)
+        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer,
+                        {"losses.numpy": np.asarray(run.losses, dtype=np.float64)}, train_config=asdict(cfg),
+                        vocab=run.vocab.chars, steps=cfg.steps, train_state=state)  # fmt: skip
+        history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
+        if samples is not None:
+            history["samples"] = samples
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
+
+    with StopOnSignal() as stop:
+        try:
+            run = train_charlm(cfg, dtype, on_eval=on_eval, on_step=on_step, run=run, save_every=args.save_every,
+                               on_save=lambda r: None if r.steps_done == cfg.steps else saver(r.steps_done,
+                                                                                               lambda: write(r)),
+                               should_stop=stop.stop)  # fmt: skip
+        except NonFiniteError as exc:
+            return _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if run.stopped:
+            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
     first, last = run.evals[0]["val_loss"], run.evals[-1]["val_loss"]
     print(
         f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: validation loss {first:.3f} -> {last:.3f} nats/char "
@@ -282,10 +559,16 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         text = sample_text(run.model, run.vocab, prompt, cfg.block_size, args.temperature, args.top_k, args.top_p, rng)
         samples.append(text)
         print(f"  {text!r}")
-    ckpt = save_checkpoint(
-        out / "checkpoint.npz", run.model, run.optimizer, train_config=asdict(cfg), vocab=run.vocab.chars
-    )
-    history = {"config": asdict(cfg), "evals": run.evals, "seconds": run.seconds, "samples": samples}
-    atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
-    print(f"wrote {ckpt}, {out / 'history.json'}")
+    saver(run.steps_done, lambda: write(run, samples))  # the final file, with the samples in history.json
+    if saver.error is not None:
+        return saver.lost()
+    from ..applications.plots import plot_loss_curves
+
+    history = History(asdict(cfg), {"numpy": run.losses}, [{**e, "backend": "numpy"} for e in run.evals])
+    png = out / "loss_curves.png"
+    try:
+        plot_loss_curves(history, png, title=f"charlm: numpy, {args.dtype}", loss_label="training loss (nats/char)")
+    except OSError as exc:
+        print(f"warning: could not write {png}: {exc}", file=sys.stderr)
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")
     return 0

@@ -4,6 +4,8 @@ Layout of the archive (plain NumPy, readable with ``np.load``):
 
 * ``model/<parameter name>``: every parameter, exactly as in ``model.state_dict()``;
 * ``optim/<key>``: the optimizer's ``state_dict()`` (step count, hyper-parameters, buffers);
+* ``state/<key>``: arrays of a run in progress that ``train --resume`` needs (each step's loss, the
+  torch generator's state); its JSON part is ``meta["train_state"]`` (``training/resume.py``);
 * ``meta``: a JSON string: ``format_version``, ``dtype``, the model's ``config`` and its
   ``config_type`` (the dataclass's name), and anything extra (``train`` adds ``train_config``,
   ``steps``, the charlm ``vocab``).
@@ -95,7 +97,8 @@ MAX_ENTRIES = 100_000
 MAX_EXPANSION = 16  # a member's data over its compressed size, when no config bounds it (np.savez stores: 1)
 OPTIM_BUDGET = 4  # optimizer entries may hold at most this many times the model's bytes (Adam: 2, AMSGrad: 3) ...
 OPTIM_SLACK = 2**20  # ... plus this much for the scalars and names
-ARRAY_SECTIONS = ("model", "optim")
+ARRAY_SECTIONS = ("model", "optim", "state")
+STATE_BYTES = 2**28  # the state entries together: 8 bytes of loss per step and backend, a few kB of generator
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _MODEL_DTYPES = ("float32", "float64")
 _OPTIM_KINDS = "biufU"  # bool, ints, floats and unicode strings (the optimizer's type and group names)
@@ -113,15 +116,19 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     meta: dict[str, Any]
     config: TransformerConfig | RNNSeq2SeqConfig | GPTConfig | BertConfig | None = None
+    state_arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # the ``state/`` section
 
 
 # ---------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(path: str | os.PathLike, model, optimizer=None, **extra: Any) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, model, optimizer=None, state_arrays: Mapping[str, np.ndarray] | None = None, **extra: Any
+) -> Path:
     """Write ``model`` (and ``optimizer``) to ``path`` (``.npz`` appended if missing); return the path.
 
-    ``extra`` must be JSON-serialisable (e.g. ``step=1000, task="reverse"``). The file is written
+    ``extra`` must be JSON-serialisable (e.g. ``step=1000, task="reverse"``); ``state_arrays`` go to
+    the ``state/`` section (numbers only). The file is written
     atomically (:func:`~numpy_transformer.training.atomic.atomic_write`): a crash, a full disk or
     an error leaves the previous checkpoint as it was and no temporary behind; a symlink is never
     followed. Errors writing are an ``OSError`` naming ``path``.
@@ -133,6 +140,8 @@ def save_checkpoint(path: str | os.PathLike, model, optimizer=None, **extra: Any
     if optimizer is not None:
         for k, v in optimizer.state_dict().items():
             arrays[f"optim/{k}"] = np.asarray(v)
+    for k, v in (state_arrays or {}).items():
+        arrays[f"state/{k}"] = np.asarray(v)
     meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "dtype": np.dtype(model.dtype).name, **extra}
     if getattr(model, "config", None) is not None:
         meta["config"] = asdict(model.config)
@@ -467,6 +476,13 @@ def _check_arrays(path: Path, entries: dict[str, _Entry], meta: dict[str, Any], 
     odd = [f"{e.key} is {e.dtype}" for e in optim if e.dtype.kind not in _OPTIM_KINDS]
     if odd:
         raise CheckpointError(f"checkpoint: {path}: optim entries must be numbers or names, but {', '.join(odd[:4])}")
+    state = [e for k, e in entries.items() if k.startswith("state/")]
+    held = sum(e.nbytes for e in state)
+    if held > STATE_BYTES:
+        raise CheckpointError(f"checkpoint: {path}: the state entries declare {held} bytes, more than {STATE_BYTES}")
+    odd = [f"{e.key} is {e.dtype}" for e in state if e.dtype.kind not in "biuf"]
+    if odd:
+        raise CheckpointError(f"checkpoint: {path}: state entries must be numbers, but {', '.join(odd[:4])}")
 
 
 def _compare(path: Path, model: dict[str, _Entry], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
@@ -513,7 +529,8 @@ def _read(path: str | os.PathLike, fits: Mapping[str, tuple[int, ...]] | None = 
         raise CheckpointError(f"checkpoint: {path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     model_state = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
     optim = {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
-    return Checkpoint(model_state, optim or None, meta, config)
+    state = {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
+    return Checkpoint(model_state, optim or None, meta, config, state)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:

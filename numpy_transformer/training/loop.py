@@ -248,12 +248,18 @@ def max_loss_difference(losses: dict[str, list[float]]) -> tuple[float, int] | N
 
 @dataclass
 class History:
-    """Per-step losses of each backend and per-evaluation metrics."""
+    """Per-step losses of each backend and per-evaluation metrics.
+
+    ``steps_done`` counts the updates made so far (over every resumed part of a run);
+    ``stopped`` is True when :func:`fit` returned early because ``should_stop`` asked it to.
+    """
 
     config: dict[str, Any]
     losses: dict[str, list[float]] = field(default_factory=dict)  # backend -> loss at each step
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "backend", metrics...}
     seconds: float = 0.0
+    steps_done: int = 0
+    stopped: bool = False
 
     def max_loss_difference(self) -> tuple[float, int] | None:
         """Largest relative per-step loss difference between two backends, and its step."""
@@ -263,12 +269,48 @@ class History:
         return asdict(self)
 
 
-def _batches(dataset: ToyDataset, cfg: TrainConfig, rng: np.random.Generator) -> Iterator[tuple[int, Batch]]:
-    epoch = 0
-    while True:
-        epoch += 1
-        for batch in dataset.train_batches(cfg.batch_size, rng):
-            yield epoch, batch
+class BatchStream:
+    """The endless, seeded stream of training batches :func:`fit` reads, and where it stands.
+
+    Each epoch is one ``rng.permutation`` of the training set cut into batches (the last one
+    may be smaller). Its position is three things: the epoch, how many of its batches were
+    used, and the generator's state *before* that epoch's permutation. :meth:`position` returns
+    them as JSON-ready values and :meth:`seek` restores them, redrawing the same permutation,
+    so a resumed run reads exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, dataset: ToyDataset, batch_size: int, seed: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self.rng = np.random.default_rng([seed, 1])  # the batch order, independent of model init
+        self.epoch = 0  # the epoch being read (0: none started)
+        self.used = 0  # batches of it already handed out
+        self._epoch_rng_state: dict[str, Any] = self.rng.bit_generator.state
+        self._order: np.ndarray | None = None
+
+    def _start_epoch(self) -> None:
+        self._epoch_rng_state = self.rng.bit_generator.state
+        self._order = self.rng.permutation(len(self.dataset.train))
+        self.epoch, self.used = self.epoch + 1, 0
+
+    def next(self) -> tuple[int, Batch]:
+        """(epoch numbered from 1, the next batch)."""
+        if self._order is None or self.used * self.batch_size >= len(self._order):
+            self._start_epoch()
+        assert self._order is not None
+        picked = self._order[self.used * self.batch_size : (self.used + 1) * self.batch_size]
+        self.used += 1
+        return self.epoch, self.dataset.task.make_batch([self.dataset.train[i] for i in picked])
+
+    def position(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "used": self.used, "epoch_rng_state": self._epoch_rng_state}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        """Continue from ``position`` (from :meth:`position`; checked by ``resume.check_run_state``)."""
+        self.epoch, self.used = int(position["epoch"]), int(position["used"])
+        self.rng.bit_generator.state = position["epoch_rng_state"]
+        self._epoch_rng_state, self._order = position["epoch_rng_state"], None
+        if self.epoch > 0:
+            self._order = self.rng.permutation(len(self.dataset.train))  # the same permutation, redrawn
 
 
 def _check_finite(step: int, trainer: Trainer, result: StepResult, history: History, start: float) -> None:
@@ -293,8 +335,13 @@ def fit(
     eval_every: int | None = None,
     on_step: Callable[[int, list[StepResult]], None] | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    resume_from: tuple[History, dict[str, Any]] | None = None,
+    save_every: int | None = None,
+    on_save: Callable[[History, dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> History:
-    """Train every trainer on the same batches for ``steps`` updates.
+    """Train every trainer on the same batches for ``steps`` updates (in all, counting a resumed run's).
 
     With two trainers the first (NumPy) draws the dropout masks and the second replays
     them, so both see identical randomness. ``eval_every`` defaults to once per epoch
@@ -303,14 +350,32 @@ def fit(
     After each step the loss and the gradient norm (which covers every gradient) must be
     finite; else :class:`NonFiniteError` names the step and the first offending tensor
     (the trainer made no update at that step).
+
+    Long runs: ``on_save(history, position)`` is called every ``save_every`` steps and after
+    the last one, with the batch stream's :meth:`BatchStream.position`: everything ``fit``
+    itself needs to continue (the caller saves the models, optimizers and their generators).
+    ``should_stop()`` is asked after every step (and that step's evaluation, if one is due); when
+    it says yes, ``fit`` calls ``on_save`` and returns a history with ``stopped`` set.
+    ``resume_from=(history, position)`` continues such a run: the next step is
+    ``history.steps_done + 1`` and reads the batch it would have read.
     """
     if steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps}")
     eval_every = eval_every or cfg.steps_per_epoch()
-    history = History(config=asdict(cfg), losses={t.backend: [] for t in trainers})
-    batch_rng = np.random.default_rng([cfg.seed, 1])  # the batch order, independent of model init
-    start = time.perf_counter()
-    for step, (epoch, batch) in enumerate(_batches(dataset, cfg, batch_rng), start=1):
+    stream = BatchStream(dataset, cfg.batch_size, cfg.seed)
+    if resume_from is None:
+        history = History(config=asdict(cfg), losses={t.backend: [] for t in trainers})
+    else:
+        history, position = resume_from
+        if sorted(history.losses) != sorted(t.backend for t in trainers):
+            raise ValueError(f"resume_from: the history is of {sorted(history.losses)}, the trainers are "
+                             f"{[t.backend for t in trainers]}")  # fmt: skip
+        if not 0 < history.steps_done < steps:
+            raise ValueError(f"resume_from: the run made {history.steps_done} steps; expected 1 to {steps - 1}")
+        stream.seek(position)
+    start = time.perf_counter() - history.seconds
+    for step in range(history.steps_done + 1, steps + 1):
+        epoch, batch = stream.next()
         results = []
         masks = None
         for trainer in trainers:
@@ -319,6 +384,7 @@ def fit(
             history.losses[trainer.backend].append(result.loss)
             results.append(result)
             _check_finite(step, trainer, result, history, start)
+        history.steps_done = step
         if on_step is not None:
             on_step(step, results)
         if step % eval_every == 0 or step == steps:
@@ -330,7 +396,10 @@ def fit(
                 history.evals.append(row)
                 if on_eval is not None:
                     on_eval(row)
-        if step == steps:
+        history.stopped = step < steps and should_stop is not None and should_stop()
+        history.seconds = time.perf_counter() - start
+        if on_save is not None and (history.stopped or step == steps or (save_every and step % save_every == 0)):
+            on_save(history, stream.position())
+        if history.stopped:
             break
-    history.seconds = time.perf_counter() - start
     return history
