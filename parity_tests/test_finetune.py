@@ -361,8 +361,12 @@ def test_finetune_command_prints_accuracy_before_and_after_and_the_table(capsys)
 
     argv = ["finetune", "--strategy", "frozen", "--epochs", "1", "--sentences", "40", "--batch-size", "20"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "[frozen] validation accuracy" in out and "| frozen   |" in out and "148,610" in out
+    assert "[frozen]" in captured.err and "2/2" in captured.err  # the progress bar, on stderr
+    assert main([*argv, "--no-progress"]) == 0
+    assert "2/2" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -494,9 +494,13 @@ def test_train_charlm_command_runs_and_prints_falling_loss_and_samples(tmp_path,
 
     args = ["train", "--task", "charlm", "--steps", "2", "--batch-size", "4", "--out", str(tmp_path), "--top-k", "5"]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "unigram entropy" in out and "val loss" in out and "samples (temperature 0.8, top-k 5)" in out
     assert (tmp_path / "checkpoint.npz").is_file() and (tmp_path / "history.json").is_file()
+    # progress: a bar on stderr that reaches the last step, and the loss curves
+    assert "2/2" in captured.err and "step" in captured.err
+    assert (tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit) as exc:
         main(["train", "--task", "charlm", "--compare"])
     assert exc.value.code == 2

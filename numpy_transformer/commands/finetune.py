@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     finetune.add_argument("--seed", type=non_negative_int, default=0)
     finetune.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (default 1)")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -105,7 +106,18 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for cfg in configs:
         model = classifier_from_pretrained(encoder, data.n_labels, np.random.default_rng([cfg.seed, 3]))
         trainer = NumpyFineTuner(model, cfg, np.random.default_rng([cfg.seed, 2]))
-        h = run_fine_tuning([trainer], data, encode, cfg)
+        bar = _progress_bar(args, steps, cfg.strategy)
+
+        def on_step(step: int, results, bar=bar) -> None:
+            if bar is not None:
+                bar.set_postfix(loss=f"{results[0].loss:.4f}")
+                bar.update(1)
+
+        try:
+            h = run_fine_tuning([trainer], data, encode, cfg, on_step=on_step)
+        finally:
+            if bar is not None:
+                bar.close()
         histories.append(h)
         print(
             f"[{cfg.strategy}] validation accuracy {h.before['numpy']['val_accuracy']:.3f} -> "
@@ -116,3 +128,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print()
     print(format_table(histories))
     return 0
+
+
+def _progress_bar(args: argparse.Namespace, steps: int, strategy: str):
+    """A tqdm bar on stderr for one strategy's updates (None with --no-progress or without tqdm)."""
+    if args.no_progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=steps, desc=f"[{strategy}]", unit="update", dynamic_ncols=True, file=sys.stderr)

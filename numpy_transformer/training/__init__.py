@@ -1,12 +1,14 @@
 """Training: the loop and its trainers, the toy seq2seq tasks it learns, and checkpoints.
 
 ``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy, reverse, sort),
-``checkpoint`` (save, read, load; files need not be trusted), ``atomic`` (the one writer of files).
+``checkpoint`` (save, read, load; files need not be trusted), ``atomic`` (the one writer of files),
+``resume`` (what a checkpoint holds so that a stopped run continues bit for bit).
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .loop import (
     MODELS,
+    BatchStream,
     History,
     NonFiniteError,
     NumpyTrainer,
@@ -27,6 +29,7 @@ __all__ = [
     "PAD",
     "TASKS",
     "Batch",
+    "BatchStream",
     "Checkpoint",
     "CheckpointError",
     "History",
