@@ -489,6 +489,20 @@ def test_charlm_validation_loss_falls_far_below_the_unigram_entropy():
     assert losses[-1] < 0.5 * run.unigram_entropy, f"val loss {losses[-1]:.3f}, unigram {run.unigram_entropy:.3f}"
 
 
+def test_train_charlm_compare_trains_numpy_and_the_twin_step_for_step(tmp_path, capsys):
+    """--compare: the same windows and dropout masks, torch's AdamW / clipping / cross-entropy on the twin."""
+    pytest.importorskip("torch")
+    from numpy_transformer.commands import main
+
+    args = ["train", "--task", "charlm", "--compare", "--dtype", "float64", "--steps", "4", "--batch-size", "4",
+            "--dropout", "0.1", "--no-progress", "--out", str(tmp_path), "--samples", "1"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("largest per-step loss difference numpy vs torch"))
+    assert float(line.split(": ")[1].split()[0]) < 1e-12, line
+    assert "[numpy] trained 4 steps" in out and "[torch] trained 4 steps" in out
+
+
 def test_train_charlm_command_runs_and_prints_falling_loss_and_samples(tmp_path, capsys):
     from numpy_transformer.commands import main
 
@@ -502,7 +516,7 @@ def test_train_charlm_command_runs_and_prints_falling_loss_and_samples(tmp_path,
     assert "2/2" in captured.err and "step" in captured.err
     assert (tmp_path / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--task", "charlm", "--compare"])
+        main(["train", "--task", "charlm", "--model", "rnn-bahdanau"])
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["train", "--task", "charlm", "--top-p", "1.5"])

@@ -64,6 +64,7 @@ RUNS = {
     "rnn-numpy": ("--model", "rnn-luong-general", "--batch-size", "16"),
     "rnn-torch": ("--model", "rnn-bahdanau", "--batch-size", "16", "--backend", "torch"),
     "charlm-numpy": ("--task", "charlm", "--dropout", "0.1", "--batch-size", "8"),
+    "charlm-torch": ("--task", "charlm", "--dropout", "0.1", "--batch-size", "8", "--backend", "torch"),
 }
 
 

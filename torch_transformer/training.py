@@ -75,35 +75,12 @@ class TorchTrainer:
 
         ``numpy_model``: the NumPy model with this twin's parameter names (its values are not read).
         """
-        cfg = self.cfg
-        state = Adam(numpy_model, lr=0.0, betas=cfg.betas, eps=cfg.eps).state_dict()
-        state["step"] = self.updates
-        state["lr"] = self.optimizer.param_groups[0]["lr"]
-        for name, p in self.model.named_parameters():
-            buffers = self.optimizer.state.get(p, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in buffers:
-                    state[f"{key}.{name}"] = buffers[key].detach().cpu().numpy().copy()
-        return state
+        template = Adam(numpy_model, lr=0.0, betas=self.cfg.betas, eps=self.cfg.eps).state_dict()
+        return numpy_adam_state(self.optimizer, self.model, template, self.updates)
 
     def load_numpy_optimizer_state(self, state: dict) -> None:
-        """Set this Adam from a NumPy Adam's ``state_dict()`` (already checked against the model by
-        ``numpy_transformer.optim.Adam.load_state_dict``): the buffers bit for bit, the step count."""
-        step = int(state["step"])
-        mine = self.optimizer.state_dict()
-        named = dict(self.model.named_parameters())
-        index = {id(p): i for i, p in enumerate(self.optimizer.param_groups[0]["params"])}
-        if step > 0:
-            like = torch.zeros(())  # the dtype torch gives a fresh Adam's step counter (float32 by default)
-            for name, p in named.items():
-                mine["state"][index[id(p)]] = {
-                    "step": torch.tensor(float(step), dtype=like.dtype),
-                    "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"]).copy()),
-                    "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"]).copy()),
-                }
-        mine["param_groups"][0]["lr"] = float(state["lr"])
-        self.optimizer.load_state_dict(mine)  # moves the buffers to each parameter's device and dtype
-        self.updates = step
+        """Set this Adam from a NumPy Adam's ``state_dict()`` (checked already, by loading it into one)."""
+        self.updates = load_numpy_adam_state(self.optimizer, self.model, state)
 
     @torch.no_grad()
     def evaluate(self, dataset: ToyDataset, batch_size: int) -> dict[str, float]:
@@ -153,3 +130,49 @@ def restore_generators(states: dict[str, np.ndarray], device: torch.device | str
             torch.cuda.set_rng_state(torch.from_numpy(states["torch_rng.cuda"].copy()), torch.device(device))
     except RuntimeError as exc:
         raise ValueError(f"state/torch_rng.*: not a state torch accepts ({exc})") from None
+
+
+def _lr_key(state: dict, group: int) -> str:
+    """Where a NumPy optimizer's state dict keeps group ``group``'s rate: ``lr`` with one group."""
+    return "lr" if "lr" in state else f"param_groups.{group}.lr"
+
+
+def numpy_adam_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, template: dict, step: int) -> dict:
+    """A torch Adam / AdamW's state in the NumPy optimizer's state-dict format.
+
+    ``template``: the ``state_dict()`` of the matching NumPy optimizer (same groups, same parameter
+    names, its hyper-parameters); its step count, rates and moment buffers are replaced by this
+    optimizer's, buffer for buffer: the two Adams keep the same ``exp_avg`` and ``exp_avg_sq``.
+    """
+    state = dict(template)
+    state["step"] = step
+    for i, group in enumerate(optimizer.param_groups):
+        state[_lr_key(template, i)] = group["lr"]
+    for name, p in model.named_parameters():
+        for key, value in optimizer.state.get(p, {}).items():
+            if key in ("exp_avg", "exp_avg_sq"):
+                state[f"{key}.{name}"] = value.detach().cpu().numpy().copy()
+    return state
+
+
+def load_numpy_adam_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, state: dict) -> int:
+    """Undo :func:`numpy_adam_state`: the moment buffers bit for bit, the step count, each group's rate.
+
+    ``state`` must already have passed the NumPy optimizer's ``load_state_dict`` checks (names, shapes,
+    dtypes). Returns the step count.
+    """
+    step = int(state["step"])
+    mine = optimizer.state_dict()
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    if step > 0:
+        like = torch.zeros(())  # the dtype torch gives a fresh Adam's step counter (float32 by default)
+        for name, p in model.named_parameters():
+            mine["state"][index[id(p)]] = {
+                "step": torch.tensor(float(step), dtype=like.dtype),
+                "exp_avg": torch.from_numpy(np.asarray(state[f"exp_avg.{name}"]).copy()),
+                "exp_avg_sq": torch.from_numpy(np.asarray(state[f"exp_avg_sq.{name}"]).copy()),
+            }
+    for i, group in enumerate(mine["param_groups"]):
+        group["lr"] = float(state[_lr_key(state, i)])
+    optimizer.load_state_dict(mine)  # moves the buffers to each parameter's device and dtype
+    return step

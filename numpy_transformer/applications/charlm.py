@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -105,13 +106,27 @@ class CharLMConfig:
         )  # fmt: skip
 
 
+class CharLMTrainer(Protocol):
+    """One backend's half of a charlm step: :class:`NumpyCharLMTrainer` here, the twin's in torch_transformer."""
+
+    backend: str
+
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, lr: float, step: int, dropout_masks: dict[str, Any] | None = None
+    ) -> tuple[float, dict[str, Any]]: ...
+
+    def evaluate(self, windows: np.ndarray) -> float: ...
+
+
 @dataclass
 class CharLMRun:
     """A model being trained (or trained), its vocabulary and what happened on the way.
 
     Everything :func:`train_charlm` needs to continue is here, which is what ``train --resume``
-    saves: the model, the optimizer (one AdamW, two parameter groups: decayed and not), the generator
-    of dropout masks (``rng``) and of training windows (``batch_rng``), each step's loss.
+    saves: the NumPy model and its optimizer (one AdamW, two parameter groups: decayed and not), the
+    generator of dropout masks (``rng``) and of training windows (``batch_rng``), each step's loss.
+    ``trainers``: who trains, by default the NumPy model alone; the torch backend puts the twin's
+    trainer here instead (``train --task charlm --backend torch``), ``--compare`` both.
     """
 
     model: GPT
@@ -120,8 +135,9 @@ class CharLMRun:
     unigram_entropy: float  # nats, of the training split
     rng: np.random.Generator = field(repr=False)  # dropout masks
     batch_rng: np.random.Generator = field(repr=False)  # the random training windows
-    evals: list[dict[str, float]] = field(default_factory=list)  # {"step", "train_loss", "val_loss"}
-    losses: list[float] = field(default_factory=list)  # the training loss of each step so far
+    trainers: list[CharLMTrainer] = field(default_factory=list, repr=False)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "backend", "train_loss", "val_loss"}
+    losses: dict[str, list[float]] = field(default_factory=dict)  # backend -> the training loss of each step
     seconds: float = 0.0
     steps_done: int = 0
     stopped: bool = False  # train_charlm returned early because should_stop asked it to
@@ -149,7 +165,10 @@ class CharData:
         return windows[:, :-1], windows[:, 1:]
 
 
-def _no_decay(name: str) -> bool:
+BETAS = (0.9, 0.99)  # AdamW's, for both backends
+
+
+def no_decay(name: str) -> bool:
     """LayerNorm parameters, biases and the position table are not decayed (as nanoGPT / GPT-2)."""
     return name.endswith("bias") or ".norm" in name or name.startswith("norm.") or name.startswith("pos_embed")
 
@@ -167,27 +186,65 @@ def evaluate(model: GPT, windows: np.ndarray) -> float:
     return total / len(windows)
 
 
+class NumpyCharLMTrainer:
+    """Next-character cross-entropy, clipping and AdamW on the NumPy :class:`GPT`."""
+
+    backend = "numpy"
+
+    def __init__(self, model: GPT, optimizer: AdamW, rng: np.random.Generator, clip_norm: float) -> None:
+        self.model, self.optimizer, self.rng, self.clip_norm = model, optimizer, rng, clip_norm
+
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, lr: float, step: int, dropout_masks: dict[str, Any] | None = None
+    ) -> tuple[float, dict[str, Any]]:
+        """One update at rate ``lr``; (the loss, the dropout masks drawn). :class:`NonFiniteError` before any
+        update if the loss or a gradient is not finite."""
+        model = self.model
+        model.train()
+        logits, cache = model.forward(x, rng=self.rng, dropout_masks=dropout_masks)
+        loss, loss_cache = cross_entropy_forward(logits, y)
+        if not np.isfinite(loss):  # stop before any update: the model keeps the last good weights
+            raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
+        model.zero_grad()
+        model.backward(cross_entropy_backward(1.0, loss_cache), cache)
+        try:  # the norm checks every gradient at once; it raises before scaling any
+            clip_grad_norm(model, self.clip_norm, error_if_nonfinite=True)
+        except ValueError:
+            bad = first_nonfinite(model.named_grads())
+            kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
+            raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return float(loss), cache.dropout_masks
+
+    def evaluate(self, windows: np.ndarray) -> float:
+        return evaluate(self.model, windows)
+
+
 def start_charlm(cfg: CharLMConfig, dtype: np.dtype | type = np.float32) -> CharLMRun:
     """A fresh run: the model drawn from ``cfg.seed``, AdamW (no decay on LayerNorm parameters, biases
-    or the position table), the generators, nothing trained yet."""
+    or the position table), the generators, the NumPy trainer, nothing trained yet."""
     data = CharData(cfg)
     rng = np.random.default_rng(cfg.seed)
     model = GPT(cfg.model_config(data.vocab.size), dtype=dtype, rng=rng)
     triples = [(n, p, g) for (n, p), (_, g) in zip(model.named_parameters(), model.named_grads(), strict=True)]
     groups = [
-        {"params": [t for t in triples if not _no_decay(t[0])], "weight_decay": cfg.weight_decay},
-        {"params": [t for t in triples if _no_decay(t[0])], "weight_decay": 0.0},
+        {"params": [t for t in triples if not no_decay(t[0])], "weight_decay": cfg.weight_decay},
+        {"params": [t for t in triples if no_decay(t[0])], "weight_decay": 0.0},
     ]
-    optimizer = AdamW(groups, lr=0.0, betas=(0.9, 0.99))
+    optimizer = AdamW(groups, lr=0.0, betas=BETAS)
     batch_rng = np.random.default_rng([cfg.seed, 1])
-    return CharLMRun(model, data.vocab, optimizer, unigram_entropy(data.train, data.vocab.size), rng, batch_rng)
+    run = CharLMRun(model, data.vocab, optimizer, unigram_entropy(data.train, data.vocab.size), rng, batch_rng)
+    run.trainers = [NumpyCharLMTrainer(model, optimizer, rng, cfg.clip_norm)]
+    return run
 
 
 def train_charlm(
     cfg: CharLMConfig,
     dtype: np.dtype | type = np.float32,
-    on_eval: Callable[[dict[str, float]], None] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
     *,
     run: CharLMRun | None = None,
     save_every: int | None = None,
@@ -197,48 +254,46 @@ def train_charlm(
     """Train a :class:`GPT` on the built-in corpus; evaluate at step 0, every ``eval_every`` steps and at the end.
 
     ``run``: continue this run (from :func:`start_charlm`, or rebuilt from a checkpoint) at step
-    ``run.steps_done + 1``; by default a fresh one. ``on_save(run)`` is called every ``save_every``
-    steps, after the last, and when ``should_stop()`` (asked after every step) says yes; then the
-    run returns with ``stopped`` set.
+    ``run.steps_done + 1``; by default a fresh one. Every trainer in ``run.trainers`` trains on the
+    same windows; with two, the first draws the dropout masks and the second replays them.
+    ``on_step(step, {backend: loss})`` after each step. ``on_save(run)`` is called every
+    ``save_every`` steps, after the last, and when ``should_stop()`` (asked after every step) says
+    yes; then the run returns with ``stopped`` set.
     """
     data = CharData(cfg)
     run = run if run is not None else start_charlm(cfg, dtype)
-    model, opt = run.model, run.optimizer
+    for trainer in run.trainers:
+        run.losses.setdefault(trainer.backend, [])
 
-    def record(step: int, train_loss: float) -> None:
-        row = {"step": step, "train_loss": train_loss, "val_loss": evaluate(model, data.val_windows)}
+    def record(step: int, trainer: CharLMTrainer) -> None:
+        before = [e["step"] for e in run.evals if e["backend"] == trainer.backend]
+        recent = run.losses[trainer.backend][before[-1] :] if before else []
+        train_loss = float(np.mean(recent)) if recent else float("nan")
+        row = {"step": step, "backend": trainer.backend, "train_loss": train_loss,
+               "val_loss": trainer.evaluate(data.val_windows)}  # fmt: skip
         run.evals.append(row)
         if on_eval is not None:
             on_eval(row)
 
     start = time.perf_counter() - run.seconds
     if run.steps_done == 0:
-        record(0, float("nan"))
-    model.train()
+        for trainer in run.trainers:
+            record(0, trainer)
     for step in range(run.steps_done + 1, cfg.steps + 1):
         x, y = data.batch(run.batch_rng, cfg.batch_size, cfg.block_size)
-        logits, cache = model.forward(x, rng=run.rng)
-        loss, loss_cache = cross_entropy_forward(logits, y)
-        if not np.isfinite(loss):  # stop before any update: the model keeps the last good weights
-            raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
-        model.zero_grad()
-        model.backward(cross_entropy_backward(1.0, loss_cache), cache)
-        try:  # the norm checks every gradient at once; it raises before scaling any
-            clip_grad_norm(model, cfg.clip_norm, error_if_nonfinite=True)
-        except ValueError:
-            bad = first_nonfinite(model.named_grads())
-            kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
-            raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
         lr = linear_warmup_cosine(step, cfg.peak_lr, min(cfg.warmup_steps, cfg.steps), cfg.steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
-        run.losses.append(float(loss))
+        masks, losses = None, {}
+        for trainer in run.trainers:
+            loss, drawn = trainer.train_step(x, y, lr, step, masks)
+            masks = masks if masks is not None else drawn
+            losses[trainer.backend] = loss
+            run.losses[trainer.backend].append(loss)
         run.steps_done = step
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, losses)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            record(step, float(np.mean(run.losses[run.evals[-1]["step"] :])))
+            for trainer in run.trainers:
+                record(step, trainer)
         run.stopped = step < cfg.steps and should_stop is not None and should_stop()
         run.seconds = time.perf_counter() - start
         if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):

@@ -170,7 +170,7 @@ def _read_resumable(parser: argparse.ArgumentParser, folder: Path) -> Checkpoint
             raise CheckpointError(f"checkpoint: {path}: meta.train_state.backend: expected 'numpy' or 'torch', "
                                   f"got {backend!r:.80}")  # fmt: skip
         if task == "charlm":
-            generators = ("dropout", "windows")
+            generators = ("dropout", "windows") if backend == "numpy" else ("windows",)
         else:
             generators = ("dropout",) if backend == "numpy" else ()
         check_train_state(state, ckpt.state_arrays, cfg.steps, f"checkpoint: {path}: meta.train_state",
@@ -453,9 +453,26 @@ def _print_final_weight_difference(model, twin) -> None:
 
 def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
     """``train --task charlm``: train, print the validation loss as it falls, print samples, save the run."""
-    if resumed is None and ((args.backend or "numpy") != "numpy" or args.compare or args.model is not None
-                            or (args.device or "cpu") != "cpu"):  # fmt: skip
-        parser.error("--task charlm trains the NumPy GPT only (no --backend torch, --compare, --model or --device)")
+    if args.model is not None:
+        parser.error("--task charlm trains the GPT: --model is for the seq2seq tasks")
+    if resumed is not None:
+        args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
+    backend, device = args.backend or "numpy", args.device or "cpu"
+    needs_torch = backend == "torch" or args.compare
+    if needs_torch:
+        try:
+            import torch
+
+            from torch_transformer.bridge import copy_torch_to_numpy, twin_of
+            from torch_transformer.charlm import TorchCharLMTrainer
+            from torch_transformer.training import generator_states, restore_generators
+        except ImportError as exc:
+            parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+        if device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available here")
+        limit_threads(args.threads)  # again, now that torch is loaded
+    elif device == "cuda":
+        parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
     try:
         check_sampling_args(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
@@ -471,7 +488,8 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         if args.epochs:
             per_epoch = math.ceil(0.9 * cfg.corpus_chars / (cfg.batch_size * cfg.block_size))
             cfg = CharLMConfig(**common, steps=args.epochs * per_epoch)
-    out = args.out or Path("runs") / "charlm-numpy"
+    label = "compare" if args.compare else backend
+    out = args.out or Path("runs") / f"charlm-{label}"
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(args.dtype)
     data_preview = CharData(cfg)
@@ -487,68 +505,107 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         f"model: GPT, d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers} layers, d_ff {cfg.d_ff}, "
         f"context {cfg.block_size}, dropout {cfg.dropout}, {n_params} parameters, {args.dtype}"
     )
-    print(
-        f"training: {cfg.steps} steps of {cfg.batch_size} x {cfg.block_size} characters, AdamW, peak lr "
-        f"{cfg.peak_lr}, warm-up {cfg.warmup_steps}, clip {cfg.clip_norm}, {args.threads} thread(s)"
-    )
     run = start_charlm(cfg, dtype)
+    path = None if args.resume is None else args.resume / "checkpoint.npz"
     if resumed is not None:
-        path = args.resume / "checkpoint.npz"
         if resumed.meta.get("vocab") != run.vocab.chars:
             parser.error(f"--resume: {path}: meta.vocab is not the vocabulary of the corpus its train_config makes")
-        load_checkpoint(path, run.model, run.optimizer)
+        load_checkpoint(path, run.model, run.optimizer)  # the torch backend's state too, in the NumPy format
+    if needs_torch:
+        torch.manual_seed(cfg.seed)  # the torch backend's own dropout masks
+        twin = twin_of(run.model, device=device)  # the same initial (or resumed) weights
+        torch_trainer = TorchCharLMTrainer(twin, cfg.weight_decay, cfg.clip_norm, device)
+        run.trainers = [*run.trainers, torch_trainer] if args.compare else [torch_trainer]
+    if resumed is not None:
         state = resumed.meta["train_state"]
-        restore_generator(run.rng, state["generators"]["dropout"])
         restore_generator(run.batch_rng, state["generators"]["windows"])
-        run.losses = resumed.state_arrays["losses.numpy"].tolist()
+        if backend == "numpy":
+            restore_generator(run.rng, state["generators"]["dropout"])
+        else:
+            torch_trainer.load_numpy_optimizer_state(run.optimizer.state_dict())
+            try:
+                restore_generators(resumed.state_arrays, device)
+            except ValueError as exc:
+                parser.error(f"--resume: {path}: {exc}")
+        run.losses = {backend: resumed.state_arrays[f"losses.{backend}"].tolist()}
         run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], state["steps_done"]
+    print(
+        f"training: {' and '.join(t.backend for t in run.trainers)}, {cfg.steps} steps of {cfg.batch_size} x "
+        f"{cfg.block_size} characters, AdamW, peak lr {cfg.peak_lr}, warm-up {cfg.warmup_steps}, clip "
+        f"{cfg.clip_norm}, {args.threads} thread(s)"
+    )
+    if resumed is not None:
         print(f"resuming after step {run.steps_done} from {path}")
     bar = _progress_bar(args, cfg.steps, run.steps_done)
     say = bar.write if bar is not None else print
     saver = _Saver(out, say)
+    torch_only = backend == "torch" and not args.compare
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int, losses: dict[str, float]) -> None:
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix({b: f"{v:.4f}" for b, v in losses.items()})
             bar.update(1)
         if args.log_every and step % args.log_every == 0:
-            say(f"step {step}/{cfg.steps}  loss {loss:.6f}")
+            say(f"step {step}/{cfg.steps}  loss " + "  ".join(f"{b} {v:.6f}" for b, v in losses.items()))
             sys.stdout.flush()
 
-    def on_eval(row: dict[str, float]) -> None:
+    def on_eval(row: dict) -> None:
         train = "" if math.isnan(row["train_loss"]) else f"train loss {row['train_loss']:.4f} | "
-        say(f"step {row['step']:>5}  {train}val loss {row['val_loss']:.4f}")
+        who = f" [{row['backend']}]" if args.compare else ""
+        say(f"step {row['step']:>5}{who}  {train}val loss {row['val_loss']:.4f}")
         sys.stdout.flush()
 
+    def sync() -> None:
+        """The torch backend trains the twin: copy its weights and AdamW into the NumPy model and AdamW."""
+        if torch_only:
+            copy_torch_to_numpy(twin, run.model)
+            run.optimizer.load_state_dict(torch_trainer.numpy_optimizer_state(run.optimizer.state_dict()))
+
     def write(run: CharLMRun, samples: list[str] | None = None) -> None:
-        generators = {"dropout": generator_state(run.rng), "windows": generator_state(run.batch_rng)}
-        state = _train_state("charlm", "numpy", "cpu", run.steps_done, run.seconds, run.evals, generators=generators)
-        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer,
-                        {"losses.numpy": np.asarray(run.losses, dtype=np.float64)}, train_config=asdict(cfg),
-                        vocab=run.vocab.chars, steps=cfg.steps, train_state=state)  # fmt: skip
+        sync()
+        arrays = {f"losses.{b}": np.asarray(v, dtype=np.float64) for b, v in run.losses.items()}
+        extra = {}
+        if not args.compare:
+            generators = {"windows": generator_state(run.batch_rng)}
+            if backend == "numpy":
+                generators["dropout"] = generator_state(run.rng)
+            else:
+                arrays.update(generator_states(device))
+            extra["train_state"] = _train_state("charlm", backend, device, run.steps_done, run.seconds, run.evals,
+                                                generators=generators)  # fmt: skip
+        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer, arrays, train_config=asdict(cfg),
+                        vocab=run.vocab.chars, steps=cfg.steps, **extra)  # fmt: skip
         history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
         if samples is not None:
             history["samples"] = samples
         atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
 
+    def on_save(r: CharLMRun) -> None:
+        if r.steps_done < cfg.steps:  # the final file is written after the samples, with them
+            saver(r.steps_done, lambda: write(r))
+
     with StopOnSignal() as stop:
         try:
             run = train_charlm(cfg, dtype, on_eval=on_eval, on_step=on_step, run=run, save_every=args.save_every,
-                               on_save=lambda r: None if r.steps_done == cfg.steps else saver(r.steps_done,
-                                                                                               lambda: write(r)),
-                               should_stop=stop.stop)  # fmt: skip
+                               on_save=on_save, should_stop=stop.stop)  # fmt: skip
         except NonFiniteError as exc:
             return _report_divergence(exc, saver)
         finally:
             if bar is not None:
                 bar.close()
         if run.stopped:
-            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
-    first, last = run.evals[0]["val_loss"], run.evals[-1]["val_loss"]
-    print(
-        f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: validation loss {first:.3f} -> {last:.3f} nats/char "
-        f"(unigram entropy {run.unigram_entropy:.3f})"
-    )
+            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=not args.compare)
+    sync()  # the samples come from the NumPy model, holding the twin's weights for the torch backend
+    for trainer in run.trainers:
+        rows = [e for e in run.evals if e["backend"] == trainer.backend]
+        print(
+            f"\n[{trainer.backend}] trained {cfg.steps} steps in {run.seconds:.1f} s: validation loss "
+            f"{rows[0]['val_loss']:.3f} -> {rows[-1]['val_loss']:.3f} nats/char (unigram entropy "
+            f"{run.unigram_entropy:.3f})"
+        )
+    diff = History(asdict(cfg), run.losses).max_loss_difference()
+    if diff is not None:
+        print(f"largest per-step loss difference numpy vs torch: {diff[0]:.3e} (relative, at step {diff[1]})")
     filters = f"temperature {args.temperature}" + (f", top-k {args.top_k}" if args.top_k else "")
     filters += f", top-p {args.top_p}" if args.top_p else ""
     print(f"samples ({filters}):")
@@ -564,10 +621,10 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         return saver.lost()
     from ..applications.plots import plot_loss_curves
 
-    history = History(asdict(cfg), {"numpy": run.losses}, [{**e, "backend": "numpy"} for e in run.evals])
+    history = History(asdict(cfg), run.losses, run.evals)
     png = out / "loss_curves.png"
     try:
-        plot_loss_curves(history, png, title=f"charlm: numpy, {args.dtype}", loss_label="training loss (nats/char)")
+        plot_loss_curves(history, png, title=f"charlm: {label}, {args.dtype}", loss_label="training loss (nats/char)")
     except OSError as exc:
         print(f"warning: could not write {png}: {exc}", file=sys.stderr)
     print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")
