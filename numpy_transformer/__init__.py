@@ -7,14 +7,17 @@ layers, re-exported here), ``models``, ``optim``, ``training`` and ``inference``
 """
 
 from . import functional, testing
-from .config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
+from .config import BertConfig, GPTConfig, LlamaConfig, RNNSeq2SeqConfig, TransformerConfig, ViTConfig
 from .models import (
     GPT,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
+    Llama,
     RNNSeq2Seq,
     Transformer,
+    ViT,
+    ViTForImageClassification,
 )
 from .modules import (
     GRU,
@@ -51,6 +54,8 @@ __all__ = [
     "GRUCell",
     "LayerNorm",
     "Linear",
+    "Llama",
+    "LlamaConfig",
     "LuongAttention",
     "Module",
     "MultiHeadAttention",
@@ -58,6 +63,9 @@ __all__ = [
     "RNNSeq2SeqConfig",
     "Transformer",
     "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "ViTForImageClassification",
     "functional",
     "testing",
 ]

@@ -11,6 +11,7 @@ from .functional.checks import (
     check_positive_float,
     check_positive_int,
 )
+from .functional.rotary import ROPE_LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -170,3 +171,145 @@ class GPTConfig:
             not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < self.vocab_size
         ):
             raise ValueError(f"pad_id: expected None or an id in [0, {self.vocab_size}), got {self.pad_id!r}")
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """A Llama-style decoder: token embeddings, pre-RMSNorm blocks with rotary grouped-query attention and a
+    SwiGLU feed-forward, a final RMSNorm, and an LM head (tied to the embeddings or not). No biases, no dropout.
+
+    The names of Hugging Face's ``LlamaConfig`` fields are in ``models.llama.hf_llama_config``.
+    """
+
+    vocab_size: int  # V
+    max_len: int = 128  # the longest sequence read (RoPE has no table; this bounds inputs and the KV cache)
+    d_model: int = 128  # C
+    n_heads: int = 4  # H query heads; head width D = d_model // n_heads, even (RoPE turns pairs)
+    n_kv_heads: int = 2  # Hkv key/value heads, a divisor of n_heads: H is MHA, 1 is multi-query
+    n_layers: int = 4
+    d_ff: int = 344  # F: the SwiGLU width, about 2/3 of 4C so that three matrices cost what GPT's two do
+    rms_norm_eps: float = 1e-6  # inside the square root, as Llama; torch.nn.RMSNorm's default is the dtype's eps
+    rope_theta: float = 10000.0  # base of the rotary frequencies theta^(-2i/D): 1e4 in Llama 2, 5e5 in Llama 3
+    rope_layout: str = "half"  # "half": Hugging Face's rotate-half pairs (i, i + D/2); "interleaved": Meta's (2i, 2i+1)
+    tie_embeddings: bool = False  # True: the LM head is tok_embed.weight (no lm_head.weight)
+    initializer_range: float = 0.02  # std of the normal initialisation of every weight matrix, as Hugging Face
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_kv_heads", "d_ff"):
+            check_positive_int(name, getattr(self, name))
+        check_non_negative_int("n_layers", self.n_layers)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"n_heads: expected an even head width d_model // n_heads (RoPE turns coordinates in pairs), "
+                f"got {self.d_model} // {self.n_heads} = {self.d_model // self.n_heads}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads: expected a divisor of n_heads={self.n_heads} (every group of query heads "
+                f"the same size), got {self.n_kv_heads}"
+            )
+        check_positive_float("rms_norm_eps", self.rms_norm_eps)
+        check_positive_float("rope_theta", self.rope_theta)
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"rope_layout: expected one of {ROPE_LAYOUTS}, got {self.rope_layout!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings: expected a bool, got {self.tie_embeddings!r}")
+        check_positive_float("initializer_range", self.initializer_range)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """A Vision Transformer: an image cut into patches, each patch a token, a class token in front.
+
+    The defaults are those of ``transformers.ViTConfig()`` (ViT-Base/16 at 224 x 224), so that one
+    config reads the same on both sides (``numpy_transformer.applications.vit_weights`` converts).
+    The image is square, ``image_size`` pixels a side, cut into ``(image_size // patch_size) ** 2``
+    patches of ``patch_size`` pixels a side: the sequence has ``num_patches + 1`` positions.
+
+    ``dropout`` is used after the embeddings, on the attention probabilities and on both residual
+    branches of every layer, as Hugging Face's ``hidden_dropout_prob`` and
+    ``attention_probs_dropout_prob`` together; there is none inside the feed-forward (nor in HF's).
+    """
+
+    image_size: int = 224  # H = W, pixels
+    patch_size: int = 16  # P: the patch is P x P pixels, the conv kernel and its stride
+    num_channels: int = 3  # input channels of the image (1 for grey digits, 3 for RGB)
+    d_model: int = 768  # C, HF's hidden_size
+    n_heads: int = 12  # H; head width D = d_model // n_heads
+    n_layers: int = 12
+    d_ff: int = 3072  # F, HF's intermediate_size
+    dropout: float = 0.0  # HF's default: ViT is usually trained with strong augmentation instead
+    layer_norm_eps: float = 1e-12  # HF's ViT; torch.nn.LayerNorm's default would be 1e-5
+    num_labels: int = 2  # K classes of the classification head (HF's default)
+    qkv_bias: bool = True  # biases on the query, key and value projections (the output projection always has one)
+    activation: str = "gelu"  # HF's hidden_act "gelu": exact erf
+    initializer_range: float = 0.02  # std of the normal initialisation of weights, class token and positions
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "num_channels", "d_model", "n_heads", "d_ff"):
+            check_positive_int(name, getattr(self, name))
+        check_non_negative_int("n_layers", self.n_layers)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size, patch_size: expected image_size to be a multiple of patch_size, got "
+                f"image_size={self.image_size} and patch_size={self.patch_size} "
+                f"({self.image_size} % {self.patch_size} = {self.image_size % self.patch_size} pixels left over)"
+            )
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={self.d_model}, got {self.n_heads}")
+        check_dropout_p(self.dropout, "dropout")
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_int("num_labels", self.num_labels, low=2)  # 1 would be Hugging Face's regression head
+        if not isinstance(self.qkv_bias, bool):
+            raise TypeError(f"qkv_bias: expected a bool, got {type(self.qkv_bias).__name__} {self.qkv_bias!r}")
+        if self.activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"activation: expected 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
+        check_positive_float("initializer_range", self.initializer_range)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along one side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N: the number of patch tokens; the sequence is N + 1 long with the class token."""
+        return self.grid_size**2
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """A small convolutional image classifier, the baseline the ViT is measured against on the digits.
+
+    Each stage is ``conv kxk (padding k // 2) -> ReLU -> max-pool 2x2``, halving the image; then the
+    feature map is flattened (channel, row, column) and a linear layer gives the logits.
+    """
+
+    image_size: int = 8  # H = W
+    num_channels: int = 1
+    channels: tuple[int, ...] = (16, 32)  # output channels of each stage
+    kernel_size: int = 3
+    num_labels: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "num_channels", "kernel_size", "num_labels"):
+            check_positive_int(name, getattr(self, name))
+        if not isinstance(self.channels, tuple) or not self.channels:
+            raise ValueError(f"channels: expected a non-empty tuple of positive ints, got {self.channels!r}")
+        for i, c in enumerate(self.channels):
+            check_positive_int(f"channels[{i}]", c)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd size (padding k//2 keeps the size): got {self.kernel_size}")
+        if self.image_size % 2 ** len(self.channels):
+            raise ValueError(
+                f"image_size, channels: {len(self.channels)} stages halve the image {len(self.channels)} times, so "
+                f"image_size must be a multiple of {2 ** len(self.channels)}; got {self.image_size}"
+            )
+
+    @property
+    def flat_features(self) -> int:
+        """Features the linear head reads: last channels x (image_size / 2^stages)^2."""
+        side = self.image_size // 2 ** len(self.channels)
+        return self.channels[-1] * side * side

@@ -90,6 +90,19 @@ def torch_builtin_with_weights(builtin: nn.Module, np_module: nt.Module) -> nn.M
 
 BUILTIN_CASES = sorted(name for name, case in CASES.items() if case.builtin is not None)
 
+# The Llama family's cases without a built-in (cases_llama.py declares F.rms_norm / nn.RMSNorm only from
+# torch 2.4 and enable_gqa only from 2.5, so older versions list those cases here instead).
+LLAMA_WITHOUT_BUILTIN = {
+    "rotary_embedding": "PyTorch has no rotary embedding; Hugging Face's rotate-half is compared in test_llama_hf.py",
+    "swiglu": "PyTorch has no SwiGLU; its SiLU is compared with F.silu (silu)",
+    "SwiGLUFeedForward": "PyTorch has no gated feed-forward module; transformers' LlamaMLP is in test_llama_hf.py",
+    "LlamaAttention": "PyTorch has no rotary attention; its core is compared with F.sdpa (grouped_query_attention)",
+    "LlamaDecoderLayer": "not a PyTorch built-in: transformers' LlamaDecoderLayer is compared in test_llama_hf.py",
+    "Llama": "not a PyTorch built-in: transformers.LlamaForCausalLM is compared in test_llama_hf.py",
+    **({} if hasattr(F, "rms_norm") else dict.fromkeys(("rms_norm", "RMSNorm"), "torch < 2.4 has no RMSNorm")),
+    **({} if TORCH_VERSION >= (2, 5) else {"grouped_query_attention": "torch < 2.5 has no enable_gqa in F.sdpa"}),
+}
+
 # The registered cases with no PyTorch built-in to compare with, and why. test_meta.py fails
 # on a case that neither declares a built-in nor appears here.
 WITHOUT_BUILTIN = {
@@ -101,9 +114,13 @@ WITHOUT_BUILTIN = {
     "BertForMaskedLM": "not a PyTorch built-in: the transformers head is compared in test_bert_hf_heads.py",
     "BertForSequenceClassification": "not a PyTorch built-in: the transformers head is in test_bert_hf_heads.py",
     "GPT": "not a PyTorch built-in: transformers.GPT2LMHeadModel is compared in test_gpt_hf.py",
+    "ViT": "not a PyTorch built-in: transformers.ViTModel is compared in test_vit_hf.py",
+    "ViTForImageClassification": "not a PyTorch built-in: the transformers head is compared in test_vit_hf.py",
+    "ImageCNN": "a model, not a built-in: torch.nn Conv2d, ReLU, MaxPool2d and Linear in turn are in test_cnn.py",
     "RNNSeq2Seq": "PyTorch has no attention RNN encoder-decoder; its GRUs are compared with nn.GRU (gru, GRU)",
     "additive_attention": "PyTorch has no additive (Bahdanau) attention",
     "AdditiveAttention": "PyTorch has no additive (Bahdanau) attention module",
+    **LLAMA_WITHOUT_BUILTIN,
 }
 
 

@@ -23,6 +23,8 @@ import pytest
 
 import numpy_transformer as nt
 from numpy_transformer.commands import main
+from numpy_transformer.config import CNNConfig
+from numpy_transformer.models.cnn import ImageCNN
 from numpy_transformer.training import atomic, checkpoint
 from numpy_transformer.training.checkpoint import (
     FORMAT_VERSION,
@@ -157,14 +159,27 @@ def test_decode_names_the_command_for_a_checkpoint_that_train_did_not_write(tmp_
         *(nt.RNNSeq2SeqConfig(src_vocab_size=7, tgt_vocab_size=9, embed_dim=5, hidden_size=10, attention=a, attn_dim=3)
           for a in ("bahdanau", "luong-dot", "luong-general", "luong-concat")),
         nt.GPTConfig(vocab_size=9, max_len=11, d_model=12, n_heads=3, n_layers=2, d_ff=20),
+        nt.LlamaConfig(vocab_size=9, max_len=11, d_model=16, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=20),
+        nt.LlamaConfig(vocab_size=9, d_model=12, n_heads=3, n_kv_heads=1, n_layers=1, d_ff=7, tie_embeddings=True),
+        nt.ViTConfig(image_size=8, patch_size=4, num_channels=1, d_model=12, n_heads=3, n_layers=2, d_ff=20,
+                     num_labels=10),
+        nt.ViTConfig(image_size=6, patch_size=2, num_channels=3, d_model=8, n_heads=2, n_layers=1, d_ff=16,
+                     qkv_bias=False),
+        CNNConfig(),
+        CNNConfig(image_size=4, num_channels=3, channels=(5,), kernel_size=1, num_labels=3),
     ],
     ids=lambda c: type(c).__name__ + "-" + getattr(c, "attention", ""),
 )  # fmt: skip
 def test_the_shapes_a_config_implies_are_the_models_own(config):
     """The reader checks the archive against ``expected_shapes(config)`` before reading data: it must be exact."""
-    model = {nt.TransformerConfig: nt.Transformer, nt.RNNSeq2SeqConfig: nt.RNNSeq2Seq, nt.GPTConfig: nt.GPT}[
-        type(config)
-    ](config, rng=np.random.default_rng(0))
+    model = {
+        nt.TransformerConfig: nt.Transformer,
+        nt.RNNSeq2SeqConfig: nt.RNNSeq2Seq,
+        nt.GPTConfig: nt.GPT,
+        nt.LlamaConfig: nt.Llama,
+        nt.ViTConfig: nt.ViTForImageClassification,  # a ViTConfig checkpoint holds the classifier
+        CNNConfig: ImageCNN,
+    }[type(config)](config, rng=np.random.default_rng(0))
     assert checkpoint.expected_shapes(config) == {k: v.shape for k, v in model.state_dict().items()}
 
 

@@ -41,8 +41,42 @@ def property_of(*cases: str) -> Callable:
     return declare
 
 
+# The Llama family's property tests: its ops and blocks in test_llama_ops.py, the model in test_llama.py.
+_OPS = "test_llama_ops.py::test_"
+LLAMA_PROPERTY_TESTS: dict[str, tuple[str, ...]] = {
+    "rms_norm": (
+        _OPS + "rms_norm_backward_is_layer_norm_backward_without_the_mean_term",
+        _OPS + "rms_norm_gradient_is_orthogonal_to_its_row_up_to_eps",
+        _OPS + "rms_norm_output_has_unit_rms_and_ignores_the_rows_scale",
+    ),
+    "RMSNorm": (_OPS + "rms_norm_output_has_unit_rms_and_ignores_the_rows_scale",),
+    "rotary_embedding": (
+        _OPS + "rotary_query_key_score_depends_only_on_the_relative_position",
+        _OPS + "rotary_keeps_every_pair_length_and_its_backward_rotates_back",
+        _OPS + "permuting_query_and_key_rows_turns_metas_interleaved_layout_into_hfs_half_layout",
+    ),
+    "silu": (_OPS + "silu_is_x_sigmoid_x_and_stays_finite_and_exact_far_out",),
+    "swiglu": (_OPS + "a_closed_swiglu_gate_passes_nothing_and_an_open_one_passes_up_times_gate",),
+    "SwiGLUFeedForward": (_OPS + "swiglu_feed_forward_is_down_of_the_gated_product_one_position_at_a_time",),
+    "grouped_query_attention": (
+        _OPS + "grouped_query_attention_is_repeat_interleave_then_attention_with_group_summed_gradients",
+        _OPS + "as_many_kv_heads_as_heads_is_multi_head_and_one_kv_head_is_multi_query",
+    ),
+    "LlamaAttention": (_OPS + "llama_attention_output_is_the_same_when_every_position_moves_by_the_same_amount",),
+    "LlamaDecoderLayer": (_OPS + "a_causal_llama_layer_never_reads_the_future",),
+    "Llama": (
+        "test_llama.py::test_changing_a_future_token_does_not_change_earlier_logits",
+        "test_llama.py::test_a_tied_head_is_the_embedding_and_collects_the_head_and_the_lookup_gradients",
+        "test_llama.py::test_kv_cache_logits_equal_the_full_forward_however_the_tokens_are_fed",
+    ),
+}
+
 # Property tests of a model family that live in that family's test file.
 ELSEWHERE: dict[str, tuple[str, ...]] = {
+    "ImageCNN": (
+        "test_cnn.py::test_cnn_equals_torch_nn_conv_relu_maxpool_linear_on_the_same_weights",
+        "test_cnn.py::test_shifting_a_digit_by_two_pixels_shifts_the_first_stage_feature_map_by_one_pixel",
+    ),
     "conv2d": (
         "test_conv.py::test_conv2d_with_kernel_equal_to_stride_is_patches_then_a_linear_layer",
         "test_conv.py::test_a_1x1_conv2d_is_a_per_pixel_linear_layer_over_the_strided_pixels",
@@ -66,6 +100,15 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
         "test_gpt.py::test_gradient_of_an_early_logit_reaches_no_later_position",
         "test_gpt.py::test_pad_keys_are_never_attended_to",
     ),
+    "ViT": (
+        "test_vit.py::test_permuting_patches_with_their_position_embeddings_permutes_the_outputs",
+        "test_vit.py::test_the_patch_embedding_is_reshape_into_patches_then_a_linear_layer",
+        "test_vit.py::test_the_pooler_reads_the_class_token_only",
+    ),
+    "ViTForImageClassification": (
+        "test_vit.py::test_the_class_token_gradient_is_what_flows_back_through_row_zero",
+        "test_vit.py::test_without_layers_only_row_zero_gets_a_gradient",
+    ),
     "gru_cell": ("test_gru.py::test_gru_cell_with_update_gate_one_keeps_h_and_passes_its_gradient_straight",),
     "gru": (
         "test_gru.py::test_gru_backprop_through_time_reaches_the_first_input_from_the_last_state",
@@ -87,6 +130,7 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
     ),
     "AdditiveAttention": ("test_classic_attention.py::test_module_gradients_accumulate_over_two_backward_calls",),
     "LuongAttention": ("test_classic_attention.py::test_module_gradients_accumulate_over_two_backward_calls",),
+    **LLAMA_PROPERTY_TESTS,
 }
 for _case, _tests in ELSEWHERE.items():
     PROPERTY_TESTS[_case].extend(_tests)

@@ -19,12 +19,20 @@ import torch
 from torch import nn
 
 import numpy_transformer as nt
+from numpy_transformer.models.cnn import ImageCNN
 
 from . import modules as tm
 from . import transformer as ttransformer
 from . import transformer_layers as tlayers
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+# The Llama blocks (numpy_transformer.modules.llama_layers), twinned in torch_transformer.llama.
+LLAMA_FAMILY = (
+    nt.modules.RMSNorm,
+    nt.modules.SwiGLUFeedForward,
+    nt.modules.LlamaAttention,
+    nt.modules.LlamaDecoderLayer,
+)
 
 
 def torch_dtype(dtype: np.dtype | type | str) -> torch.dtype:
@@ -101,6 +109,21 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
         from .gpt import GPT
 
         twin = GPT(m.config, dtype=dtype)
+    elif isinstance(m, (nt.Llama, *LLAMA_FAMILY)):
+        from .llama import twin_of_llama
+
+        twin = twin_of_llama(m, dtype)
+    elif isinstance(m, ImageCNN):
+        from .cnn import ImageCNN as TorchImageCNN
+
+        twin = TorchImageCNN(m.config, dtype=dtype)
+    elif isinstance(m, (nt.ViT, nt.ViTForImageClassification)):
+        from . import vit as tvit
+
+        if isinstance(m, nt.ViT):
+            twin = tvit.ViT(m.config, dtype=dtype, add_pooling_layer=m.pooler is not None)
+        else:
+            twin = tvit.ViTForImageClassification(m.config, dtype=dtype)
     elif isinstance(m, (nt.AdditiveAttention, nt.LuongAttention)):
         from . import classic_attention as tca
 

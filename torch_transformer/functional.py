@@ -222,3 +222,64 @@ def max_pool2d(
     flat = windows.flatten(start_dim=4)  # (N, C, Ho, Wo, kh*kw)
     first_max = flat.detach().argmax(dim=-1, keepdim=True)  # (N, C, Ho, Wo, 1)
     return flat.gather(-1, first_max).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------- Llama's ops
+# RMSNorm, rotary embeddings in both layouts, SiLU / SwiGLU and grouped-query attention, as in
+# numpy_transformer.functional.rms_norm / rotary / swiglu / grouped_attention. Grouped-query
+# attention is written differently from the NumPy half on purpose: here the key/value heads are
+# copied with repeat_interleave (Hugging Face's repeat_kv), there they are broadcast views.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight  # eps inside the root
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``positions * theta ** (-2i / D)``, each (T, D/2): angles in float64, then ``dtype``."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, P)
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def rotary_embedding(
+    x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0, layout: str = "half"
+) -> torch.Tensor:
+    """(..., T, D) -> (..., T, D): pair i turned by ``positions * theta ** (-2i / D)``."""
+    D = x.shape[-1]
+    cos, sin = rotary_cos_sin(positions, D, theta, x.dtype)  # (T, P)
+    if layout == "half":  # pairs (i, i + D/2)
+        a, b = x[..., : D // 2], x[..., D // 2 :]
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    if layout == "interleaved":  # pairs (2i, 2i + 1)
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    raise ValueError(f"layout: expected 'half' or 'interleaved', got {layout!r}")
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return silu(gate) * up
+
+
+def grouped_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    return_weights: bool = False,
+):
+    """q (B, H, T, D) over k, v (B, Hkv, S, D|Dv): each key/value head repeated for its group of H // Hkv."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # (B, H, S, D): head h reads key head h // group
+    v = v.repeat_interleave(group, dim=1)
+    return scaled_dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, scale=scale, return_weights=return_weights
+    )

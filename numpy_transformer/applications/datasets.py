@@ -1,6 +1,7 @@
-"""Generated data sets: an English corpus for the character LM, review sentences for fine-tuning.
+"""Data sets: an English corpus for the character LM, review sentences for fine-tuning, digit images.
 
-Both are written from small seeded grammars, so nothing is downloaded and every run sees the same text.
+The first two are written from small seeded grammars, so nothing is downloaded and every run sees the same
+text; the digits are scikit-learn's 8 x 8 images (shipped inside that package), split by a seed.
 (The toy seq2seq tasks the training loop learns, copy / reverse / sort, live in ``training/tasks.py``.)
 """
 
@@ -14,9 +15,11 @@ import numpy as np
 
 __all__ = [
     "LABEL_NAMES",
+    "DigitsData",
     "SentenceDataset",
     "WordTokenizer",
     "best_single_word_accuracy",
+    "digits_dataset",
     "make_corpus",
     "sentiment_dataset",
 ]
@@ -265,3 +268,47 @@ class WordTokenizer:
             ids[i, : len(r)] = r
         mask = (ids != 0).astype(np.int64)
         return ids, mask, np.zeros_like(ids)
+
+
+# ---------------------------------------------------------------------------- handwritten digits (images)
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """scikit-learn's 1 797 digits, 8 x 8 grey images scaled to [0, 1], split once by a seed.
+
+    ``x_*`` (N, 1, 8, 8) in the requested dtype, ``y_*`` (N,) int64 in 0..9. The split is stratified
+    (each digit split in the same proportion), and no test image is ever in the training set.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def digits_dataset(seed: int = 0, test_fraction: float = 0.2, dtype: np.dtype | type = np.float32) -> DigitsData:
+    """The digits split ``1 - test_fraction`` / ``test_fraction`` per class, shuffled by ``seed``.
+
+    Needs scikit-learn (its ``load_digits`` reads a table shipped inside the package: no download).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ImportError(
+            "the digits come from scikit-learn: pip install 'numpy-transformer[vision]' (or scikit-learn)"
+        ) from exc
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(dtype)[:, None]  # (1797, 1, 8, 8), pixel values 0..16 -> [0, 1]
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng([seed, 7])
+    train, test = [], []
+    for k in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        n_test = round(test_fraction * len(idx))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    train_idx, test_idx = rng.permutation(np.concatenate(train)), np.sort(np.concatenate(test))
+    return DigitsData(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])

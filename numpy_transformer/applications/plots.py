@@ -49,7 +49,11 @@ def smooth(values: list[float], window: int = 25) -> np.ndarray:
 
 
 def plot_loss_curves(
-    history, path: str | Path, title: str = "", loss_label: str = "training loss (label-smoothed)"
+    history,
+    path: str | Path,
+    title: str = "",
+    loss_label: str = "training loss (label-smoothed)",
+    held_out: str = "validation",
 ) -> Path:
     """Training loss per step (raw and smoothed) and validation loss per evaluation, one colour per backend.
 
@@ -68,12 +72,12 @@ def plot_loss_curves(
         evals = [e for e in history.evals if e["backend"] == backend]
         if evals:
             axes[1].plot([e["step"] for e in evals], [e["val_loss"] for e in evals], "o" + style, color=c,
-                         label=f"{backend} val loss")  # fmt: skip
+                         label=f"{backend} {held_out} loss")  # fmt: skip
             if "val_sequence_accuracy" in evals[0]:
                 axes[1].plot([e["step"] for e in evals], [e["val_sequence_accuracy"] for e in evals], "s:", color=c,
                              label=f"{backend} val sequence accuracy")  # fmt: skip
     axes[0].set(xlabel="step", ylabel=loss_label, title="training loss", yscale="log")
-    axes[1].set(xlabel="step", title="validation")
+    axes[1].set(xlabel="step", title=held_out)
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -111,4 +115,76 @@ def plot_attention(
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """``matrix[i, j]``: images of class ``i`` predicted as ``j``; the diagonal is what is right."""
+    plt = pyplot()
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), layout="constrained")
+    im = ax.imshow(matrix, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                dark = matrix[i, j] > matrix.max() / 2
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")  # fmt: skip
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_vit_attention(
+    image: np.ndarray, cls_attention: np.ndarray, rollout: np.ndarray, path: str | Path, title: str = ""
+) -> Path:
+    """The image, the class token's attention per layer (rows) and head (columns), and the rollout over the image.
+
+    ``image`` (I, I); ``cls_attention`` (layers, H, g, g); ``rollout`` (g, g). Each map is drawn over the
+    image's extent, nearest-neighbour, so a patch's weight covers its pixels.
+    """
+    plt = pyplot()
+    n_layers, H = cls_attention.shape[:2]
+    fig, axes = plt.subplots(n_layers + 1, H + 1, figsize=(1.6 * (H + 1), 1.6 * (n_layers + 1) + 0.4),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    extent = (0, image.shape[1], image.shape[0], 0)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].imshow(image, cmap="gray_r", extent=extent)
+    axes[0, 0].set_title("image", fontsize=8)
+    axes[0, 1].imshow(image, cmap="gray_r", extent=extent)
+    axes[0, 1].imshow(rollout, cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+    axes[0, 1].set_title("rollout", fontsize=8)
+    for ax in axes[0, 2:]:
+        ax.axis("off")
+    for layer in range(n_layers):
+        mean = cls_attention[layer].mean(axis=0)
+        axes[layer + 1, 0].imshow(mean, cmap="viridis", extent=extent, interpolation="nearest")
+        axes[layer + 1, 0].set_ylabel(f"layer {layer}", fontsize=8)
+        axes[layer + 1, 0].set_title("mean of heads" if layer == 0 else "", fontsize=8)
+        for h in range(H):
+            ax = axes[layer + 1, h + 1]
+            ax.imshow(cls_attention[layer, h], cmap="viridis", extent=extent, interpolation="nearest")
+            if layer == 0:
+                ax.set_title(f"head {h}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_position_similarity(similarity: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """``similarity`` (g, g, g, g) from ``vit_attention.position_similarity``: a g x g grid of g x g maps."""
+    plt = pyplot()
+    g = similarity.shape[0]
+    fig, axes = plt.subplots(g, g, figsize=(1.0 * g + 1.2, 1.0 * g + 0.5), squeeze=False, layout="constrained")
+    for a in range(g):
+        for b in range(g):
+            ax = axes[a, b]
+            im = ax.imshow(similarity[a, b], cmap="viridis", vmin=-1, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, dpi=110)

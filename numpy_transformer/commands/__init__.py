@@ -13,10 +13,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import attention, attention_cost, benchmark, decode, finetune, parity, train
+from . import attention, attention_cost, benchmark, decode, finetune, parity, train, vit_attention
 
 COMMANDS = {"parity": parity, "train": train, "decode": decode, "benchmark": benchmark, "attention": attention,
-            "finetune": finetune, "attention-cost": attention_cost}  # fmt: skip
+            "finetune": finetune, "attention-cost": attention_cost, "vit-attention": vit_attention}  # fmt: skip
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

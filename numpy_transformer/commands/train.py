@@ -27,6 +27,15 @@ from ..applications.charlm import (
     train_charlm,
     unigram_entropy,
 )
+from ..applications.digits import (
+    DIGIT_MODELS,
+    DigitsConfig,
+    DigitsRun,
+    confusion_matrix,
+    predict,
+    start_digits,
+    train_digits,
+)
 from ..inference.sampling import check_sampling_args
 from ..models.gpt import GPT
 from ..optim import Adam
@@ -67,15 +76,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--task",
-        choices=(*TASKS, "charlm"),
-        help="a seq2seq toy task (default reverse), or charlm: a GPT character-level language model on a generated "
-        "English corpus",
+        choices=(*TASKS, "charlm", "digits"),
+        help="a seq2seq toy task (default reverse), charlm: a GPT character-level language model on a generated "
+        "English corpus, or digits: a ViT (or a CNN) classifying scikit-learn's 8x8 handwritten digits",
     )
     train.add_argument(
         "--model",
-        choices=MODELS,
-        help="the encoder-decoder Transformer (default), or a bidirectional-GRU encoder with a GRU decoder and "
-        "Bahdanau (additive) or Luong (dot / general / concat) attention",
+        choices=(*MODELS, *DIGIT_MODELS),
+        help="seq2seq tasks: the encoder-decoder Transformer (default), or a bidirectional-GRU encoder with a GRU "
+        "decoder and Bahdanau (additive) or Luong (dot / general / concat) attention; digits: vit (default) or cnn",
     )
     train.add_argument("--backend", choices=("numpy", "torch"), help="default numpy")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
@@ -143,6 +152,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if task == "charlm":
         limit_threads(args.threads)
         return _train_charlm(parser, args, resumed)
+    if task == "digits":
+        limit_threads(args.threads)
+        return _train_digits(parser, args, resumed)
+    if args.model in DIGIT_MODELS:
+        parser.error(f"--model {args.model}: an image model, for --task digits")
     return _train_seq2seq(parser, args, resumed)
 
 
@@ -160,21 +174,24 @@ def _read_resumable(parser: argparse.ArgumentParser, folder: Path) -> Checkpoint
                 "decode can read it, train cannot continue it"
             )
         task = state.get("task") if isinstance(state, dict) else None
-        if task not in (*TASKS, "charlm"):
+        if task not in (*TASKS, "charlm", "digits"):
             raise CheckpointError(f"checkpoint: {path}: meta.train_state.task: expected one of "
-                                  f"{[*TASKS, 'charlm']}, got {task!r:.80}")  # fmt: skip
+                                  f"{[*TASKS, 'charlm', 'digits']}, got {task!r:.80}")  # fmt: skip
         where = f"checkpoint: {path}: meta.train_config"
-        cfg = config_from_json(CharLMConfig if task == "charlm" else TrainConfig, ckpt.meta.get("train_config"), where)
+        kind = {"charlm": CharLMConfig, "digits": DigitsConfig}.get(task, TrainConfig)
+        cfg = config_from_json(kind, ckpt.meta.get("train_config"), where)
         backend = state.get("backend")
         if backend not in ("numpy", "torch"):
             raise CheckpointError(f"checkpoint: {path}: meta.train_state.backend: expected 'numpy' or 'torch', "
                                   f"got {backend!r:.80}")  # fmt: skip
-        if task == "charlm":
+        if task == "digits":
+            generators = ("dropout", "batches")
+        elif task == "charlm":
             generators = ("dropout", "windows") if backend == "numpy" else ("windows",)
         else:
             generators = ("dropout",) if backend == "numpy" else ()
         check_train_state(state, ckpt.state_arrays, cfg.steps, f"checkpoint: {path}: meta.train_state",
-                          generators, (backend,), position=task != "charlm")  # fmt: skip
+                          generators, (backend,), position=task in TASKS)  # fmt: skip
     except CheckpointError as exc:
         parser.error(f"--resume: {exc}")
     if state["steps_done"] == cfg.steps:
@@ -628,4 +645,121 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     except OSError as exc:
         print(f"warning: could not write {png}: {exc}", file=sys.stderr)
     print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")
+    return 0
+
+
+def _train_digits(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
+    """``train --task digits``: a ViT (or the CNN) on the 8x8 digits; accuracy, loss curves, a confusion matrix."""
+    from ..applications.datasets import digits_dataset
+
+    if (args.backend or "numpy") != "numpy" or args.compare or (args.device or "cpu") != "cpu":
+        parser.error("--task digits trains in NumPy only (no --backend torch, --compare or --device)")
+    if args.model is not None and args.model not in DIGIT_MODELS:
+        parser.error(f"--model {args.model}: --task digits trains one of {', '.join(DIGIT_MODELS)}")
+    require_module(parser, "sklearn", "the digits come from scikit-learn: pip install 'numpy-transformer[vision]'")
+    if resumed is not None:
+        cfg = config_from_json(DigitsConfig, resumed.meta["train_config"], "train_config")
+    else:
+        defaults = DigitsConfig()
+        options = dict(model=args.model or defaults.model, seed=args.seed or 0,
+                       batch_size=args.batch_size or defaults.batch_size)  # fmt: skip
+        if args.dropout is not None:
+            options["dropout"] = args.dropout
+        cfg = DigitsConfig(**options, steps=args.steps or defaults.steps)
+        if args.epochs:
+            cfg = DigitsConfig(**options, steps=math.ceil(args.epochs * 1438 / cfg.batch_size))
+    out = args.out or Path("runs") / f"digits-{cfg.model}"
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(args.dtype)
+    data = digits_dataset(cfg.seed, dtype=dtype)
+    run = start_digits(cfg, dtype)
+    n_params = sum(p.size for p in run.model.parameters())
+    print(
+        f"data: scikit-learn's digits, 8x8 grey images, {len(data.y_train)} training / {len(data.y_test)} test "
+        f"(stratified, seed {cfg.seed}); training images shifted by up to {cfg.shift} pixel(s)"
+    )
+    mc = cfg.model_config()
+    if cfg.model == "vit":
+        model_text = (
+            f"ViT, {mc.num_patches} patches of {mc.patch_size}x{mc.patch_size} + a class token, d_model "
+            f"{mc.d_model}, {mc.n_heads} heads, {mc.n_layers} layers, d_ff {mc.d_ff}, dropout {mc.dropout}"
+        )
+    else:
+        model_text = (
+            f"CNN, {len(mc.channels)} stages of conv {mc.kernel_size}x{mc.kernel_size} + ReLU + max-pool 2x2, channels "
+            f"{'/'.join(map(str, mc.channels))}"
+        )
+    print(f"model: {model_text}, {n_params} parameters, {args.dtype}")
+    print(
+        f"training: {cfg.steps} steps of batch {cfg.batch_size} ({cfg.steps * cfg.batch_size / len(data.y_train):.0f} "
+        f"epochs), AdamW, peak lr {cfg.peak_lr}, warm-up {cfg.warmup_steps}, label smoothing {cfg.label_smoothing}, "
+        f"{args.threads} thread(s)"
+    )  # fmt: skip
+    path = None if args.resume is None else args.resume / "checkpoint.npz"
+    if resumed is not None:
+        load_checkpoint(path, run.model, run.optimizer)
+        state = resumed.meta["train_state"]
+        restore_generator(run.rng, state["generators"]["dropout"])
+        restore_generator(run.batch_rng, state["generators"]["batches"])
+        run.losses = {"numpy": resumed.state_arrays["losses.numpy"].tolist()}
+        run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], state["steps_done"]
+        print(f"resuming after step {run.steps_done} from {path}")
+    bar = _progress_bar(args, cfg.steps, run.steps_done)
+    say = bar.write if bar is not None else print
+    saver = _Saver(out, say)
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+        if args.log_every and step % args.log_every == 0:
+            say(f"step {step}/{cfg.steps}  loss numpy {loss:.6f}")
+            sys.stdout.flush()
+
+    def on_eval(row: dict) -> None:
+        say(f"step {row['step']:>5}  train loss {row['train_loss']:.4f} | test loss {row['test_loss']:.4f}  "
+            f"test accuracy {row['test_accuracy']:.4f}  ({row['seconds']:.1f} s)")  # fmt: skip
+        sys.stdout.flush()
+
+    def write(run: DigitsRun) -> None:
+        generators = {"dropout": generator_state(run.rng), "batches": generator_state(run.batch_rng)}
+        state = _train_state("digits", "numpy", "cpu", run.steps_done, run.seconds, run.evals, generators=generators)
+        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer,
+                        {"losses.numpy": np.asarray(run.losses["numpy"], dtype=np.float64)},
+                        train_config=asdict(cfg), steps=cfg.steps, train_state=state)  # fmt: skip
+        history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
+
+    with StopOnSignal() as stop:
+        try:
+            run = train_digits(cfg, dtype, on_step=on_step, on_eval=on_eval, run=run, data=data,
+                               save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
+                               should_stop=stop.stop)  # fmt: skip
+        except NonFiniteError as exc:
+            return _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if run.stopped:
+            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
+    if saver.error is not None:
+        return saver.lost()
+    predicted = predict(run.model, data.x_test).argmax(1)
+    matrix = confusion_matrix(data.y_test, predicted)
+    accuracy = float(np.mean(predicted == data.y_test))
+    print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: test accuracy {accuracy:.4f} "
+          f"({int(np.sum(predicted == data.y_test))} of {len(data.y_test)})")  # fmt: skip
+    per_class = np.diag(matrix) / matrix.sum(1)
+    print("per digit: " + "  ".join(f"{k}: {a:.2f}" for k, a in enumerate(per_class)))
+    from ..applications.plots import plot_confusion_matrix, plot_loss_curves
+
+    rows = [{**e, "val_loss": e["test_loss"]} for e in run.evals]
+    pngs = [out / "loss_curves.png", out / "confusion_matrix.png"]
+    try:
+        plot_loss_curves(History(asdict(cfg), run.losses, rows), pngs[0], title=f"digits: {cfg.model}, {args.dtype}",
+                         held_out="test")  # fmt: skip
+        plot_confusion_matrix(matrix, pngs[1], title=f"digits, {cfg.model}: test accuracy {accuracy:.4f}")
+    except OSError as exc:
+        print(f"warning: could not write a figure: {exc}", file=sys.stderr)
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {pngs[0]}, {pngs[1]}")
     return 0

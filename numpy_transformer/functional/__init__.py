@@ -26,11 +26,21 @@ from .conv import (
 )
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
+from .grouped_attention import grouped_query_attention_backward, grouped_query_attention_forward
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
 from .masks import causal_mask, padding_mask
 from .pooling import l2_normalize_backward, l2_normalize_forward, mean_pooling_backward, mean_pooling_forward
+from .rms_norm import rms_norm_backward, rms_norm_forward
+from .rotary import (
+    half_to_interleaved_rows,
+    interleaved_to_half_rows,
+    rotary_cos_sin,
+    rotary_embedding_backward,
+    rotary_embedding_forward,
+    rotary_frequencies,
+)
 from .softmax import (
     cross_entropy_backward,
     cross_entropy_forward,
@@ -39,6 +49,7 @@ from .softmax import (
     softmax_backward,
     softmax_forward,
 )
+from .swiglu import silu_backward, silu_forward, swiglu_backward, swiglu_forward
 
 __all__ = [
     "additive_attention_backward",
@@ -58,10 +69,14 @@ __all__ = [
     "fold_windows",
     "gelu_backward",
     "gelu_forward",
+    "grouped_query_attention_backward",
+    "grouped_query_attention_forward",
     "gru_backward",
     "gru_cell_backward",
     "gru_cell_forward",
     "gru_forward",
+    "half_to_interleaved_rows",
+    "interleaved_to_half_rows",
     "l2_normalize_backward",
     "l2_normalize_forward",
     "layer_norm_backward",
@@ -80,12 +95,22 @@ __all__ = [
     "padding_mask",
     "relu_backward",
     "relu_forward",
+    "rms_norm_backward",
+    "rms_norm_forward",
+    "rotary_cos_sin",
+    "rotary_embedding_backward",
+    "rotary_embedding_forward",
+    "rotary_frequencies",
     "scaled_dot_product_attention_backward",
     "scaled_dot_product_attention_forward",
+    "silu_backward",
+    "silu_forward",
     "sinusoidal_positional_encoding",
     "sliding_windows",
     "softmax_backward",
     "softmax_forward",
+    "swiglu_backward",
+    "swiglu_forward",
     "tanh_backward",
     "tanh_forward",
 ]

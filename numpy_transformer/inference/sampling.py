@@ -52,6 +52,7 @@ from ..functional.checks import check_float_array, check_int
 from ..functional.linear import linear_forward
 from ..functional.softmax import softmax_forward
 from ..models.gpt import GPT
+from ..models.llama import Llama, LlamaKVCache
 from ..modules.kv_cache import KVCache, cached_encoder_layer
 
 __all__ = [
@@ -227,7 +228,7 @@ class GenerationResult:
 
 
 def generate(
-    model: GPT,
+    model: GPT | Llama,
     prompt_ids: np.ndarray,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -240,7 +241,7 @@ def generate(
 
     Parameters
     ----------
-    model : GPT
+    model : GPT or Llama
         Switched to eval mode for the call; every module's mode is restored afterwards.
     prompt_ids : ndarray of int, shape (B, P)
         ``1 <= P`` and ``P + max_new_tokens <= config.max_len`` (the position table ends there).
@@ -252,11 +253,12 @@ def generate(
         Draws one uniform number per row and step when sampling. ``None``: a fresh, unseeded
         generator (not reproducible). Unused when ``temperature=0``.
     use_cache : bool
-        True: a :class:`GPTKVCache` (``O(t)`` per step). False: ``model.forward`` on the whole
-        sequence at every step (the reference). The same seed gives the same tokens either way.
+        True: a :class:`GPTKVCache`, or a Llama's ``LlamaKVCache`` (``O(t)`` per step). False:
+        ``model.forward`` on the whole sequence at every step (the reference). The same seed gives
+        the same tokens either way.
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model: expected a numpy_transformer GPT, got {type(model).__name__}")
+    if not isinstance(model, (GPT, Llama)):
+        raise TypeError(f"model: expected a numpy_transformer GPT or Llama, got {type(model).__name__}")
     prompt_ids = model.check_ids(prompt_ids, "prompt_ids")
     B, P = prompt_ids.shape
     max_len = model.config.max_len
@@ -278,7 +280,8 @@ def generate(
     tokens[:, :P] = prompt_ids
     step_logits = []
     with model.eval_mode():
-        cache = GPTKVCache(model, B, capacity=P + N - 1) if use_cache else None
+        kv_cache = LlamaKVCache if isinstance(model, Llama) else GPTKVCache  # each model's own
+        cache = kv_cache(model, B, capacity=P + N - 1) if use_cache else None
         for t in range(P, P + N):  # choose tokens[:, t] from the t tokens before it
             if cache is None:
                 logits = model.forward(tokens[:, :t])[0][:, -1]  # (B, V): everything recomputed

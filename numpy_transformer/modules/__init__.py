@@ -10,6 +10,16 @@ from .dropout_masks import DropoutMasks
 from .gru import GRU, GRUCell, GRULayerCache
 from .kv_cache import DecoderLayerKV, KVCache, cached_attention, cached_decoder_layer, cached_encoder_layer
 from .layers import Dropout, Embedding, FeedForward, LayerNorm, Linear
+from .llama_layers import (
+    LlamaAttention,
+    LlamaAttentionCache,
+    LlamaDecoderLayer,
+    LlamaDecoderLayerCache,
+    RMSNorm,
+    SwiGLUFeedForward,
+    SwiGLUFeedForwardCache,
+    cached_llama_layer,
+)
 from .transformer_layers import DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderLayerCache
 
 __all__ = [
@@ -29,11 +39,19 @@ __all__ = [
     "KVCache",
     "LayerNorm",
     "Linear",
+    "LlamaAttention",
+    "LlamaAttentionCache",
+    "LlamaDecoderLayer",
+    "LlamaDecoderLayerCache",
     "LuongAttention",
     "Module",
     "MultiHeadAttention",
     "MultiHeadAttentionCache",
+    "RMSNorm",
+    "SwiGLUFeedForward",
+    "SwiGLUFeedForwardCache",
     "cached_attention",
     "cached_decoder_layer",
     "cached_encoder_layer",
+    "cached_llama_layer",
 ]

@@ -45,6 +45,7 @@ temporary (no symlink followed), ``fsync``, an atomic rename; on error the previ
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -59,14 +60,15 @@ from typing import Any
 
 import numpy as np
 
-from ..config import BertConfig, GPTConfig, RNNSeq2SeqConfig, TransformerConfig
+from ..config import BertConfig, CNNConfig, GPTConfig, LlamaConfig, RNNSeq2SeqConfig, TransformerConfig, ViTConfig
 from .atomic import atomic_write
 
 FORMAT_VERSION = 2
 
 # The model configs a checkpoint may hold, by the name ``meta["config_type"]`` gives.
 CONFIG_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (TransformerConfig, RNNSeq2SeqConfig, GPTConfig, BertConfig)
+    cls.__name__: cls
+    for cls in (TransformerConfig, RNNSeq2SeqConfig, GPTConfig, BertConfig, ViTConfig, LlamaConfig, CNNConfig)
 }
 
 # Upper bounds (inclusive) of integer config fields, by field name, in any config dataclass read
@@ -76,8 +78,11 @@ LIMITS: dict[str, int] = {
     **dict.fromkeys(("src_vocab_size", "tgt_vocab_size", "vocab_size", "n_symbols"), _VOCAB),
     **dict.fromkeys(("d_model", "d_ff", "hidden_size", "intermediate_size", "embed_dim", "attn_dim"), _WIDTH),
     **dict.fromkeys(("rnn_embed_dim", "rnn_hidden", "n_heads"), _WIDTH),
+    **dict.fromkeys(("n_kv_heads",), _WIDTH),  # LlamaConfig
     **dict.fromkeys(("max_len", "min_len", "max_position_embeddings", "block_size"), _LENGTH),
     **dict.fromkeys(("n_layers", "n_encoder_layers", "n_decoder_layers", "type_vocab_size"), _DEPTH),
+    **dict.fromkeys(("image_size", "patch_size", "num_channels", "num_labels"), _WIDTH),  # ViTConfig
+    **dict.fromkeys(("channels", "cnn_channels", "kernel_size"), _WIDTH),  # CNNConfig, DigitsConfig
     **dict.fromkeys(("n_train", "n_val", "corpus_chars", "eval_windows"), 10**8),
     **dict.fromkeys(("batch_size",), 2**20),
     **dict.fromkeys(("steps", "warmup_steps", "eval_every"), 10**12),
@@ -91,6 +96,7 @@ MINIMA: dict[str, int | float] = {
     **dict.fromkeys(("peak_lr", "lr_factor", "eps", "clip_norm"), 0.0),
     **dict.fromkeys(("label_smoothing", "dropout", "weight_decay"), 0.0),
 }
+MAX_TUPLE = 64  # entries of a variable-length tuple field (a CNN's channels per stage)
 MAX_ELEMENTS = 2**31  # parameters (and built tables) a config may imply: 8 GiB in float32
 MAX_META_CHARS = 2**18  # the JSON metadata: a few kB in practice
 MAX_ENTRIES = 100_000
@@ -115,7 +121,9 @@ class Checkpoint:
     model_state: dict[str, np.ndarray]
     optimizer_state: dict[str, Any] | None
     meta: dict[str, Any]
-    config: TransformerConfig | RNNSeq2SeqConfig | GPTConfig | BertConfig | None = None
+    config: (
+        TransformerConfig | RNNSeq2SeqConfig | GPTConfig | BertConfig | ViTConfig | LlamaConfig | CNNConfig | None
+    ) = None
     state_arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # the ``state/`` section
 
 
@@ -166,6 +174,10 @@ def _field_value(hint: Any, value: object, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _field_value(inner, value, where)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length, bounded
+        if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_TUPLE:
+            raise CheckpointError(f"{where}: expected a list of 1 to {MAX_TUPLE} numbers, got {value!r:.80}")
+        return tuple(_field_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise CheckpointError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
@@ -214,12 +226,14 @@ def config_from_json(cls: type, data: object, where: str):
     values = {}
     for name, raw in data.items():
         value = _field_value(hints[name], raw, f"{where}.{name}")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            high, low = LIMITS.get(name), MINIMA.get(name)
-            if high is not None and value > high:
-                raise CheckpointError(f"{where}.{name}: expected at most {high}, got {value}")
-            if low is not None and value < low:
-                raise CheckpointError(f"{where}.{name}: expected at least {low}, got {value}")
+        items = value if isinstance(value, tuple) and name in LIMITS else (value,)  # channels=(16, 32): each
+        for item in items:
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                high, low = LIMITS.get(name), MINIMA.get(name)
+                if high is not None and item > high:
+                    raise CheckpointError(f"{where}.{name}: expected at most {high}, got {item}")
+                if low is not None and item < low:
+                    raise CheckpointError(f"{where}.{name}: expected at least {low}, got {item}")
         values[name] = value
     try:
         return cls(**values)
@@ -284,6 +298,17 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]] | None:
         for i in range(c.n_layers):
             shapes |= _layer(f"layers.{i}", C, c.d_ff, cross=False)
         return shapes | _norm("norm", C)
+    if isinstance(c, LlamaConfig):  # models/llama.py: no biases, RMSNorm weights only, Hkv key/value heads
+        C, F, kv = c.d_model, c.d_ff, c.n_kv_heads * (c.d_model // c.n_heads)
+        shapes = {"tok_embed.weight": (c.vocab_size, C)}
+        for i in range(c.n_layers):
+            a, f = f"layers.{i}.self_attn", f"layers.{i}.ff"
+            shapes |= {f"layers.{i}.norm1.weight": (C,), f"layers.{i}.norm2.weight": (C,)}
+            shapes |= {f"{a}.q_proj.weight": (C, C), f"{a}.k_proj.weight": (kv, C), f"{a}.v_proj.weight": (kv, C)}
+            shapes |= {f"{a}.out_proj.weight": (C, C), f"{f}.gate_proj.weight": (F, C), f"{f}.up_proj.weight": (F, C)}
+            shapes[f"{f}.down_proj.weight"] = (C, F)
+        shapes["norm.weight"] = (C,)
+        return shapes if c.tie_embeddings else shapes | {"lm_head.weight": (c.vocab_size, C)}
     if isinstance(c, RNNSeq2SeqConfig):
         E, H, A, V = c.embed_dim, c.hidden_size, c.attn_dim, c.tgt_vocab_size
         shapes = {"src_embed.weight": (c.src_vocab_size, E)}
@@ -299,6 +324,23 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]] | None:
         elif c.attention == "luong-concat":
             shapes |= _linear("attention.w_c", A, 2 * H, bias=False) | _linear("attention.v_c", 1, A, bias=False)
         return shapes | _linear("combine", H, 2 * H, bias=False) | _linear("out_proj", V, H)
+    if isinstance(c, ViTConfig):  # a ViTForImageClassification: what training on images saves
+        C, P = c.d_model, c.patch_size
+        shapes = {"vit.cls_token": (1, 1, C), "vit.pos_embed": (1, c.num_patches + 1, C)}
+        shapes |= {"vit.patch_embed.weight": (C, c.num_channels, P, P), "vit.patch_embed.bias": (C,)}
+        for i in range(c.n_layers):
+            layer = _layer(f"vit.layers.{i}", C, c.d_ff, cross=False)
+            if not c.qkv_bias:  # query, key and value without bias; the output projection keeps its
+                qkv_biases = ("q_proj.bias", "k_proj.bias", "v_proj.bias")
+                layer = {k: v for k, v in layer.items() if not k.endswith(qkv_biases)}
+            shapes |= layer
+        return shapes | _norm("vit.norm", C) | _linear("classifier", c.num_labels, C)
+    if isinstance(c, CNNConfig):  # models/cnn.py
+        widths, k = (c.num_channels, *c.channels), c.kernel_size
+        shapes = {}
+        for s, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
+            shapes |= {f"stages.{s}.conv.weight": (c_out, c_in, k, k), f"stages.{s}.conv.bias": (c_out,)}
+        return shapes | _linear("head", c.num_labels, c.flat_features)
     return None
 
 

@@ -8,6 +8,9 @@
 from . import cases_ops, cases_modules, cases_transformer, cases_bert  # noqa: F401
 from . import cases_classic_attention, cases_gpt, cases_gru, cases_rnn_seq2seq  # noqa: F401
 from . import cases_conv  # noqa: F401
+from . import cases_llama  # noqa: F401
+from . import cases_vit  # noqa: F401
+from . import cases_cnn  # noqa: F401
 
 # isort: on
 from .registry import (
