@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from .functional.checks import (
     check_dropout_p,
@@ -313,3 +314,104 @@ class CNNConfig:
         """Features the linear head reads: last channels x (image_size / 2^stages)^2."""
         side = self.image_size // 2 ** len(self.channels)
         return self.channels[-1] * side * side
+
+
+def _check_clip_tower(config: CLIPTextConfig | CLIPVisionConfig) -> None:
+    """What the two CLIP encoders share: sizes, heads dividing the width, the activation, eps."""
+    for name in ("d_model", "n_heads", "d_ff"):
+        check_positive_int(name, getattr(config, name))
+    check_non_negative_int("n_layers", config.n_layers)
+    if config.d_model % config.n_heads:
+        raise ValueError(f"n_heads: expected a divisor of d_model={config.d_model}, got {config.n_heads}")
+    if config.activation not in ("quick_gelu", "gelu", "gelu_tanh", "relu"):
+        raise ValueError(f"activation: expected 'quick_gelu', 'gelu', 'gelu_tanh' or 'relu', got {config.activation!r}")
+    check_positive_float("layer_norm_eps", config.layer_norm_eps)
+
+
+@dataclass(frozen=True)
+class CLIPTextConfig:
+    """CLIP's text encoder: token + learned positions, causal pre-LN blocks, a final LayerNorm.
+
+    Defaults are ``transformers.CLIPTextConfig()``'s (the text tower of ViT-B/32) but for ``vocab_size``,
+    which has none here: the tokenizer decides it. The pooled output is the hidden state at the
+    end-of-text token, found as the position of the *largest* id in each row (CLIP's vocabulary puts
+    ``<|endoftext|>`` last; :func:`numpy_transformer.models.clip.eot_positions`).
+    """
+
+    vocab_size: int  # V, the end-of-text token is V - 1 in CLIP's convention
+    max_len: int = 77  # rows of the position table (HF's max_position_embeddings)
+    d_model: int = 512  # C (HF's hidden_size)
+    n_heads: int = 8  # H; head width D = d_model // n_heads
+    n_layers: int = 12
+    d_ff: int = 2048  # F (HF's intermediate_size)
+    activation: str = "quick_gelu"  # x sigmoid(1.702 x), what OpenAI's CLIP was trained with
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_positive_int("vocab_size", self.vocab_size)
+        check_positive_int("max_len", self.max_len)
+        _check_clip_tower(self)
+
+
+@dataclass(frozen=True)
+class CLIPVisionConfig:
+    """CLIP's image encoder: a ViT with a bias-free patch conv, a LayerNorm before the blocks
+    (``pre_layrnorm``, HF's spelling) and one on the class token after them (``post_layernorm``).
+
+    Defaults are ``transformers.CLIPVisionConfig()``'s (ViT-B/32 at 224 x 224).
+    """
+
+    image_size: int = 224  # H = W, pixels
+    patch_size: int = 32  # P
+    num_channels: int = 3
+    d_model: int = 768  # C
+    n_heads: int = 12
+    n_layers: int = 12
+    d_ff: int = 3072  # F
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "num_channels"):
+            check_positive_int(name, getattr(self, name))
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size, patch_size: expected image_size to be a multiple of patch_size, got "
+                f"image_size={self.image_size} and patch_size={self.patch_size}"
+            )
+        _check_clip_tower(self)
+
+    @property
+    def num_patches(self) -> int:
+        """N: the patch tokens; the sequence is N + 1 long with the class token."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+# CLIP's initial temperature: logits are cosines times 1 / 0.07, learned as its log.
+CLIP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """CLIP: a text and an image encoder, each projected without bias into one ``projection_dim`` space.
+
+    Split as ``transformers.CLIPConfig`` splits it: ``text`` and ``vision`` sub-configs, and the
+    fields of the joint model here. ``logit_scale_init`` is ``ln(1/0.07) = 2.6593``
+    (HF's ``logit_scale_init_value`` rounds it to 2.6592).
+    """
+
+    text: CLIPTextConfig
+    vision: CLIPVisionConfig = field(default_factory=CLIPVisionConfig)
+    projection_dim: int = 512  # E, the shared embedding space
+    logit_scale_init: float = CLIP_LOGIT_SCALE_INIT
+    initializer_range: float = 0.02  # std of the normal initialisation of every weight
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, CLIPTextConfig):
+            raise TypeError(f"text: expected a CLIPTextConfig, got {type(self.text).__name__}")
+        if not isinstance(self.vision, CLIPVisionConfig):
+            raise TypeError(f"vision: expected a CLIPVisionConfig, got {type(self.vision).__name__}")
+        check_positive_int("projection_dim", self.projection_dim)
+        if not isinstance(self.logit_scale_init, (int, float)) or not math.isfinite(self.logit_scale_init):
+            raise ValueError(f"logit_scale_init: expected a finite number, got {self.logit_scale_init!r}")
+        check_positive_float("initializer_range", self.initializer_range)

@@ -120,6 +120,9 @@ WITHOUT_BUILTIN = {
     "RNNSeq2Seq": "PyTorch has no attention RNN encoder-decoder; its GRUs are compared with nn.GRU (gru, GRU)",
     "additive_attention": "PyTorch has no additive (Bahdanau) attention",
     "AdditiveAttention": "PyTorch has no additive (Bahdanau) attention module",
+    "quick_gelu": "PyTorch has no QuickGELU; transformers' QuickGELUActivation is compared in test_clip_hf.py",
+    "clip_loss": "PyTorch has no contrastive loss; transformers' CLIPModel(return_loss=True) is in test_clip_hf.py",
+    "CLIPModel": "not a PyTorch built-in: transformers.CLIPModel is compared in test_clip_hf.py",
     **LLAMA_WITHOUT_BUILTIN,
 }
 

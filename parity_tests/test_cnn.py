@@ -151,6 +151,9 @@ def test_train_digits_command_reports_accuracy_and_writes_the_figures(tmp_path, 
     ckpt = read_checkpoint(tmp_path / "checkpoint.npz")
     assert type(ckpt.config).__name__ == ("ViTConfig" if model == "vit" else "CNNConfig")
     assert ckpt.meta["train_state"]["task"] == "digits"
+    with pytest.raises(SystemExit) as exc:  # decode says which command serves a digits checkpoint
+        main(["decode", str(tmp_path / "checkpoint.npz"), "--input", "3 4"])
+    assert exc.value.code == 2 and "is a digits classifier" in capsys.readouterr().err
 
 
 def test_train_digits_refuses_what_it_does_not_do(capsys):

@@ -70,6 +70,8 @@ RUNS = {
     "rnn-torch": ("--model", "rnn-bahdanau", "--batch-size", "16", "--backend", "torch"),
     "charlm-numpy": ("--task", "charlm", "--dropout", "0.1", "--batch-size", "8"),
     "charlm-torch": ("--task", "charlm", "--dropout", "0.1", "--batch-size", "8", "--backend", "torch"),
+    "charlm-llama-numpy": ("--task", "charlm", "--model", "llama", "--batch-size", "8"),
+    "charlm-llama-torch": ("--task", "charlm", "--model", "llama", "--batch-size", "8", "--backend", "torch"),
     "digits-vit": ("--task", "digits", "--model", "vit", "--dropout", "0.1", "--batch-size", "8"),
 }
 

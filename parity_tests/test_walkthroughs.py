@@ -33,6 +33,15 @@ EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
     "09_fine_tuning.py": ("09_gradient_norms.png", "09_loss_curves.png"),
     "10_gpt.py": ("10_causal_attention.png", "10_kv_cache.png"),
     "11_bahdanau_luong.py": ("11_alignments.png", "11_attention_cost.png"),
+    "12_vision.py": (
+        "12_patches.png",
+        "12_conv_backward.png",
+        "12_class_token_gradient.png",
+        "12_position_similarity.png",
+        "12_vit_attention.png",
+        "12_training.png",
+    ),
+    "17_modern_decoder.py": ("17_rms_norm.png", "17_rope.png", "17_swiglu.png", "17_gqa.png"),
 }
 
 # Walkthroughs that load the real all-MiniLM-L6-v2: skipped, not failed, where its package is absent

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import numpy_transformer as nt
+from numpy_transformer.models.clip import CLIPModel
 from numpy_transformer.models.cnn import ImageCNN
 
 from . import modules as tm
@@ -124,6 +125,10 @@ def twin_of(np_module: nt.Module, device: str | torch.device = "cpu") -> nn.Modu
             twin = tvit.ViT(m.config, dtype=dtype, add_pooling_layer=m.pooler is not None)
         else:
             twin = tvit.ViTForImageClassification(m.config, dtype=dtype)
+    elif isinstance(m, CLIPModel):
+        from .clip import CLIPModel as TorchCLIPModel
+
+        twin = TorchCLIPModel(m.config, dtype=dtype)
     elif isinstance(m, (nt.AdditiveAttention, nt.LuongAttention)):
         from . import classic_attention as tca
 

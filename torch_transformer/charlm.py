@@ -1,4 +1,5 @@
-"""The twin's charlm trainer: the torch :class:`GPT`, ``torch.optim.AdamW``, ``clip_grad_norm_``, ``F.cross_entropy``.
+"""The twin's charlm trainer: the torch :class:`GPT` or :class:`Llama`, ``torch.optim.AdamW``, ``clip_grad_norm_``,
+``F.cross_entropy``.
 
 It mirrors :class:`numpy_transformer.applications.charlm.NumpyCharLMTrainer` step for step (the same
 two parameter groups, betas, clipping, schedule and evaluation windows) with PyTorch's own optimizer,
@@ -19,14 +20,18 @@ from numpy_transformer.applications.charlm import BETAS, no_decay
 from numpy_transformer.training.loop import NonFiniteError
 
 from .gpt import GPT
+from .llama import Llama
 from .training import load_numpy_adam_state, numpy_adam_state
 
 
 class TorchCharLMTrainer:
     backend = "torch"
 
-    def __init__(self, model: GPT, weight_decay: float, clip_norm: float, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: GPT | Llama, weight_decay: float, clip_norm: float, device: str | torch.device = "cpu"
+    ) -> None:
         self.model, self.clip_norm, self.device = model, clip_norm, torch.device(device)
+        self.replays_dropout = isinstance(model, GPT)  # a Llama has no dropout: its forward takes the ids alone
         named = list(model.named_parameters())
         groups = [
             {"params": [p for n, p in named if not no_decay(n)], "weight_decay": weight_decay},
@@ -43,7 +48,9 @@ class TorchCharLMTrainer:
     ) -> tuple[float, dict[str, Any]]:
         model = self.model
         model.train()
-        logits = model(self._tensor(x), dropout_masks)  # (B, T, V); NumPy masks are converted by the model
+        ids = self._tensor(x)
+        # (B, T, V); the GPT replays the NumPy side's dropout masks (it converts them itself)
+        logits = model(ids, dropout_masks) if self.replays_dropout else model(ids)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self._tensor(y).reshape(-1))
         value = loss.item()
         if not np.isfinite(value):

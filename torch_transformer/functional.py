@@ -38,6 +38,11 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's ``x * sigmoid(1.702 x)``, with the sigmoid written out: ``1 / (1 + exp(-1.702 x))``."""
+    return x / (1.0 + torch.exp(-1.702 * x))
+
+
 def tanh(x: torch.Tensor) -> torch.Tensor:
     e2 = torch.exp(-2.0 * x.abs())  # tanh|x| = (1 - e^{-2|x|}) / (1 + e^{-2|x|}), no overflow
     return torch.sign(x) * (1.0 - e2) / (1.0 + e2)
@@ -51,6 +56,20 @@ def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True)).clamp(min=eps)
+
+
+def contrastive_logits(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """CLIP: (B_img, E), (B_txt, E), () -> logits_per_image (B_img, B_txt) = exp(s) norm(I) norm(T)^T."""
+    return logit_scale.exp() * (l2_normalize(image_embeds) @ l2_normalize(text_embeds).T)
+
+
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss: (CE(logits_per_image, arange) + CE(logits_per_text, arange)) / 2."""
+    logits = contrastive_logits(image_embeds, text_embeds, logit_scale)  # (B, B)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) / 2
 
 
 def dropout(x: torch.Tensor, p: float, mask: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
@@ -283,3 +302,33 @@ def grouped_query_attention(
     return scaled_dot_product_attention(
         q, k, v, mask=mask, is_causal=is_causal, scale=scale, return_weights=return_weights
     )
+
+
+# ---------------------------------------------------------------------------- flash-style attention
+# The twin of numpy_transformer.functional.flash_attention. Tiling changes the memory, not the
+# numbers, so the twin is the plain formula: autograd then differentiates the standard attention,
+# and a match says the tiled forward and the hand-written tiled backward compute the same thing.
+
+
+def sliding_window_mask(T: int, window: int, S: int | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
+    """(T, S) bool, True where ``t - window < s <= t``: the last ``window`` positions, the query's own included."""
+    S = T if S is None else S
+    t = torch.arange(T, device=device)[:, None]
+    s = torch.arange(S, device=device)[None, :]
+    return (s <= t) & (s > t - window)
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
+    """Attention as ``scaled_dot_product_attention``, with an optional sliding ``window`` (causal local)."""
+    if window is not None:
+        local = sliding_window_mask(q.shape[-2], window, k.shape[-2], device=q.device)
+        mask = local if mask is None else mask & local
+    return scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)

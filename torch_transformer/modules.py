@@ -127,8 +127,8 @@ class FeedForward(nn.Module):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ("relu", "gelu", "gelu_tanh"):
-            raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
+        if activation not in ("relu", "gelu", "gelu_tanh", "quick_gelu"):
+            raise ValueError(f"activation: expected 'relu', 'gelu', 'gelu_tanh' or 'quick_gelu', got {activation!r}")
         self.activation = activation
         self.linear1 = Linear(d_model, d_ff, bias=bias, dtype=dtype, device=device)
         self.dropout = Dropout(dropout)
@@ -138,6 +138,8 @@ class FeedForward(nn.Module):
         h = self.linear1(x)
         if self.activation == "relu":
             a = TF.relu(h)
+        elif self.activation == "quick_gelu":
+            a = TF.quick_gelu(h)
         else:
             a = TF.gelu(h, "none" if self.activation == "gelu" else "tanh")
         return self.linear2(self.dropout(a, mask=dropout_mask))

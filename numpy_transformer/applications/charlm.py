@@ -1,6 +1,9 @@
-"""A character-level language model on a built-in corpus: the :class:`GPT` trained end to end.
+"""A character-level language model on a built-in corpus: a :class:`GPT` or a :class:`Llama` trained end to end.
 
-``python -m numpy_transformer train --task charlm`` trains it (numpy_transformer/commands/train.py).
+``python -m numpy_transformer train --task charlm`` trains it (numpy_transformer/commands/train.py);
+``--model llama`` trains the Llama-style decoder instead, at about the GPT's parameter count, on
+the same windows with the same optimizer and schedule, so that the two runs compare the
+architectures and nothing else.
 
 The corpus is *generated*, not downloaded: ``datasets.make_corpus`` writes seeded English
 sentences from a small grammar (subjects, verbs, objects, places, times, a few sentence
@@ -11,7 +14,7 @@ the last 10 % validates.
 
 Training: random windows of ``block_size + 1`` characters, next-character cross-entropy
 at every position (``logits[:, t]`` predicts ``chars[t + 1]``), AdamW (no decay on
-LayerNorm parameters, biases or the position table), global gradient-norm clipping,
+LayerNorm / RMSNorm gains and biases, nor on the position table), global gradient-norm clipping,
 linear warm-up then a cosine. The reference point for the loss is the corpus's unigram
 entropy: what a model that knows the character frequencies but no context would score.
 """
@@ -25,13 +28,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import GPTConfig
+from ..config import GPTConfig, LlamaConfig
 from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..inference.sampling import generate
 from ..models.gpt import GPT
+from ..models.llama import Llama
 from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
 from ..training.loop import NonFiniteError, first_nonfinite, nonfinite_kind
 from .datasets import make_corpus
+
+CHARLM_MODELS = ("gpt", "llama")  # what ``train --task charlm --model`` can train; the GPT is the default
 
 # ---------------------------------------------------------------------------- characters <-> ids
 
@@ -74,16 +80,28 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
 
 @dataclass(frozen=True)
 class CharLMConfig:
-    """Defaults: readable samples after about two minutes on one CPU thread (float32)."""
+    """Defaults: readable samples after about two minutes on one CPU thread (float32).
+
+    ``model`` picks the network; ``d_model``, ``n_heads`` and ``n_layers`` are shared by both, and
+    the ``llama_*`` fields are the Llama's own. With the defaults the two have about the same
+    number of parameters (411 392 for the GPT, 411 904 for the Llama, with the corpus's 43
+    characters): the Llama spends what grouped-query attention and the missing position table
+    and biases save on a wider SwiGLU.
+    """
 
     corpus_chars: int = 200_000
     block_size: int = 64  # characters per training window (T)
     batch_size: int = 32
+    model: str = "gpt"  # one of CHARLM_MODELS; "gpt" for the files written before the field existed
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 3
     d_ff: int = 256  # 2 * C: the exact GELU over (B, T, F) is a large share of a step on the CPU
     dropout: float = 0.0  # 180k training characters of a regular grammar: the model underfits at this budget
+    # The Llama only (model="llama"). Its head is tied to the embeddings, as the GPT's is.
+    llama_n_kv_heads: int = 2  # key/value heads shared by groups of 2 query heads (GQA): half the K/V weights
+    llama_d_ff: int = 224  # SwiGLU width: three (C, F) matrices; 224 brings the count to the GPT's (see above)
+    llama_rope_theta: float = 10000.0  # base of the rotary frequencies, as Llama 2
     steps: int = 500
     warmup_steps: int = 50
     peak_lr: float = 3e-3
@@ -94,16 +112,36 @@ class CharLMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("corpus_chars", "block_size", "batch_size", "steps", "eval_every", "eval_windows"):
+        positive = ("corpus_chars", "block_size", "batch_size", "steps", "eval_every", "eval_windows")
+        for name in (*positive, "llama_n_kv_heads", "llama_d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.model not in CHARLM_MODELS:
+            raise ValueError(f"model: expected one of {CHARLM_MODELS}, got {self.model!r}")
+        theta = self.llama_rope_theta
+        if not isinstance(theta, int | float) or isinstance(theta, bool) or not 0 < theta < float("inf"):
+            raise ValueError(f"llama_rope_theta: expected a finite number > 0, got {theta!r}")
+        if self.model == "llama" and self.dropout != 0:
+            raise ValueError(f"dropout: the Llama has no dropout; expected 0.0 with model='llama', got {self.dropout}")
 
-    def model_config(self, vocab_size: int) -> GPTConfig:
+    def model_config(self, vocab_size: int) -> GPTConfig | LlamaConfig:
+        """The config of the network ``model`` names, for a vocabulary of ``vocab_size`` characters."""
+        if self.model == "llama":
+            return LlamaConfig(
+                vocab_size=vocab_size, max_len=self.block_size, d_model=self.d_model, n_heads=self.n_heads,
+                n_kv_heads=self.llama_n_kv_heads, n_layers=self.n_layers, d_ff=self.llama_d_ff,
+                rope_theta=self.llama_rope_theta, tie_embeddings=True,
+            )  # fmt: skip
         return GPTConfig(
             vocab_size=vocab_size, max_len=self.block_size, d_model=self.d_model, n_heads=self.n_heads,
             n_layers=self.n_layers, d_ff=self.d_ff, dropout=self.dropout,
         )  # fmt: skip
+
+    def build_model(self, vocab_size: int, dtype: np.dtype | type, rng: np.random.Generator) -> GPT | Llama:
+        """A fresh :class:`GPT` or :class:`Llama` (``model``), its weights drawn from ``rng``."""
+        config = self.model_config(vocab_size)
+        return Llama(config, dtype=dtype, rng=rng) if self.model == "llama" else GPT(config, dtype=dtype, rng=rng)
 
 
 class CharLMTrainer(Protocol):
@@ -124,19 +162,22 @@ class CharLMRun:
 
     Everything :func:`train_charlm` needs to continue is here, which is what ``train --resume``
     saves: the NumPy model and its optimizer (one AdamW, two parameter groups: decayed and not), the
-    generator of dropout masks (``rng``) and of training windows (``batch_rng``), each step's loss.
+    generator of dropout masks (``rng``; a Llama draws none, but its state is saved all the same) and of
+    training windows (``batch_rng``), each step's loss.
     ``trainers``: who trains, by default the NumPy model alone; the torch backend puts the twin's
     trainer here instead (``train --task charlm --backend torch``), ``--compare`` both.
     """
 
-    model: GPT
+    model: GPT | Llama
     vocab: CharVocab
     optimizer: AdamW
     unigram_entropy: float  # nats, of the training split
     rng: np.random.Generator = field(repr=False)  # dropout masks
     batch_rng: np.random.Generator = field(repr=False)  # the random training windows
     trainers: list[CharLMTrainer] = field(default_factory=list, repr=False)
-    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "backend", "train_loss", "val_loss"}
+    # {"step", "backend", "train_loss", "val_loss", "seconds"}; seconds: of the run (training and the evaluations
+    # before this one) when this evaluation began, for validation loss against time
+    evals: list[dict[str, Any]] = field(default_factory=list)
     losses: dict[str, list[float]] = field(default_factory=dict)  # backend -> the training loss of each step
     seconds: float = 0.0
     steps_done: int = 0
@@ -169,11 +210,15 @@ BETAS = (0.9, 0.99)  # AdamW's, for both backends
 
 
 def no_decay(name: str) -> bool:
-    """LayerNorm parameters, biases and the position table are not decayed (as nanoGPT / GPT-2)."""
+    """LayerNorm and RMSNorm parameters, biases and the position table are not decayed (as nanoGPT / GPT-2).
+
+    The Llama's norms are named as the GPT's (``layers.i.norm1.weight``, ``norm.weight``), and it has
+    no biases and no position table: only its gains are left out.
+    """
     return name.endswith("bias") or ".norm" in name or name.startswith("norm.") or name.startswith("pos_embed")
 
 
-def evaluate(model: GPT, windows: np.ndarray) -> float:
+def evaluate(model: GPT | Llama, windows: np.ndarray) -> float:
     """Mean next-character cross-entropy (nats) over ``windows`` (n, T + 1), in eval mode."""
     was_training = model.training
     model.eval()
@@ -186,12 +231,28 @@ def evaluate(model: GPT, windows: np.ndarray) -> float:
     return total / len(windows)
 
 
+def forward_for_training(
+    model: GPT | Llama, x: np.ndarray, rng: np.random.Generator, dropout_masks: dict[str, Any] | None = None
+) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """``(logits (B, T, V), cache, the dropout masks used)`` of one training forward pass.
+
+    The GPT draws its dropout masks from ``rng`` (or replays ``dropout_masks``). A Llama has no
+    dropout, and its ``forward`` takes the ids alone: no mask is drawn and none is needed to replay
+    the step in the twin, so the masks are ``{}``.
+    """
+    if isinstance(model, Llama):
+        logits, cache = model.forward(x)
+        return logits, cache, {}
+    logits, cache = model.forward(x, rng=rng, dropout_masks=dropout_masks)
+    return logits, cache, cache.dropout_masks
+
+
 class NumpyCharLMTrainer:
-    """Next-character cross-entropy, clipping and AdamW on the NumPy :class:`GPT`."""
+    """Next-character cross-entropy, clipping and AdamW on the NumPy :class:`GPT` or :class:`Llama`."""
 
     backend = "numpy"
 
-    def __init__(self, model: GPT, optimizer: AdamW, rng: np.random.Generator, clip_norm: float) -> None:
+    def __init__(self, model: GPT | Llama, optimizer: AdamW, rng: np.random.Generator, clip_norm: float) -> None:
         self.model, self.optimizer, self.rng, self.clip_norm = model, optimizer, rng, clip_norm
 
     def train_step(
@@ -201,7 +262,7 @@ class NumpyCharLMTrainer:
         update if the loss or a gradient is not finite."""
         model = self.model
         model.train()
-        logits, cache = model.forward(x, rng=self.rng, dropout_masks=dropout_masks)
+        logits, cache, masks = forward_for_training(model, x, self.rng, dropout_masks)
         loss, loss_cache = cross_entropy_forward(logits, y)
         if not np.isfinite(loss):  # stop before any update: the model keeps the last good weights
             raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
@@ -216,18 +277,18 @@ class NumpyCharLMTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return float(loss), cache.dropout_masks
+        return float(loss), masks
 
     def evaluate(self, windows: np.ndarray) -> float:
         return evaluate(self.model, windows)
 
 
 def start_charlm(cfg: CharLMConfig, dtype: np.dtype | type = np.float32) -> CharLMRun:
-    """A fresh run: the model drawn from ``cfg.seed``, AdamW (no decay on LayerNorm parameters, biases
-    or the position table), the generators, the NumPy trainer, nothing trained yet."""
+    """A fresh run: the model (``cfg.model``) drawn from ``cfg.seed``, AdamW (no decay on norm parameters,
+    biases or the position table), the generators, the NumPy trainer, nothing trained yet."""
     data = CharData(cfg)
     rng = np.random.default_rng(cfg.seed)
-    model = GPT(cfg.model_config(data.vocab.size), dtype=dtype, rng=rng)
+    model = cfg.build_model(data.vocab.size, dtype, rng)
     triples = [(n, p, g) for (n, p), (_, g) in zip(model.named_parameters(), model.named_grads(), strict=True)]
     groups = [
         {"params": [t for t in triples if not no_decay(t[0])], "weight_decay": cfg.weight_decay},
@@ -251,7 +312,8 @@ def train_charlm(
     on_save: Callable[[CharLMRun], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> CharLMRun:
-    """Train a :class:`GPT` on the built-in corpus; evaluate at step 0, every ``eval_every`` steps and at the end.
+    """Train a :class:`GPT` (or a :class:`Llama`) on the built-in corpus; evaluate at step 0, every ``eval_every``
+    steps and at the end.
 
     ``run``: continue this run (from :func:`start_charlm`, or rebuilt from a checkpoint) at step
     ``run.steps_done + 1``; by default a fresh one. Every trainer in ``run.trainers`` trains on the
@@ -269,8 +331,9 @@ def train_charlm(
         before = [e["step"] for e in run.evals if e["backend"] == trainer.backend]
         recent = run.losses[trainer.backend][before[-1] :] if before else []
         train_loss = float(np.mean(recent)) if recent else float("nan")
+        seconds = time.perf_counter() - start  # the run's clock when this evaluation starts
         row = {"step": step, "backend": trainer.backend, "train_loss": train_loss,
-               "val_loss": trainer.evaluate(data.val_windows)}  # fmt: skip
+               "val_loss": trainer.evaluate(data.val_windows), "seconds": seconds}  # fmt: skip
         run.evals.append(row)
         if on_eval is not None:
             on_eval(row)
@@ -305,7 +368,7 @@ def train_charlm(
 
 
 def sample_text(
-    model: GPT,
+    model: GPT | Llama,
     vocab: CharVocab,
     prompt: str,
     n_chars: int,

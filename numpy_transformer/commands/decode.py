@@ -2,7 +2,7 @@
 
 Every kind of checkpoint ``train`` writes decodes: a seq2seq task's (the Transformer or a recurrent
 model: greedy or beam search over ``--input`` symbols, the cross-attention heatmap) and
-``--task charlm``'s (the GPT continues the ``--input`` text greedily, the self-attention heatmap).
+``--task charlm``'s (the GPT or the Llama continues the ``--input`` text greedily, the self-attention heatmap).
 The file is read by :func:`~numpy_transformer.training.checkpoint.read_checkpoint`, which checks it
 before allocating anything; every problem with it, or with its ``train_config`` and ``vocab``, is
 exit status 2 with a message naming the file and the field.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import BertConfig, GPTConfig
+from ..config import BertConfig, CNNConfig, GPTConfig, LlamaConfig, ViTConfig
 from ..training.loop import TrainConfig
 from .common import check_output_file, finite_float, positive_int, require_module
 
@@ -61,14 +61,21 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "runs the checkpoints of `train` (the seq2seq tasks and --task charlm); load others with "
             "numpy_transformer.training.checkpoint.load_checkpoint"
         )
+    if isinstance(ckpt.config, ViTConfig | CNNConfig):  # train --task digits: an image classifier, no decoding
+        parser.error(
+            f"checkpoint: {args.checkpoint} is a digits classifier ({type(ckpt.config).__name__}), which decode "
+            "does not run: `train --task digits` prints its test accuracy, and `vit-attention CHECKPOINT` draws "
+            "what a ViT looks at"
+        )
     # The heatmap's path is checked before any model runs; a folder gets the default name inside it.
-    default = "self_attention.png" if isinstance(ckpt.config, GPTConfig) else "cross_attention.png"
+    language_model = isinstance(ckpt.config, GPTConfig | LlamaConfig)  # a charlm checkpoint: GPT or Llama
+    default = "self_attention.png" if language_model else "cross_attention.png"
     heatmap = args.heatmap if args.heatmap is not None else args.checkpoint.with_name(default)
     if heatmap.is_dir():
         heatmap = heatmap / default
     args.heatmap = check_output_file(parser, "--heatmap", heatmap, ".png")
     try:
-        if isinstance(ckpt.config, GPTConfig):
+        if language_model:
             return _continue_text(parser, args, ckpt)
         return _decode_seq2seq(parser, args, ckpt)
     except CheckpointError as exc:
@@ -135,14 +142,14 @@ def _decode_seq2seq(parser: argparse.ArgumentParser, args: argparse.Namespace, c
 
 
 def _continue_text(parser: argparse.ArgumentParser, args: argparse.Namespace, ckpt) -> int:
-    """A ``train --task charlm`` checkpoint: the GPT continues ``--input`` greedily to the end of its context."""
+    """A ``train --task charlm`` checkpoint: the GPT (or Llama) continues ``--input`` greedily to the end of its
+    context."""
     from ..applications.charlm import CharLMConfig, CharVocab, sample_text
     from ..applications.plots import plot_attention
-    from ..models.gpt import GPT
     from ..training.checkpoint import CheckpointError, config_from_json
 
     where = f"checkpoint: {args.checkpoint}: meta"
-    config: GPTConfig = ckpt.config
+    config: GPTConfig | LlamaConfig = ckpt.config
     cfg = config_from_json(CharLMConfig, ckpt.meta["train_config"], f"{where}.train_config")
     try:
         implied = cfg.model_config(config.vocab_size)
@@ -159,8 +166,8 @@ def _continue_text(parser: argparse.ArgumentParser, args: argparse.Namespace, ck
     vocab = CharVocab(chars)
     if args.beam > 1:
         parser.error(
-            "--beam: a charlm checkpoint (a GPT language model) continues its --input greedily; beam search is "
-            "for the seq2seq checkpoints"
+            "--beam: a charlm checkpoint (a GPT or Llama language model) continues its --input greedily; beam search "
+            "is for the seq2seq checkpoints"
         )
     prompt = args.input
     unknown = sorted(set(prompt) - set(chars))
@@ -169,14 +176,15 @@ def _continue_text(parser: argparse.ArgumentParser, args: argparse.Namespace, ck
             f"--input: expected 1 to {config.max_len - 1} characters of the model's vocabulary {chars!r}, got "
             f"{prompt!r}" + (f" (unknown: {unknown!r})" if unknown else "")
         )
-    model = GPT(config, dtype=np.dtype(ckpt.meta["dtype"]), rng=np.random.default_rng(0))
+    model = cfg.build_model(config.vocab_size, np.dtype(ckpt.meta["dtype"]), np.random.default_rng(0))
     try:
         model.load_state_dict(ckpt.model_state)
     except (KeyError, TypeError, ValueError) as exc:
         parser.error(f"checkpoint: {args.checkpoint} does not fit its own config: {exc}")
     model.eval()
     text = sample_text(model, vocab, prompt, config.max_len, temperature=0.0)
-    print(f"task:     charlm (GPT, {config.vocab_size} characters, context {config.max_len})")
+    network = "Llama" if cfg.model == "llama" else "GPT"
+    print(f"task:     charlm ({network}, {config.vocab_size} characters, context {config.max_len})")
     print(f"input:    {prompt!r}")
     print(f"output:   {text!r}  (greedy)")
     _, cache = model.forward(vocab.encode(text)[None, :])

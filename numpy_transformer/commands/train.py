@@ -1,4 +1,4 @@
-"""``train``: the Transformer or a recurrent seq2seq model on a toy task (or ``--task charlm``, the GPT).
+"""``train``: the Transformer or a recurrent seq2seq model on a toy task (or ``--task charlm``: a GPT or a Llama).
 
 ``--backend torch`` and ``--compare`` import the twin, lazily.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..applications.charlm import (
+    CHARLM_MODELS,
     CharData,
     CharLMConfig,
     CharLMRun,
@@ -37,7 +38,6 @@ from ..applications.digits import (
     train_digits,
 )
 from ..inference.sampling import check_sampling_args
-from ..models.gpt import GPT
 from ..optim import Adam
 from ..training.atomic import atomic_write_text
 from ..training.checkpoint import (
@@ -77,14 +77,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--task",
         choices=(*TASKS, "charlm", "digits"),
-        help="a seq2seq toy task (default reverse), charlm: a GPT character-level language model on a generated "
-        "English corpus, or digits: a ViT (or a CNN) classifying scikit-learn's 8x8 handwritten digits",
+        help="a seq2seq toy task (default reverse), charlm: a character-level language model (a GPT, or a Llama) on "
+        "a generated English corpus, or digits: a ViT (or a CNN) classifying scikit-learn's 8x8 handwritten digits",
     )
     train.add_argument(
         "--model",
-        choices=(*MODELS, *DIGIT_MODELS),
+        choices=(*MODELS, *CHARLM_MODELS, *DIGIT_MODELS),
         help="seq2seq tasks: the encoder-decoder Transformer (default), or a bidirectional-GRU encoder with a GRU "
-        "decoder and Bahdanau (additive) or Luong (dot / general / concat) attention; digits: vit (default) or cnn",
+        "decoder and Bahdanau (additive) or Luong (dot / general / concat) attention; charlm: gpt (default) or "
+        "llama (RMSNorm, rotary positions, SwiGLU, grouped-query attention; about the same size); digits: vit "
+        "(default) or cnn",
     )
     train.add_argument("--backend", choices=("numpy", "torch"), help="default numpy")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
@@ -157,6 +159,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _train_digits(parser, args, resumed)
     if args.model in DIGIT_MODELS:
         parser.error(f"--model {args.model}: an image model, for --task digits")
+    if args.model in CHARLM_MODELS:
+        parser.error(f"--model {args.model}: a language model, for --task charlm")
     return _train_seq2seq(parser, args, resumed)
 
 
@@ -469,9 +473,15 @@ def _print_final_weight_difference(model, twin) -> None:
 
 
 def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
-    """``train --task charlm``: train, print the validation loss as it falls, print samples, save the run."""
-    if args.model is not None:
-        parser.error("--task charlm trains the GPT: --model is for the seq2seq tasks")
+    """``train --task charlm``: train, print the validation loss as it falls, print samples, save the run.
+
+    ``--model gpt`` (the default) or ``llama``; every other setting (data, steps, schedule) is the same for both.
+    """
+    if args.model is not None and args.model not in CHARLM_MODELS:
+        parser.error(f"--model {args.model}: --task charlm trains one of {', '.join(CHARLM_MODELS)}")
+    if args.model == "llama" and args.dropout:
+        parser.error(f"--dropout {args.dropout}: the Llama has no dropout (RMSNorm, RoPE attention and SwiGLU "
+                     "without any); leave --dropout out, or train --model gpt")  # fmt: skip
     if resumed is not None:
         args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
     backend, device = args.backend or "numpy", args.device or "cpu"
@@ -500,30 +510,45 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         defaults = CharLMConfig()
         batch_size = args.batch_size or defaults.batch_size
         dropout = defaults.dropout if args.dropout is None else args.dropout
-        common = dict(batch_size=batch_size, seed=args.seed or 0, dropout=dropout)
+        common = dict(batch_size=batch_size, seed=args.seed or 0, dropout=dropout, model=args.model or defaults.model)
         cfg = CharLMConfig(**common, steps=args.steps or defaults.steps)
         if args.epochs:
             per_epoch = math.ceil(0.9 * cfg.corpus_chars / (cfg.batch_size * cfg.block_size))
             cfg = CharLMConfig(**common, steps=args.epochs * per_epoch)
     label = "compare" if args.compare else backend
-    out = args.out or Path("runs") / f"charlm-{label}"
+    name = "charlm" if cfg.model == "gpt" else f"charlm-{cfg.model}"
+    out = args.out or Path("runs") / f"{name}-{label}"
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(args.dtype)
     data_preview = CharData(cfg)
-    n_params = sum(
-        p.size for p in GPT(cfg.model_config(data_preview.vocab.size), rng=np.random.default_rng(0)).parameters()
-    )
+    path = None if args.resume is None else args.resume / "checkpoint.npz"
+    if resumed is not None:  # before the model is built: the file's config bounds what it may allocate
+        try:
+            implied = cfg.model_config(data_preview.vocab.size)
+        except ValueError as exc:
+            parser.error(f"--resume: {path}: meta.train_config: {exc}")
+        if implied != resumed.config:
+            parser.error(f"--resume: {path}: meta.train_config implies the model {implied}, but meta.config is "
+                         f"{resumed.config}")  # fmt: skip
+    run = start_charlm(cfg, dtype)
+    n_params = sum(p.size for p in run.model.parameters())
     print(
         f"corpus: {cfg.corpus_chars} generated characters ({data_preview.train.size} train / "
         f"{data_preview.val.size} validation), {data_preview.vocab.size} distinct; unigram entropy "
         f"{unigram_entropy(data_preview.train, data_preview.vocab.size):.3f} nats/char"
     )
-    print(
-        f"model: GPT, d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers} layers, d_ff {cfg.d_ff}, "
-        f"context {cfg.block_size}, dropout {cfg.dropout}, {n_params} parameters, {args.dtype}"
-    )
-    run = start_charlm(cfg, dtype)
-    path = None if args.resume is None else args.resume / "checkpoint.npz"
+    if cfg.model == "llama":
+        model_text = (
+            f"Llama, d_model {cfg.d_model}, {cfg.n_heads} query / {cfg.llama_n_kv_heads} key-value heads, "
+            f"{cfg.n_layers} layers, SwiGLU d_ff {cfg.llama_d_ff}, RoPE theta {cfg.llama_rope_theta:g}, RMSNorm, "
+            f"tied head, context {cfg.block_size}"
+        )
+    else:
+        model_text = (
+            f"GPT, d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.n_layers} layers, d_ff {cfg.d_ff}, "
+            f"context {cfg.block_size}, dropout {cfg.dropout}"
+        )
+    print(f"model: {model_text}, {n_params} parameters, {args.dtype}")
     if resumed is not None:
         if resumed.meta.get("vocab") != run.vocab.chars:
             parser.error(f"--resume: {path}: meta.vocab is not the vocabulary of the corpus its train_config makes")
@@ -641,7 +666,8 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     history = History(asdict(cfg), run.losses, run.evals)
     png = out / "loss_curves.png"
     try:
-        plot_loss_curves(history, png, title=f"charlm: {label}, {args.dtype}", loss_label="training loss (nats/char)")
+        title = f"charlm ({cfg.model}): {label}, {args.dtype}"
+        plot_loss_curves(history, png, title=title, loss_label="training loss (nats/char)")
     except OSError as exc:
         print(f"warning: could not write {png}: {exc}", file=sys.stderr)
     print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")

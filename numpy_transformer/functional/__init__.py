@@ -14,6 +14,7 @@ from .classic_attention import (
     luong_attention_backward,
     luong_attention_forward,
 )
+from .clip_loss import clip_loss_backward, clip_loss_forward
 from .conv import (
     conv1d_backward,
     conv1d_forward,
@@ -26,12 +27,14 @@ from .conv import (
 )
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
+from .flash_attention import flash_attention_backward, flash_attention_forward
 from .grouped_attention import grouped_query_attention_backward, grouped_query_attention_forward
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
 from .linear import linear_backward, linear_forward
-from .masks import causal_mask, padding_mask
+from .masks import causal_mask, padding_mask, sliding_window_mask
 from .pooling import l2_normalize_backward, l2_normalize_forward, mean_pooling_backward, mean_pooling_forward
+from .quick_gelu import quick_gelu_backward, quick_gelu_forward
 from .rms_norm import rms_norm_backward, rms_norm_forward
 from .rotary import (
     half_to_interleaved_rows,
@@ -56,6 +59,8 @@ __all__ = [
     "additive_attention_forward",
     "additive_attention_scores",
     "causal_mask",
+    "clip_loss_backward",
+    "clip_loss_forward",
     "conv1d_backward",
     "conv1d_forward",
     "conv2d_backward",
@@ -66,6 +71,8 @@ __all__ = [
     "dropout_forward",
     "embedding_backward",
     "embedding_forward",
+    "flash_attention_backward",
+    "flash_attention_forward",
     "fold_windows",
     "gelu_backward",
     "gelu_forward",
@@ -93,6 +100,8 @@ __all__ = [
     "mean_pooling_backward",
     "mean_pooling_forward",
     "padding_mask",
+    "quick_gelu_backward",
+    "quick_gelu_forward",
     "relu_backward",
     "relu_forward",
     "rms_norm_backward",
@@ -106,6 +115,7 @@ __all__ = [
     "silu_backward",
     "silu_forward",
     "sinusoidal_positional_encoding",
+    "sliding_window_mask",
     "sliding_windows",
     "softmax_backward",
     "softmax_forward",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_int_array, check_integer, check_non_negative_int
+from .checks import check_int_array, check_integer, check_non_negative_int, check_positive_int
 
 
 def causal_mask(T: int, S: int | None = None) -> np.ndarray:
@@ -24,6 +24,22 @@ def causal_mask(T: int, S: int | None = None) -> np.ndarray:
     for name, value in (("T", T), ("S", S)):
         check_non_negative_int(name, value)
     return np.tri(T, S, k=0, dtype=bool)
+
+
+def sliding_window_mask(T: int, window: int, S: int | None = None) -> np.ndarray:
+    """``(T, S)`` bool mask of causal local attention: ``True`` where ``t - window < s <= t``.
+
+    Query ``t`` sees the last ``window`` positions, itself included: ``window=1`` sees only
+    key ``t``, ``window >= T`` is :func:`causal_mask`. (Mistral's ``sliding_window``; in
+    FlashAttention's ``window_size=(left, right)`` it is ``(window - 1, 0)``.) Aligned at the
+    top-left when ``T != S``, as :func:`causal_mask`.
+    """
+    S = T if S is None else S
+    for name, value in (("T", T), ("S", S)):
+        check_non_negative_int(name, value)
+    window = check_positive_int("window", window)
+    # np.tri(k=j) is True where s <= t + j: keep s <= t, drop s <= t - window
+    return np.tri(T, S, k=0, dtype=bool) & ~np.tri(T, S, k=-window, dtype=bool)
 
 
 def padding_mask(ids: np.ndarray, pad_id: int) -> np.ndarray:

@@ -15,6 +15,14 @@ may be attended to) and ``False`` at padding -- the opposite of
 ``torch.nn.MultiheadAttention``'s argument of the same name (``bridge`` converts).
 (The functional ``scaled_dot_product_attention_forward`` broadcasts any mask, as PyTorch's
 does: it has no separate batch of sentences to confuse with queries.)
+
+Standard or flash attention
+---------------------------
+``attention="standard"`` (the default) computes the (B, H, T, S) weights and keeps them in the
+cache; ``attention="flash"`` runs ``flash_attention_forward``, tile by tile, and keeps one
+log-sum-exp per query row instead (``functional/flash_attention.py``). The numbers are the same
+up to rounding, the parameters and state dict identical; the flash path has no attention
+dropout (it refuses ``dropout > 0`` in training mode rather than silently skip it).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from ..functional.attention import (
     scaled_dot_product_attention_forward,
 )
 from ..functional.checks import check_dropout_p, check_float_array, check_positive_int, check_rng
+from ..functional.flash_attention import FlashAttentionCache, flash_attention_backward, flash_attention_forward
 from ..functional.linear import LinearCache
 from .base import Module, check_module_dtype
 from .layers import Linear
@@ -39,13 +48,16 @@ class MultiHeadAttentionCache:
     q_proj: LinearCache
     k_proj: LinearCache
     v_proj: LinearCache
-    attention: AttentionCache  # per-head tensors, (B, H, T, S) weights
+    attention: AttentionCache | FlashAttentionCache  # per-head tensors: (B, H, T, S) weights, or (B, H, T) lse
     out_proj: LinearCache
 
     @property
     def weights(self) -> np.ndarray:
-        """Per-head attention probabilities, shape (B, H, T, S)."""
+        """Per-head attention probabilities, shape (B, H, T, S) (recomputed from the lse for flash attention)."""
         return self.attention.weights
+
+
+ATTENTION_KINDS = ("standard", "flash")
 
 
 class MultiHeadAttention(Module):
@@ -55,6 +67,7 @@ class MultiHeadAttention(Module):
     (``T != S``). Initialised as ``torch.nn.MultiheadAttention``: the three input
     projections Xavier-uniform as if packed into one ``(3C, C)`` matrix (bound
     :math:`\sqrt{6/(4C)}`), ``out_proj.weight`` as ``nn.Linear``, all biases zero.
+    ``attention`` is ``"standard"`` or ``"flash"`` (see the module docstring).
     """
 
     def __init__(
@@ -65,8 +78,12 @@ class MultiHeadAttention(Module):
         dropout: float = 0.0,
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
+        attention: str = "standard",
     ) -> None:
         super().__init__()
+        if not isinstance(attention, str) or attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention: expected one of {ATTENTION_KINDS}, got {attention!r}")
+        self.attention = attention
         self.d_model = check_positive_int("d_model", d_model)
         self.n_heads = check_positive_int("n_heads", n_heads)
         if d_model % n_heads:
@@ -136,6 +153,18 @@ class MultiHeadAttention(Module):
         k, ck = self.k_proj.forward(key)  # (B, S, C)
         v, cv = self.v_proj.forward(value)  # (B, S, C)
         p = self.dropout if self.training else 0.0
+        if self.attention == "flash":
+            if p > 0 or dropout_mask is not None:
+                raise ValueError(
+                    f"attention='flash' has no attention dropout: got dropout={self.dropout} in training mode"
+                    f"{' and a dropout_mask' if dropout_mask is not None else ''}; use dropout=0.0, eval(), "
+                    "or attention='standard'"
+                )
+            heads, ca = flash_attention_forward(
+                self.split_heads(q), self.split_heads(k), self.split_heads(v), mask=mask, is_causal=is_causal
+            )  # (B, H, T, D)
+            out, co = self.out_proj.forward(self.merge_heads(heads))  # (B, T, C)
+            return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
         heads, ca = scaled_dot_product_attention_forward(
             self.split_heads(q),
             self.split_heads(k),
@@ -197,7 +226,10 @@ class MultiHeadAttention(Module):
         dmerged = self.out_proj.backward(dout, cache.out_proj)  # (B, T, C)
         dheads = self.split_heads(dmerged)  # (B, H, T, D)
         # heads = attention(split(q), split(k), split(v))
-        dq, dk, dv = scaled_dot_product_attention_backward(dheads, cache.attention)
+        if isinstance(cache.attention, FlashAttentionCache):  # the backward of the forward that made the cache
+            dq, dk, dv = flash_attention_backward(dheads, cache.attention)
+        else:
+            dq, dk, dv = scaled_dot_product_attention_backward(dheads, cache.attention)
         # q = q_proj(query), ...
         dquery = self.q_proj.backward(self.merge_heads(dq), cache.q_proj)  # (B, T, C)
         dkey = self.k_proj.backward(self.merge_heads(dk), cache.k_proj)  # (B, S, C)

@@ -16,6 +16,7 @@ from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from ..functional.layer_norm import LayerNormCache, layer_norm_backward, layer_norm_forward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
+from ..functional.quick_gelu import QuickGeluCache, quick_gelu_backward, quick_gelu_forward
 from .base import Module, check_module_dtype
 
 
@@ -138,7 +139,7 @@ class Dropout(Module):
 @dataclass(frozen=True)
 class FeedForwardCache:
     linear1: LinearCache
-    activation: ReluCache | GeluCache
+    activation: ReluCache | GeluCache | QuickGeluCache
     dropout: DropoutCache
     linear2: LinearCache
 
@@ -147,7 +148,7 @@ class FeedForward(Module):
     """Position-wise feed-forward: ``linear2(dropout(activation(linear1(x))))``.
 
     Shapes: ``x`` (..., C) -> hidden (..., F) -> out (..., C).
-    ``activation`` is ``"relu"``, ``"gelu"`` (exact erf) or ``"gelu_tanh"``.
+    ``activation`` is ``"relu"``, ``"gelu"`` (exact erf), ``"gelu_tanh"`` or ``"quick_gelu"`` (CLIP's).
     """
 
     def __init__(
@@ -161,8 +162,8 @@ class FeedForward(Module):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        if activation not in ("relu", "gelu", "gelu_tanh"):
-            raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {activation!r}")
+        if activation not in ("relu", "gelu", "gelu_tanh", "quick_gelu"):
+            raise ValueError(f"activation: expected 'relu', 'gelu', 'gelu_tanh' or 'quick_gelu', got {activation!r}")
         self.activation = activation
         self.dtype = check_module_dtype(dtype)
         rng = check_rng(rng)
@@ -176,6 +177,8 @@ class FeedForward(Module):
         h, c1 = self.linear1.forward(x)  # (..., F)
         if self.activation == "relu":
             a, ca = relu_forward(h)
+        elif self.activation == "quick_gelu":
+            a, ca = quick_gelu_forward(h)
         else:
             a, ca = gelu_forward(h, "none" if self.activation == "gelu" else "tanh")
         a, cd = self.dropout.forward(a, rng=rng, mask=dropout_mask)  # (..., F)
@@ -187,6 +190,8 @@ class FeedForward(Module):
         da = self.dropout.backward(da, cache.dropout)
         if isinstance(cache.activation, ReluCache):
             dh = relu_backward(da, cache.activation)
+        elif isinstance(cache.activation, QuickGeluCache):
+            dh = quick_gelu_backward(da, cache.activation)
         else:
             dh = gelu_backward(da, cache.activation)
         return self.linear1.backward(dh, cache.linear1)

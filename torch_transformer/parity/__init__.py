@@ -11,6 +11,8 @@ from . import cases_conv  # noqa: F401
 from . import cases_llama  # noqa: F401
 from . import cases_vit  # noqa: F401
 from . import cases_cnn  # noqa: F401
+from . import cases_flash  # noqa: F401
+from . import cases_clip  # noqa: F401
 
 # isort: on
 from .registry import (

@@ -192,6 +192,7 @@ register(
             FeedForwardVariant(activation="relu", dropout=0.0),
             FeedForwardVariant(activation="gelu", dropout=0.0),
             FeedForwardVariant(activation="gelu_tanh", dropout=0.0),
+            FeedForwardVariant(activation="quick_gelu", dropout=0.0),
             FeedForwardVariant(activation="relu", dropout=0.3),
         ),
         uses=("B", "T", "H", "D"),
