@@ -33,8 +33,8 @@ from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..inference.sampling import generate
 from ..models.gpt import GPT
 from ..models.llama import Llama
-from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
-from ..training.loop import NonFiniteError, first_nonfinite, nonfinite_kind
+from ..optim import AdamW, linear_warmup_cosine
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
 from .datasets import make_corpus
 
 CHARLM_MODELS = ("gpt", "llama")  # what ``train --task charlm --model`` can train; the GPT is the default
@@ -268,12 +268,7 @@ class NumpyCharLMTrainer:
             raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
         model.zero_grad()
         model.backward(cross_entropy_backward(1.0, loss_cache), cache)
-        try:  # the norm checks every gradient at once; it raises before scaling any
-            clip_grad_norm(model, self.clip_norm, error_if_nonfinite=True)
-        except ValueError:
-            bad = first_nonfinite(model.named_grads())
-            kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
-            raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
+        clip_or_stop(model, self.clip_norm, step)  # NonFiniteError naming the first bad gradient
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()

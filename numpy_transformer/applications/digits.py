@@ -31,8 +31,8 @@ from ..config import CNNConfig, ViTConfig
 from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..models.cnn import ImageCNN
 from ..models.vit import ViTForImageClassification
-from ..optim import AdamW, clip_grad_norm, linear_warmup_cosine
-from ..training.loop import NonFiniteError, first_nonfinite, nonfinite_kind
+from ..optim import AdamW, linear_warmup_cosine
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
 from .datasets import DigitsData, digits_dataset
 
 DIGIT_MODELS = ("vit", "cnn")
@@ -195,12 +195,7 @@ def train_digits(
             raise NonFiniteError(step, "loss", nonfinite_kind(loss), "numpy")
         model.zero_grad()
         model.backward(cross_entropy_backward(np.asarray(1.0, out.logits.dtype), loss_cache), cache)
-        try:  # the norm checks every gradient at once; it raises before scaling any
-            clip_grad_norm(model, cfg.clip_norm, error_if_nonfinite=True)
-        except ValueError:
-            bad = first_nonfinite(model.named_grads())
-            kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
-            raise NonFiniteError(step, bad or "gradient norm", kind, "numpy") from None
+        clip_or_stop(model, cfg.clip_norm, step)  # NonFiniteError naming the first bad gradient
         lr = linear_warmup_cosine(step, cfg.peak_lr, min(cfg.warmup_steps, cfg.steps), cfg.steps)
         for group in opt.param_groups:
             group["lr"] = lr

@@ -254,26 +254,36 @@ def _stopped(stop: StopOnSignal, saver: _Saver, step: int, steps: int, resumable
     return stop.exit_code
 
 
+def _backend_and_device(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None):
+    """(backend, device, the torch module or None): from the command line, or from the file a run resumes.
+
+    ``--backend torch`` and ``--compare`` import torch here, so a missing PyTorch or CUDA is exit status 2.
+    """
+    if resumed is not None:
+        args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
+    backend, device = args.backend or "numpy", args.device or "cpu"
+    if backend != "torch" and not args.compare:
+        if device == "cuda":
+            parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
+        return backend, device, None
+    try:
+        import torch
+    except ImportError as exc:
+        parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    return backend, device, torch
+
+
 def _train_seq2seq(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
     from ..training.loop import NumpyTrainer, fit
     from ..training.tasks import ToyDataset
 
-    if resumed is not None:
-        args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
-    backend, device = args.backend or "numpy", args.device or "cpu"
-    needs_torch = backend == "torch" or args.compare
+    backend, device, torch = _backend_and_device(parser, args, resumed)
+    needs_torch = torch is not None
     if needs_torch:
-        try:
-            import torch
-
-            from torch_transformer.bridge import copy_torch_to_numpy, twin_of
-            from torch_transformer.training import TorchTrainer, generator_states, restore_generators
-        except ImportError as exc:
-            parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
-        if device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is available here")
-    elif device == "cuda":
-        parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
+        from torch_transformer.bridge import copy_torch_to_numpy, twin_of
+        from torch_transformer.training import TorchTrainer, generator_states, restore_generators
     limit_threads(args.threads)
 
     if resumed is not None:
@@ -482,24 +492,14 @@ def _train_charlm(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     if args.model == "llama" and args.dropout:
         parser.error(f"--dropout {args.dropout}: the Llama has no dropout (RMSNorm, RoPE attention and SwiGLU "
                      "without any); leave --dropout out, or train --model gpt")  # fmt: skip
-    if resumed is not None:
-        args.backend, args.device = resumed.meta["train_state"]["backend"], resumed.meta["train_state"]["device"]
-    backend, device = args.backend or "numpy", args.device or "cpu"
-    needs_torch = backend == "torch" or args.compare
+    backend, device, torch = _backend_and_device(parser, args, resumed)
+    needs_torch = torch is not None
     if needs_torch:
-        try:
-            import torch
+        from torch_transformer.bridge import copy_torch_to_numpy, twin_of
+        from torch_transformer.charlm import TorchCharLMTrainer
+        from torch_transformer.training import generator_states, restore_generators
 
-            from torch_transformer.bridge import copy_torch_to_numpy, twin_of
-            from torch_transformer.charlm import TorchCharLMTrainer
-            from torch_transformer.training import generator_states, restore_generators
-        except ImportError as exc:
-            parser.error(f"--backend torch / --compare need PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
-        if device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is available here")
         limit_threads(args.threads)  # again, now that torch is loaded
-    elif device == "cuda":
-        parser.error("--device cuda: only the torch backend (or --compare) runs on CUDA")
     try:
         check_sampling_args(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:

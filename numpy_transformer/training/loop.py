@@ -162,6 +162,20 @@ def first_nonfinite(named: Iterator[tuple[str, np.ndarray]]) -> str | None:
     return None
 
 
+def clip_or_stop(model, max_norm: float, step: int, backend: str = "numpy") -> float:
+    """Clip ``model``'s global gradient norm to ``max_norm`` and return the norm before clipping.
+
+    If the norm is not finite nothing is scaled and :class:`NonFiniteError` names ``step`` and the first
+    non-finite gradient (or "gradient norm" when every gradient is finite but their squares overflow).
+    """
+    try:  # the norm is the one vectorised check of every gradient; it raises before scaling any
+        return float(clip_grad_norm(model, max_norm, error_if_nonfinite=True))
+    except ValueError:
+        bad = first_nonfinite(model.named_grads())
+        kind = "inf" if bad is None else nonfinite_kind(dict(model.named_grads())[bad])
+        raise NonFiniteError(step, bad or "gradient norm", kind, backend) from None
+
+
 class Trainer(Protocol):
     backend: str
 
