@@ -46,6 +46,36 @@ class AttentionCache:
     scale: float
 
 
+def check_attention_inputs(q: object, k: object, v: object, mask: object) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Check the arguments of an attention op; return (their dtype, the scores' shape (..., T, S), D).
+
+    ``q`` (..., T, D), ``k`` (..., S, D), ``v`` (..., S, Dv) float arrays of one dtype with the same
+    leading axes, and ``mask`` None or a bool array broadcastable to (..., T, S); errors name the argument.
+    """
+    check_float_array("q", q, ndim_min=2)
+    check_float_array("k", k, ndim_min=2)
+    check_float_array("v", v, ndim_min=2)
+    dtype = check_same_dtype(q=q, k=k, v=v)
+    *lead, T, D = q.shape
+    if k.shape[:-2] != tuple(lead) or k.shape[-1] != D:
+        raise ValueError(f"k: expected shape {tuple(lead) + ('S', D)} to match q {q.shape}, got {k.shape}")
+    S = k.shape[-2]
+    if D < 1:
+        raise ValueError(f"q: expected a query/key width D >= 1, got shape {q.shape}")
+    if S < 1:
+        raise ValueError(f"k: expected at least one key (S >= 1), got shape {k.shape}")
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"v: expected shape {k.shape[:-1] + ('Dv',)} to match k {k.shape}, got {v.shape}")
+    scores_shape = (*lead, T, S)
+    if mask is not None:
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise TypeError(
+                f"mask: expected a bool ndarray (True = may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
+            )
+        check_broadcastable("mask", mask, scores_shape)
+    return dtype, scores_shape, D
+
+
 def scaled_dot_product_attention_forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -89,27 +119,8 @@ def scaled_dot_product_attention_forward(
     cache : AttentionCache
         ``cache.weights`` holds the attention probabilities.
     """
-    check_float_array("q", q, ndim_min=2)
-    check_float_array("k", k, ndim_min=2)
-    check_float_array("v", v, ndim_min=2)
-    dtype = check_same_dtype(q=q, k=k, v=v)
-    *lead, T, D = q.shape
-    if k.shape[:-2] != tuple(lead) or k.shape[-1] != D:
-        raise ValueError(f"k: expected shape {tuple(lead) + ('S', D)} to match q {q.shape}, got {k.shape}")
-    S = k.shape[-2]
-    if D < 1:
-        raise ValueError(f"q: expected a query/key width D >= 1, got shape {q.shape}")
-    if S < 1:
-        raise ValueError(f"k: expected at least one key (S >= 1), got shape {k.shape}")
-    if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"v: expected shape {k.shape[:-1] + ('Dv',)} to match k {k.shape}, got {v.shape}")
-    scores_shape = (*lead, T, S)
-    if mask is not None:
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
-            raise TypeError(
-                f"mask: expected a bool ndarray (True = may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
-            )
-        check_broadcastable("mask", mask, scores_shape)
+    dtype, scores_shape, D = check_attention_inputs(q, k, v, mask)
+    T, S = scores_shape[-2:]
     dropout_p = check_dropout_p(dropout_p, "dropout_p")
     is_causal = check_bool("is_causal", is_causal)
     scale = 1.0 / math.sqrt(D) if scale is None else check_real("scale", scale, low=0, low_inclusive=False)

@@ -88,14 +88,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .attention import check_attention_inputs
 from .checks import (
     check_bool,
-    check_broadcastable,
     check_dout,
-    check_float_array,
     check_positive_int,
     check_real,
-    check_same_dtype,
 )
 from .masks import causal_mask, sliding_window_mask
 
@@ -248,27 +246,9 @@ def flash_attention_forward(
     cache : FlashAttentionCache
         ``q, k, v, out`` and the row log-sum-exp ``lse`` (..., T).
     """
-    check_float_array("q", q, ndim_min=2)
-    check_float_array("k", k, ndim_min=2)
-    check_float_array("v", v, ndim_min=2)
-    dtype = check_same_dtype(q=q, k=k, v=v)
-    *lead, T, D = q.shape
-    if k.shape[:-2] != tuple(lead) or k.shape[-1] != D:
-        raise ValueError(f"k: expected shape {tuple(lead) + ('S', D)} to match q {q.shape}, got {k.shape}")
-    S = k.shape[-2]
-    if D < 1:
-        raise ValueError(f"q: expected a query/key width D >= 1, got shape {q.shape}")
-    if S < 1:
-        raise ValueError(f"k: expected at least one key (S >= 1), got shape {k.shape}")
-    if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"v: expected shape {k.shape[:-1] + ('Dv',)} to match k {k.shape}, got {v.shape}")
-    scores_shape = (*lead, T, S)
+    dtype, scores_shape, D = check_attention_inputs(q, k, v, mask)  # the standard op's checks, word for word
+    *lead, T, S = scores_shape
     if mask is not None:
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
-            raise TypeError(
-                f"mask: expected a bool ndarray (True = may attend), got {getattr(mask, 'dtype', type(mask).__name__)}"
-            )
-        check_broadcastable("mask", mask, scores_shape)
         mask = mask.reshape((1,) * (len(scores_shape) - mask.ndim) + mask.shape)  # a view with every axis
     is_causal = check_bool("is_causal", is_causal)
     scale = 1.0 / math.sqrt(D) if scale is None else check_real("scale", scale, low=0, low_inclusive=False)
