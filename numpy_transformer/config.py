@@ -12,6 +12,7 @@ from .functional.checks import (
     check_positive_float,
     check_positive_int,
 )
+from .functional.flash_attention import check_attention_kind
 from .functional.rotary import ROPE_LAYOUTS
 
 
@@ -36,6 +37,7 @@ class TransformerConfig:
     pad_id: int = 0  # padded positions are never attended to and never scored
     tie_embeddings: bool = False  # output projection shares the target embedding matrix
     layer_norm_eps: float = 1e-5
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
@@ -50,6 +52,7 @@ class TransformerConfig:
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id: expected an id inside both vocabularies, got {self.pad_id}")
         check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_attention_kind(self.attention)
 
 
 RNN_ATTENTIONS = ("bahdanau", "luong-dot", "luong-general", "luong-concat")
@@ -121,6 +124,7 @@ class BertConfig:
     pad_id: int = 0
     activation: str = "gelu"  # exact erf, as BERT's "gelu"
     initializer_range: float = 0.02  # std of the normal initialisation of weights and embeddings
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_heads", "intermediate_size", "max_position_embeddings"):
@@ -137,6 +141,7 @@ class BertConfig:
             raise ValueError(f"pad_id: expected an id in [0, {self.vocab_size}), got {self.pad_id}")
         check_positive_float("initializer_range", self.initializer_range)
         check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_attention_kind(self.attention)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class GPTConfig:
     activation: str = "gelu"  # "gelu" (exact erf) or "gelu_tanh" (GPT-2's approximation)
     layer_norm_eps: float = 1e-5
     pad_id: int | None = None  # None: no padding. Set: keys holding pad_id are never attended to
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "d_ff"):
@@ -172,6 +178,7 @@ class GPTConfig:
             not isinstance(self.pad_id, int) or isinstance(self.pad_id, bool) or not 0 <= self.pad_id < self.vocab_size
         ):
             raise ValueError(f"pad_id: expected None or an id in [0, {self.vocab_size}), got {self.pad_id!r}")
+        check_attention_kind(self.attention)
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class LlamaConfig:
     rope_layout: str = "half"  # "half": Hugging Face's rotate-half pairs (i, i + D/2); "interleaved": Meta's (2i, 2i+1)
     tie_embeddings: bool = False  # True: the LM head is tok_embed.weight (no lm_head.weight)
     initializer_range: float = 0.02  # std of the normal initialisation of every weight matrix, as Hugging Face
+    attention: str = "standard"  # "standard" or "flash": the grouped-query kernel (same numbers, see grouped_attention)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_kv_heads", "d_ff"):
@@ -218,6 +226,7 @@ class LlamaConfig:
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"tie_embeddings: expected a bool, got {self.tie_embeddings!r}")
         check_positive_float("initializer_range", self.initializer_range)
+        check_attention_kind(self.attention)
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,7 @@ class ViTConfig:
     qkv_bias: bool = True  # biases on the query, key and value projections (the output projection always has one)
     activation: str = "gelu"  # HF's hidden_act "gelu": exact erf
     initializer_range: float = 0.02  # std of the normal initialisation of weights, class token and positions
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "num_channels", "d_model", "n_heads", "d_ff"):
@@ -268,6 +278,7 @@ class ViTConfig:
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
             raise ValueError(f"activation: expected 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
         check_positive_float("initializer_range", self.initializer_range)
+        check_attention_kind(self.attention)
 
     @property
     def grid_size(self) -> int:
@@ -326,6 +337,7 @@ def _check_clip_tower(config: CLIPTextConfig | CLIPVisionConfig) -> None:
     if config.activation not in ("quick_gelu", "gelu", "gelu_tanh", "relu"):
         raise ValueError(f"activation: expected 'quick_gelu', 'gelu', 'gelu_tanh' or 'relu', got {config.activation!r}")
     check_positive_float("layer_norm_eps", config.layer_norm_eps)
+    check_attention_kind(config.attention)
 
 
 @dataclass(frozen=True)
@@ -346,6 +358,7 @@ class CLIPTextConfig:
     d_ff: int = 2048  # F (HF's intermediate_size)
     activation: str = "quick_gelu"  # x sigmoid(1.702 x), what OpenAI's CLIP was trained with
     layer_norm_eps: float = 1e-5
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         check_positive_int("vocab_size", self.vocab_size)
@@ -370,6 +383,7 @@ class CLIPVisionConfig:
     d_ff: int = 3072  # F
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+    attention: str = "standard"  # the kernel: "standard" keeps the (B, H, T, S) weights, "flash" tiles (same numbers)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "num_channels"):
@@ -415,3 +429,128 @@ class CLIPConfig:
         if not isinstance(self.logit_scale_init, (int, float)) or not math.isfinite(self.logit_scale_init):
             raise ValueError(f"logit_scale_init: expected a finite number, got {self.logit_scale_init!r}")
         check_positive_float("initializer_range", self.initializer_range)
+
+
+@dataclass(frozen=True)
+class WhisperConfig:
+    """Whisper: a log-mel spectrogram read by a convolutional stem and pre-LN encoder, a pre-LN decoder with
+    cross-attention writing text tokens, the output projection tied to the token embedding.
+
+    The defaults are OpenAI's **tiny.en** (``numpy_transformer.applications.whisper_weights.load_whisper_tiny_en``):
+    4 + 4 layers, width 384, 6 heads, 51864 tokens. The encoder reads ``2 * max_source_positions`` mel frames
+    (3000 = 30 s) and the stride-2 convolution halves them to 1500 positions. Whisper has no dropout (it was
+    trained without; Hugging Face's dropout fields default to 0) and neither has this model.
+    """
+
+    vocab_size: int = 51864  # V (51865 for the multilingual models)
+    num_mel_bins: int = 80  # M, the channels of the first convolution
+    d_model: int = 384  # C
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    encoder_attention_heads: int = 6  # H; head width D = d_model // H
+    decoder_attention_heads: int = 6
+    encoder_ffn_dim: int = 1536  # F, 4 C
+    decoder_ffn_dim: int = 1536
+    max_source_positions: int = 1500  # S, the encoder's sinusoidal table; it reads 2 S mel frames
+    max_target_positions: int = 448  # rows of the decoder's learned position table: the longest token sequence
+    layer_norm_eps: float = 1e-5
+    activation: str = "gelu"  # exact erf, as Whisper's
+    decoder_start_token_id: int = 50257  # <|startoftranscript|>
+    eos_token_id: int = 50256  # <|endoftext|>
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_mel_bins", "d_model", "encoder_attention_heads", "decoder_attention_heads",
+                     "encoder_ffn_dim", "decoder_ffn_dim", "max_source_positions", "max_target_positions"):  # fmt: skip
+            check_positive_int(name, getattr(self, name))
+        for name in ("encoder_layers", "decoder_layers"):
+            check_non_negative_int(name, getattr(self, name))
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, name):
+                raise ValueError(f"{name}: expected a divisor of d_model={self.d_model}, got {getattr(self, name)}")
+        if self.d_model % 2:
+            raise ValueError(f"d_model: expected an even width (sine and cosine halves), got {self.d_model}")
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        if self.activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"activation: expected 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
+        for name in ("decoder_start_token_id", "eos_token_id"):
+            check_int(name, getattr(self, name), 0, self.vocab_size - 1)
+
+    @property
+    def n_frames(self) -> int:
+        """Mel frames the encoder reads: two per position (the second convolution has stride 2)."""
+        return 2 * self.max_source_positions
+
+
+@dataclass(frozen=True)
+class DetrConfig:
+    """DETR: a small ResNet backbone, a post-LN encoder-decoder over its feature map, ``num_queries`` object queries.
+
+    The defaults are a toy sized for the generated digit canvases (48 x 48 grey images), not
+    Hugging Face's ResNet-50 DETR; ``numpy_transformer.applications.detr_weights`` builds the
+    matching ``transformers.DetrConfig(use_timm_backbone=False, backbone_config=ResNetConfig(
+    layer_type="basic", ...))``. The backbone: a 7 x 7 stride-2 stem conv, frozen batch norm, ReLU,
+    a 3 x 3 stride-2 max-pool, then one stage of basic residual blocks per entry of
+    ``hidden_sizes`` (the first at stride 1, the others at stride 2): the feature map is
+    ``image / (4 * 2 ** (len(hidden_sizes) - 1))`` a side. No dropout (Hugging Face's default is
+    0.1: set it to 0 to compare); no pixel mask (every image of a batch has the same size).
+    """
+
+    num_channels: int = 1  # input channels (1 for grey digits)
+    embedding_size: int = 16  # the stem's output channels (HF ResNet's embedding_size)
+    hidden_sizes: tuple[int, ...] = (16, 32)  # channels of each backbone stage
+    depths: tuple[int, ...] = (1, 1)  # basic residual blocks per stage
+    d_model: int = 64  # C
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    encoder_attention_heads: int = 4
+    decoder_attention_heads: int = 4
+    encoder_ffn_dim: int = 128
+    decoder_ffn_dim: int = 128
+    num_queries: int = 10  # Q predictions per image (HF: 100)
+    num_labels: int = 10  # K object classes; the class head has K + 1 outputs, the last = "no object"
+    layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm's default, as HF's DETR
+    batch_norm_eps: float = 1e-5  # HF's DetrFrozenBatchNorm2d
+    auxiliary_loss: bool = True  # supervise every decoder layer's output (HF's default: False)
+    eos_coefficient: float = 0.1  # the weight of "no object" in the cross-entropy
+    class_cost: float = 1.0  # matching cost weights
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+    bbox_loss_coefficient: float = 5.0  # loss weights
+    giou_loss_coefficient: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_channels", "embedding_size", "d_model", "encoder_attention_heads",
+                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries"):  # fmt: skip
+            check_positive_int(name, getattr(self, name))
+        check_non_negative_int("encoder_layers", self.encoder_layers)
+        check_positive_int("decoder_layers", self.decoder_layers)  # the heads read decoder outputs
+        check_int("num_labels", self.num_labels, low=1)
+        for name in ("hidden_sizes", "depths"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not value:
+                raise TypeError(f"{name}: expected a non-empty tuple of ints, got {value!r}")
+            for v in value:
+                check_positive_int(name, v)
+        if len(self.hidden_sizes) != len(self.depths):
+            raise ValueError(
+                f"depths: expected one depth per stage ({len(self.hidden_sizes)} hidden_sizes), got {self.depths}"
+            )
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, name):
+                raise ValueError(f"{name}: expected a divisor of d_model={self.d_model}, got {getattr(self, name)}")
+        if self.d_model % 4:
+            raise ValueError(f"d_model: expected a multiple of 4 (sine and cosine for y and x), got {self.d_model}")
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_positive_float("batch_norm_eps", self.batch_norm_eps)
+        if not isinstance(self.auxiliary_loss, bool):
+            raise TypeError(f"auxiliary_loss: expected a bool, got {type(self.auxiliary_loss).__name__}")
+        for name in ("eos_coefficient", "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient",
+                     "giou_loss_coefficient"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+
+    @property
+    def stride(self) -> int:
+        """Pixels per feature-map cell along a side: 2 (stem) x 2 (max-pool) x 2 per stage after the first."""
+        return 4 * 2 ** (len(self.hidden_sizes) - 1)

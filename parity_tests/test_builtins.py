@@ -55,6 +55,7 @@ from parity_tests.helpers import assert_matches
 from parity_tests.strategies import dims_for
 from torch_transformer import bridge
 from torch_transformer.parity import CASES, run_case
+from torch_transformer.parity.cases_boxes import HAS_TORCHVISION
 
 TORCH_VERSION = TorchVersion(torch.__version__)
 # Fully masked query rows in F.scaled_dot_product_attention: zeros (and zero gradients)
@@ -116,6 +117,8 @@ WITHOUT_BUILTIN = {
     "GPT": "not a PyTorch built-in: transformers.GPT2LMHeadModel is compared in test_gpt_hf.py",
     "ViT": "not a PyTorch built-in: transformers.ViTModel is compared in test_vit_hf.py",
     "ViTForImageClassification": "not a PyTorch built-in: the transformers head is compared in test_vit_hf.py",
+    "log_mel_spectrogram": "the twin is built on torch.stft; WhisperFeatureExtractor is compared in test_audio.py",
+    "WhisperForConditionalGeneration": "not a PyTorch built-in: transformers' Whisper is in test_whisper_hf.py",
     "ImageCNN": "a model, not a built-in: torch.nn Conv2d, ReLU, MaxPool2d and Linear in turn are in test_cnn.py",
     "RNNSeq2Seq": "PyTorch has no attention RNN encoder-decoder; its GRUs are compared with nn.GRU (gru, GRU)",
     "additive_attention": "PyTorch has no additive (Bahdanau) attention",
@@ -124,6 +127,17 @@ WITHOUT_BUILTIN = {
     "clip_loss": "PyTorch has no contrastive loss; transformers' CLIPModel(return_loss=True) is in test_clip_hf.py",
     "CLIPModel": "not a PyTorch built-in: transformers.CLIPModel is compared in test_clip_hf.py",
     **LLAMA_WITHOUT_BUILTIN,
+    "detr_loss": "PyTorch has no set loss; transformers' DETR ImageLoss and HungarianMatcher are in test_detr_loss.py",
+    "DETR": "not a PyTorch built-in: transformers.DetrForObjectDetection is compared in test_detr_hf.py",
+    **(
+        {}
+        if HAS_TORCHVISION
+        else dict.fromkeys(
+            ("box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_iou", "generalized_box_iou", "giou_loss"),
+            "the built-in is torchvision.ops' (box_convert, box_iou, generalized_box_iou[_loss]) and torchvision "
+            "is not installed; transformers' DETR box_iou / generalized_box_iou are compared in test_boxes.py",
+        )
+    ),
 }
 
 

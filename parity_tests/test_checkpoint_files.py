@@ -23,7 +23,8 @@ import pytest
 
 import numpy_transformer as nt
 from numpy_transformer.commands import main
-from numpy_transformer.config import CNNConfig
+from numpy_transformer.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, CNNConfig
+from numpy_transformer.models.clip import CLIPModel
 from numpy_transformer.models.cnn import ImageCNN
 from numpy_transformer.training import atomic, checkpoint
 from numpy_transformer.training.checkpoint import (
@@ -167,6 +168,9 @@ def test_decode_names_the_command_for_a_checkpoint_that_train_did_not_write(tmp_
                      qkv_bias=False),
         CNNConfig(),
         CNNConfig(image_size=4, num_channels=3, channels=(5,), kernel_size=1, num_labels=3),
+        CLIPConfig(text=CLIPTextConfig(vocab_size=9, max_len=5, d_model=8, n_heads=2, n_layers=2, d_ff=12),
+                   vision=CLIPVisionConfig(image_size=4, patch_size=2, num_channels=3, d_model=6, n_heads=2,
+                                           n_layers=1, d_ff=10), projection_dim=7),
     ],
     ids=lambda c: type(c).__name__ + "-" + getattr(c, "attention", ""),
 )  # fmt: skip
@@ -179,6 +183,7 @@ def test_the_shapes_a_config_implies_are_the_models_own(config):
         nt.LlamaConfig: nt.Llama,
         nt.ViTConfig: nt.ViTForImageClassification,  # a ViTConfig checkpoint holds the classifier
         CNNConfig: ImageCNN,
+        CLIPConfig: CLIPModel,
     }[type(config)](config, rng=np.random.default_rng(0))
     assert checkpoint.expected_shapes(config) == {k: v.shape for k, v in model.state_dict().items()}
 

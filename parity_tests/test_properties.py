@@ -109,6 +109,14 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
         "test_vit.py::test_the_class_token_gradient_is_what_flows_back_through_row_zero",
         "test_vit.py::test_without_layers_only_row_zero_gets_a_gradient",
     ),
+    "log_mel_spectrogram": (
+        "test_audio.py::test_log_mel_floor_sends_its_gradient_to_the_loudest_cell_and_trimming_cuts_it",
+        "test_audio.py::test_a_louder_clip_shifts_the_log_mel_by_half_the_gain_in_decades",
+    ),
+    "WhisperForConditionalGeneration": (
+        "test_whisper.py::test_changing_a_later_token_changes_no_earlier_logit_and_no_decoder_layer_reads_no_audio",
+        "test_whisper.py::test_kv_cache_stepper_gives_the_full_prefix_tokens_and_logits",
+    ),
     "gru_cell": ("test_gru.py::test_gru_cell_with_update_gate_one_keeps_h_and_passes_its_gradient_straight",),
     "gru": (
         "test_gru.py::test_gru_backprop_through_time_reaches_the_first_input_from_the_last_state",
@@ -148,6 +156,44 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
         "test_clip.py::test_a_post_step_clamp_lets_a_saturated_scale_come_back_a_clamp_in_the_forward_does_not",
     ),
     **LLAMA_PROPERTY_TESTS,
+    "box_cxcywh_to_xyxy": ("test_boxes.py::test_cxcywh_and_xyxy_are_inverse_maps_and_so_are_their_backwards",),
+    "box_xyxy_to_cxcywh": ("test_boxes.py::test_cxcywh_and_xyxy_are_inverse_maps_and_so_are_their_backwards",),
+    "box_iou": (
+        "test_boxes.py::test_iou_is_symmetric_in_0_1_and_one_on_the_diagonal_of_a_box_with_itself",
+        "test_boxes.py::test_disjoint_boxes_have_iou_zero_and_no_iou_gradient_but_giou_pulls_them_together",
+        "test_boxes.py::test_two_boxes_of_zero_area_have_iou_and_penalty_zero_by_definition_where_transformers_gives_nan",
+    ),
+    "generalized_box_iou": (
+        "test_boxes.py::test_giou_is_at_most_iou_in_minus_1_1_and_equals_iou_when_one_box_contains_the_other",
+        "test_boxes.py::test_iou_and_giou_do_not_change_when_both_boxes_move_or_scale_together",
+        "test_boxes.py::test_a_zero_width_box_has_iou_zero_and_a_defined_giou_gradient",
+    ),
+    "giou_loss": (
+        "test_boxes.py::test_giou_loss_is_the_diagonal_of_one_minus_pairwise_giou_over_num_boxes",
+        "test_boxes.py::test_identical_boxes_have_giou_one_loss_zero_and_send_min_max_ties_to_the_first_box",
+    ),
+    "l1_box_loss": (
+        "test_boxes.py::test_l1_box_loss_divides_by_num_boxes_and_sends_no_gradient_where_pred_equals_target",
+    ),
+    "weighted_cross_entropy": (
+        "test_detr_loss.py::test_weighted_cross_entropy_divides_by_the_sum_of_the_targets_weights_not_by_n",
+        "test_detr_loss.py::test_weighted_cross_entropy_with_equal_weights_is_the_plain_mean",
+    ),
+    "detr_loss": (
+        "test_detr_loss.py::test_permuting_the_queries_permutes_the_loss_gradients_and_leaves_the_loss_unchanged",
+        "test_detr_loss.py::test_unmatched_queries_learn_no_object_and_get_no_box_gradient",
+        "test_detr_loss.py::test_auxiliary_layers_are_matched_each_on_its_own_and_their_losses_add_up",
+        "test_detr_loss.py::test_without_any_object_the_box_losses_are_zero_and_num_boxes_is_one",
+    ),
+    "frozen_batch_norm": (
+        "test_detr.py::test_frozen_batch_norm_is_one_affine_map_per_channel_and_its_gradient_ignores_x",
+        "test_detr.py::test_fresh_frozen_batch_norm_statistics_give_x_over_sqrt_1_plus_eps",
+    ),
+    "DETR": (
+        "test_detr.py::test_permuting_the_query_position_embeddings_permutes_every_output_the_queries_form_a_set",
+        "test_detr.py::test_every_parameter_gradient_and_every_layers_output_match_the_twin",
+        "test_detr_hf.py::test_sine_positions_equal_transformers_detr_sine_position_embedding",
+    ),
 }
 for _case, _tests in ELSEWHERE.items():
     PROPERTY_TESTS[_case].extend(_tests)

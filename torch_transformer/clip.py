@@ -16,7 +16,7 @@ from torch import nn
 from numpy_transformer.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 from . import functional as TF
-from .modules import Embedding, LayerNorm, Linear, as_tensor, module_device
+from .modules import Embedding, LayerNorm, Linear, PatchEmbedding, as_tensor, module_device
 from .transformer_layers import EncoderLayer
 
 
@@ -57,9 +57,11 @@ class CLIPVisionTransformer(nn.Module):
         super().__init__()
         self.config = c = config
         self.class_embedding = nn.Parameter(torch.randn(c.d_model, dtype=dtype, device=device) * c.d_model**-0.5)
-        shape = (c.d_model, c.num_channels, c.patch_size, c.patch_size)
-        self.patch_embed = nn.Module()
-        self.patch_embed.weight = nn.Parameter(torch.randn(shape, dtype=dtype, device=device) * 0.02)
+        self.patch_embed = PatchEmbedding(
+            c.num_channels, c.d_model, c.patch_size, dtype=dtype, device=device, bias=False
+        )
+        with torch.no_grad():
+            self.patch_embed.weight.normal_(0.0, 0.02)
         self.pos_embed = Embedding(c.num_patches + 1, c.d_model, dtype=dtype, device=device)
         self.pre_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype, device=device)
         self.layers = _blocks(c, dtype, device)
@@ -67,8 +69,7 @@ class CLIPVisionTransformer(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ``(last_hidden_state (B, L, Cv), pooled (B, Cv))``: the blocks' output, the post-normed class token."""
-        y = TF.conv2d(pixel_values, self.patch_embed.weight, None, stride=self.config.patch_size)  # (B, Cv, g, g)
-        tokens = y.flatten(2).transpose(1, 2)  # (B, N, Cv)
+        tokens = self.patch_embed(pixel_values)  # (B, N, Cv)
         B, N, C = tokens.shape
         cls = self.class_embedding.expand(B, 1, C)
         z = torch.cat([cls, tokens], dim=1) + self.pos_embed(torch.arange(N + 1, device=tokens.device)[None])

@@ -145,7 +145,40 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(a, mask=dropout_mask))
 
 
+class PatchEmbedding(nn.Module):
+    """(B, Cin, I, I) -> (B, N, C): conv2d with kernel = stride = P, the grid read row by row.
+
+    The twin of ``numpy_transformer.modules.conv.PatchEmbedding``: ViT's (``bias=True``) and CLIP's
+    image tower's (``bias=False``); ``weight`` (C, Cin, P, P), ``bias`` (C,), torch's default init.
+    """
+
+    def __init__(
+        self, num_channels: int, d_model: int, patch_size: int, dtype=torch.float64, device=None, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        shape = (d_model, num_channels, patch_size, patch_size)
+        self.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(d_model, dtype=dtype, device=device)) if bias else None
+        bound = (num_channels * patch_size * patch_size) ** -0.5
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        y = TF.conv2d(pixel_values, self.weight, self.bias, stride=self.patch_size)  # (B, C, g, g)
+        return y.flatten(2).transpose(1, 2)  # (B, N, C)
+
+
 class MultiHeadAttention(nn.Module):
+    """The twin of ``numpy_transformer.MultiHeadAttention``, one kernel for both of its ``attention`` kinds.
+
+    The NumPy configs' ``attention="standard" | "flash"`` chooses between two NumPy kernels with the
+    same numbers; the twin reads the same configs and ignores the field (autograd differentiates one
+    attention, and ``parity_tests/test_attention_option.py`` checks it against the NumPy flash models).
+    """
+
     def __init__(
         self,
         d_model: int,

@@ -20,7 +20,7 @@ from numpy_transformer.config import ViTConfig
 
 from . import functional as TF
 from .dropout_masks import DropoutMasks
-from .modules import LayerNorm, Linear, as_tensor, as_tensor_masks, module_device
+from .modules import LayerNorm, Linear, PatchEmbedding, as_tensor, as_tensor_masks, module_device
 from .transformer_layers import EncoderLayer
 
 
@@ -32,25 +32,6 @@ def _init_like_hf(module: nn.Module, std: float) -> None:
                 m.weight.normal_(0.0, std)
                 if m.bias is not None:
                     m.bias.zero_()
-
-
-class PatchEmbedding(nn.Module):
-    """(B, Cin, I, I) -> (B, N, C): conv2d with kernel = stride = P, the grid read row by row."""
-
-    def __init__(self, num_channels: int, d_model: int, patch_size: int, dtype=torch.float64, device=None) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        shape = (d_model, num_channels, patch_size, patch_size)
-        self.weight = nn.Parameter(torch.empty(shape, dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.empty(d_model, dtype=dtype, device=device))
-        bound = (num_channels * patch_size * patch_size) ** -0.5
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            self.bias.uniform_(-bound, bound)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        y = TF.conv2d(pixel_values, self.weight, self.bias, stride=self.patch_size)  # (B, C, g, g)
-        return y.flatten(2).transpose(1, 2)  # (B, N, C)
 
 
 class ViT(nn.Module):
@@ -67,7 +48,7 @@ class ViT(nn.Module):
         with torch.no_grad():
             self.cls_token.normal_(0.0, c.initializer_range)
             self.pos_embed.normal_(0.0, c.initializer_range)
-        self.patch_embed = PatchEmbedding(c.num_channels, C, c.patch_size, dtype=dtype, device=device)
+        self.patch_embed = PatchEmbedding(c.num_channels, C, c.patch_size, dtype=dtype, device=device, bias=True)
         block = dict(activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype,
                      device=device, ff_dropout=0.0)  # fmt: skip
         self.layers = nn.ModuleList([EncoderLayer(C, c.n_heads, c.d_ff, c.dropout, **block) for _ in range(c.n_layers)])

@@ -13,10 +13,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import attention, attention_cost, benchmark, decode, finetune, parity, train, vit_attention
+from . import (
+    attention,
+    attention_cost,
+    benchmark,
+    decode,
+    detect,
+    finetune,
+    parity,
+    train,
+    transcribe,
+    vit_attention,
+    zero_shot,
+)
 
 COMMANDS = {"parity": parity, "train": train, "decode": decode, "benchmark": benchmark, "attention": attention,
             "finetune": finetune, "attention-cost": attention_cost, "vit-attention": vit_attention}  # fmt: skip
+COMMANDS["zero-shot"] = zero_shot
+COMMANDS["transcribe"] = transcribe
+COMMANDS["detect"] = detect
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

@@ -9,6 +9,12 @@ the figure reported is the process's peak resident set over the warm-up and time
 steps, minus its size once the model and the batch exist -- so it counts the
 optimizer state (PyTorch allocates Adam's moments lazily, we allocate them up
 front), the activations kept for the backward, and the gradients.
+
+``--attention`` instead sweeps the sequence length for the attention op alone: standard, flash
+and sliding-window NumPy attention and ``torch.nn.functional.scaled_dot_product_attention``,
+forward + backward, time and peak memory, as a table and a log-log PNG (``--out``). The sweep
+lives in :mod:`numpy_transformer.applications.attention_benchmark`; the torch kernel is measured
+here (:func:`sdpa_row`), the only layer that may import torch.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-from .common import positive_int
+from .common import check_output_file, is_installed, limit_threads, positive_int
 
 BENCH_CONFIG = dict(
     src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
@@ -227,6 +234,233 @@ def worker_json(result: BenchResult) -> str:
     return json.dumps(asdict(result))
 
 
+# ---------------------------------------------------------------------------- against torch.nn.Transformer
+
+
+def _builtin_transformer_step(dtype: str):
+    """One training step of ``torch.nn.Transformer`` at ``BENCH_CONFIG``: the module a user would pick.
+
+    Around it, what our model has too: token embeddings scaled by sqrt(C), sinusoidal positions,
+    dropout on their sum, the causal target mask, the key-padding masks and the output projection;
+    cross-entropy with ``ignore_index=0`` and ``torch.optim.Adam``.
+    """
+    import torch
+    from torch import nn
+
+    from ..functional.embedding import sinusoidal_positional_encoding
+
+    c, td = BENCH_CONFIG, getattr(torch, dtype)
+    C = c["d_model"]
+
+    class Builtin(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.src_embed = nn.Embedding(c["src_vocab_size"], C, dtype=td)
+            self.tgt_embed = nn.Embedding(c["tgt_vocab_size"], C, dtype=td)
+            self.transformer = nn.Transformer(C, c["n_heads"], c["n_encoder_layers"], c["n_decoder_layers"], c["d_ff"],
+                                              c["dropout"], batch_first=True, dtype=td)  # fmt: skip
+            self.out_proj = nn.Linear(C, c["tgt_vocab_size"], dtype=td)
+            pe = sinusoidal_positional_encoding(c["max_len"], C, dtype=np.dtype(dtype))
+            self.register_buffer("pe", torch.from_numpy(pe))
+            self.dropout = nn.Dropout(c["dropout"])
+
+        def forward(self, src, tgt):
+            T = tgt.shape[1]
+            x = self.dropout(self.src_embed(src) * C**0.5 + self.pe[: src.shape[1]])
+            y = self.dropout(self.tgt_embed(tgt) * C**0.5 + self.pe[:T])
+            causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True = blocked, as the padding masks
+            h = self.transformer(x, y, tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=src == 0,
+                                 tgt_key_padding_mask=tgt == 0, memory_key_padding_mask=src == 0)  # fmt: skip
+            return self.out_proj(h)
+
+    rng = np.random.default_rng(0)
+    src, tgt_in, tgt_out = (torch.from_numpy(rng.integers(1, c["src_vocab_size"], size=(BATCH, LENGTH)))
+                            for _ in range(3))  # fmt: skip
+    torch.manual_seed(0)
+    model = Builtin()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        logits = model(src, tgt_in)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1),
+                                                 ignore_index=0)  # fmt: skip
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    dtype: str
+    numpy_ms: float  # medians over the pairs
+    builtin_ms: float
+    ratio: float  # the median of the per-pair ratios NumPy / nn.Transformer
+    gemm_ms: float  # the step's matrix products timed alone
+    gflop: float
+
+
+def side_by_side(dtype: str, pairs: int, warmup: int) -> SideBySide:
+    """The NumPy step and ``torch.nn.Transformer``'s in one process, alternating, ``pairs`` times."""
+    from ..applications.step_cost import time_products, total_flops, transformer_products
+    from ..config import TransformerConfig
+
+    ours, _ = _transformer_step("numpy", dtype)
+    theirs = _builtin_transformer_step(dtype)
+    for _ in range(warmup):
+        ours()
+        theirs()
+    t_ours, t_theirs = [], []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        ours()
+        middle = time.perf_counter()
+        theirs()
+        t_ours.append(middle - start)
+        t_theirs.append(time.perf_counter() - middle)
+    a, b = np.array(t_ours) * 1000, np.array(t_theirs) * 1000
+    products = transformer_products(TransformerConfig(**BENCH_CONFIG), BATCH, LENGTH, LENGTH)
+    gemm = time_products(products, np.dtype(dtype)) * 1000
+    return SideBySide(dtype, float(np.median(a)), float(np.median(b)), float(np.median(a / b)), gemm,
+                      total_flops(products) / 1e9)  # fmt: skip
+
+
+def format_side_by_side(rows: list[SideBySide], pairs: int) -> str:
+    lines = [
+        f"against torch.nn.Transformer, in one process, steps alternating, median of {pairs} pairs "
+        "(GEMM: the step's matrix products timed alone, applications/step_cost.py)",
+        "",
+        "| dtype | NumPy step (ms) | nn.Transformer step (ms) | NumPy / nn.Transformer | GEMM time (ms) "
+        "| GEMM share of the NumPy step | GFLOP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.dtype} | {r.numpy_ms:.1f} | {r.builtin_ms:.1f} | {r.ratio:.2f} | {r.gemm_ms:.1f} "
+                     f"| {r.gemm_ms / r.numpy_ms:.0%} | {r.gflop:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- --attention: the length sweep
+
+
+def sdpa_row(inputs, T: int, config):
+    """Measure ``F.scaled_dot_product_attention`` forward + backward (autograd) on the CPU at length ``T``.
+
+    Time and RSS as the NumPy kernels (``attention_benchmark.measure``). ``peak_mib``: torch allocates
+    in C++, out of ``tracemalloc``'s sight, so it is the bytes autograd saves for the backward
+    (``torch.autograd.graph.saved_tensors_hooks``; storages of the inputs not counted, each storage
+    once) plus the output and the three gradients -- what the backward holds, not the kernel's
+    transient buffers (those show in the RSS column).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..applications.attention_benchmark import MIB, measure
+
+    q, k, v = (torch.from_numpy(x).requires_grad_() for x in inputs[:3])
+    dout = torch.from_numpy(inputs[3])
+    inputs_storage = {t.untyped_storage().data_ptr() for t in (q, k, v, dout)}
+    held: dict[int, int] = {}  # storage address -> bytes
+
+    def hold(t: torch.Tensor) -> None:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in inputs_storage:
+            held[ptr] = t.untyped_storage().nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        hold(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=config.causal)
+    out.backward(dout)
+    for t in (out, q.grad, k.grad, v.grad):
+        hold(t)
+    held_mib = sum(held.values()) / MIB
+    del out
+    q.grad = k.grad = v.grad = None
+
+    def kernel(*_arrays) -> None:
+        F.scaled_dot_product_attention(q, k, v, is_causal=config.causal).backward(dout)
+        q.grad = k.grad = v.grad = None
+
+    return replace(measure("sdpa", kernel, inputs, config, T, traced=False), peak_mib=held_mib)
+
+
+def _memory_available_bytes() -> float:
+    """MemAvailable from /proc/meminfo; inf where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+# The standard attention's forward + backward holds about this many (B, H, T, S) arrays at its peak.
+STANDARD_SCORE_ARRAYS = 6
+
+
+def run_attention(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from ..applications.attention_benchmark import (
+        DEFAULT_LENGTHS,
+        AttentionBenchConfig,
+        describe,
+        markdown_table,
+        plot,
+        run_sweep,
+        score_array_mib,
+    )
+
+    if args.dtype == "both":
+        parser.error("--dtype: --attention sweeps one dtype; expected float32 or float64, got 'both'")
+    if args.model != "transformer":
+        parser.error("--model: not used with --attention (the sweep times the attention op alone)")
+    out = check_output_file(parser, "--out", args.out or Path("attention_benchmark.png"), ".png")
+    config = AttentionBenchConfig(
+        lengths=tuple(args.lengths or DEFAULT_LENGTHS),
+        batch=args.batch or 1,
+        heads=args.heads or 1,
+        head_dim=args.head_dim or 64,
+        window=args.window or 256,
+        block_size=args.block_size or AttentionBenchConfig.block_size,
+        causal=args.causal,
+        dtype=args.dtype or "float32",
+        repeats=args.steps or 3,
+        warmup=args.warmup or 1,
+        threads=args.threads,
+    )
+    longest = max(config.lengths)
+    need = STANDARD_SCORE_ARRAYS * score_array_mib(config, longest) * 2**20
+    if need > 0.8 * _memory_available_bytes():
+        parser.error(
+            f"--lengths: T = {longest} needs about {need / 2**30:.1f} GiB for the standard attention's "
+            f"(B, H, T, T) arrays, more than this machine has available ({_memory_available_bytes() / 2**30:.1f} GiB)"
+        )
+    extra = {}
+    if is_installed("torch"):
+        import torch  # noqa: F401  (so that limit_threads pins torch's threads too)
+
+        extra["sdpa"] = lambda inputs, T: sdpa_row(inputs, T, config)
+    else:
+        print("benchmark: PyTorch is not installed: the sdpa column is left out", file=sys.stderr)
+    limit_threads(config.threads)
+    rows = run_sweep(config, extra)
+    print(describe(config))
+    print()
+    print(markdown_table(rows, config))
+    print()
+    print(
+        "time: median of forward + backward; peak: tracemalloc over one forward + backward (NumPy), "
+        "saved-for-backward + output + gradients (sdpa); RSS: rise of the peak resident set over the first run"
+    )
+    print(f"wrote {plot(rows, config, out)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- the command
 
 
@@ -238,10 +472,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "2+2 layers, d_ff 512, batch 16, lengths 32), same dtype and threads, and print a table with the "
         "ratio and the peak memory of each.",
     )
-    bench.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    bench.add_argument(
+        "--dtype", choices=("float32", "float64", "both"), default=None, help="default: both (--attention: float32)"
+    )
     bench.add_argument("--threads", type=positive_int, default=1)
-    bench.add_argument("--steps", type=positive_int, default=20, help="timed steps (the median is reported)")
-    bench.add_argument("--warmup", type=positive_int, default=3)
+    bench.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="timed steps, the median is reported (default 20; --attention 3)",
+    )
+    bench.add_argument(
+        "--warmup", type=positive_int, default=None, help="untimed steps first (default 3; --attention 1)"
+    )
     bench.add_argument(
         "--model",
         choices=("transformer", "minilm"),
@@ -249,9 +492,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="transformer (default) or minilm: a full fine-tuning step of all-MiniLM-L6-v2 (needs its package)",
     )
     bench.add_argument("--worker", choices=("numpy", "torch"), help=argparse.SUPPRESS)
+    att = bench.add_argument_group(
+        "--attention", "sweep the sequence length for the attention op alone (standard, flash, window, torch SDPA)"
+    )
+    att.add_argument(
+        "--attention",
+        action="store_true",
+        help="time and measure the memory of attention forward + backward against T = S, print a table, write --out",
+    )
+    att.add_argument("--lengths", type=positive_int, nargs="+", help="T = S values (default 512 1024 2048 4096 8192)")
+    att.add_argument("--batch", type=positive_int, help="B (default 1)")
+    att.add_argument("--heads", type=positive_int, help="H (default 1)")
+    att.add_argument("--head-dim", type=positive_int, help="D (default 64)")
+    att.add_argument("--window", type=positive_int, help="the sliding window of the window kernel (default 256)")
+    att.add_argument("--block-size", type=positive_int, help="tile size of the flash and window kernels (default 128)")
+    att.add_argument("--causal", action="store_true", help="standard, flash and sdpa causal (default: full attention)")
+    att.add_argument("--out", type=Path, help="the log-log PNG (default attention_benchmark.png)")
+
+
+ATTENTION_ONLY = ("lengths", "batch", "heads", "head_dim", "window", "block_size", "out")
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.attention:
+        return run_attention(parser, args)
+    given = [name for name in ATTENTION_ONLY if getattr(args, name) is not None] + (["causal"] if args.causal else [])
+    if given:
+        parser.error(f"--{given[0].replace('_', '-')}: only used with --attention")
+    args.dtype = args.dtype or "both"
+    args.steps = args.steps or 20
+    args.warmup = args.warmup or 3
     if args.worker:
         dtype = "float32" if args.dtype == "both" else args.dtype
         result = run_worker(args.worker, dtype, args.threads, args.steps, args.warmup, args.model)
@@ -268,4 +538,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"benchmark: {exc}", file=sys.stderr)
         return 1
     print(format_table(results, args.model))
+    if args.model == "transformer":
+        limit_threads(args.threads)
+        rows = [side_by_side(dtype, args.steps, args.warmup) for dtype in dtypes]
+        print()
+        print(format_side_by_side(rows, args.steps))
     return 0

@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ..applications.charlm import (
     train_charlm,
     unigram_entropy,
 )
+from ..applications.digit_captions import CAPTION_MODELS, CaptionsConfig
 from ..applications.digits import (
     DIGIT_MODELS,
     DigitsConfig,
@@ -63,6 +64,7 @@ from .common import (
 
 SAVE_EVERY = 250  # steps between checkpoints: a few minutes of the default runs, a second of writing
 # What a resumed run takes from its checkpoint, never from the command line.
+OTHER_TASKS = ("charlm", "digits", "digit-captions", "detect")  # the tasks that are not seq2seq toy tasks
 RUN_OPTIONS = ("task", "model", "backend", "dtype", "steps", "epochs", "batch_size", "dropout", "device", "seed")
 
 
@@ -76,17 +78,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--task",
-        choices=(*TASKS, "charlm", "digits"),
+        choices=(*TASKS, "charlm", "digits", "digit-captions", "detect"),
         help="a seq2seq toy task (default reverse), charlm: a character-level language model (a GPT, or a Llama) on "
-        "a generated English corpus, or digits: a ViT (or a CNN) classifying scikit-learn's 8x8 handwritten digits",
+        "a generated English corpus, digits: a ViT (or a CNN) classifying scikit-learn's 8x8 handwritten digits, or "
+        "digit-captions: CLIP's two encoders trained against each other on the digits and generated captions",
     )
     train.add_argument(
         "--model",
-        choices=(*MODELS, *CHARLM_MODELS, *DIGIT_MODELS),
+        choices=(*MODELS, *CHARLM_MODELS, *DIGIT_MODELS, *CAPTION_MODELS, "detr"),
         help="seq2seq tasks: the encoder-decoder Transformer (default), or a bidirectional-GRU encoder with a GRU "
         "decoder and Bahdanau (additive) or Luong (dot / general / concat) attention; charlm: gpt (default) or "
         "llama (RMSNorm, rotary positions, SwiGLU, grouped-query attention; about the same size); digits: vit "
-        "(default) or cnn",
+        "(default) or cnn; digit-captions: clip",
     )
     train.add_argument("--backend", choices=("numpy", "torch"), help="default numpy")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
@@ -157,6 +160,16 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if task == "digits":
         limit_threads(args.threads)
         return _train_digits(parser, args, resumed)
+    if task == "digit-captions":
+        limit_threads(args.threads)
+        return _train_captions(parser, args, resumed)
+    if task == "detect":  # DETR on generated digit canvases (applications/detection.py)
+        limit_threads(args.threads)
+        return _train_detect(parser, args, resumed)
+    if args.model == "detr":
+        parser.error("--model detr: a detector, for --task detect")
+    if args.model in CAPTION_MODELS:
+        parser.error(f"--model {args.model}: an image-and-text model, for --task digit-captions")
     if args.model in DIGIT_MODELS:
         parser.error(f"--model {args.model}: an image model, for --task digits")
     if args.model in CHARLM_MODELS:
@@ -178,11 +191,12 @@ def _read_resumable(parser: argparse.ArgumentParser, folder: Path) -> Checkpoint
                 "decode can read it, train cannot continue it"
             )
         task = state.get("task") if isinstance(state, dict) else None
-        if task not in (*TASKS, "charlm", "digits"):
+        if task not in (*TASKS, *OTHER_TASKS):
             raise CheckpointError(f"checkpoint: {path}: meta.train_state.task: expected one of "
-                                  f"{[*TASKS, 'charlm', 'digits']}, got {task!r:.80}")  # fmt: skip
+                                  f"{[*TASKS, *OTHER_TASKS]}, got {task!r:.80}")  # fmt: skip
         where = f"checkpoint: {path}: meta.train_config"
-        kind = {"charlm": CharLMConfig, "digits": DigitsConfig}.get(task, TrainConfig)
+        kind = {"charlm": CharLMConfig, "digits": DigitsConfig, "digit-captions": CaptionsConfig,
+                "detect": _detect_config()}.get(task, TrainConfig)  # fmt: skip
         cfg = config_from_json(kind, ckpt.meta.get("train_config"), where)
         backend = state.get("backend")
         if backend not in ("numpy", "torch"):
@@ -190,6 +204,8 @@ def _read_resumable(parser: argparse.ArgumentParser, folder: Path) -> Checkpoint
                                   f"got {backend!r:.80}")  # fmt: skip
         if task == "digits":
             generators = ("dropout", "batches")
+        elif task in ("digit-captions", "detect"):
+            generators = ("batches",)  # neither CLIP nor this DETR has dropout
         elif task == "charlm":
             generators = ("dropout", "windows") if backend == "numpy" else ("windows",)
         else:
@@ -445,6 +461,20 @@ def _progress_bar(args: argparse.Namespace, steps: int, done: int):
     except ImportError:
         return None
     return tqdm(total=steps, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _numpy_step_logger(args: argparse.Namespace, bar, say, steps: int):
+    """``on_step(step, loss)`` of a NumPy-only run: the progress bar, and the loss every ``--log-every`` steps."""
+
+    def on_step(step: int, loss: float) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(1)
+        if args.log_every and step % args.log_every == 0:
+            say(f"step {step}/{steps}  loss numpy {loss:.6f}")
+            sys.stdout.flush()
+
+    return on_step
 
 
 def _report_divergence(exc: NonFiniteError, saver: _Saver) -> int:
@@ -734,13 +764,7 @@ def _train_digits(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     say = bar.write if bar is not None else print
     saver = _Saver(out, say)
 
-    def on_step(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}")
-            bar.update(1)
-        if args.log_every and step % args.log_every == 0:
-            say(f"step {step}/{cfg.steps}  loss numpy {loss:.6f}")
-            sys.stdout.flush()
+    on_step = _numpy_step_logger(args, bar, say, cfg.steps)
 
     def on_eval(row: dict) -> None:
         say(f"step {row['step']:>5}  train loss {row['train_loss']:.4f} | test loss {row['test_loss']:.4f}  "
@@ -788,4 +812,250 @@ def _train_digits(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     except OSError as exc:
         print(f"warning: could not write a figure: {exc}", file=sys.stderr)
     print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {pngs[0]}, {pngs[1]}")
+    return 0
+
+
+def _train_captions(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
+    """``train --task digit-captions``: CLIP on the digits and their captions; zero-shot accuracy, recall, pictures."""
+    from ..applications.datasets import digits_dataset
+    from ..applications.digit_captions import (
+        ZERO_SHOT_TEMPLATE,
+        CaptionsRun,
+        caption,
+        plot_nearest_captions,
+        plot_similarity,
+        plot_temperature,
+        save_tokenizer,
+        start_captions,
+        tokenizer_from_json,
+        train_captions,
+    )
+
+    if (args.backend or "numpy") != "numpy" or args.compare or (args.device or "cpu") != "cpu":
+        parser.error("--task digit-captions trains in NumPy only (no --backend torch, --compare or --device)")
+    if args.model is not None and args.model not in CAPTION_MODELS:
+        parser.error(f"--model {args.model}: --task digit-captions trains one of {', '.join(CAPTION_MODELS)}")
+    if args.dropout:
+        parser.error(f"--dropout {args.dropout}: CLIP trains without dropout (--task digit-captions)")
+    require_module(parser, "sklearn", "the digits come from scikit-learn: pip install 'numpy-transformer[vision]'")
+    require_module(parser, "tokenizers", "the captions' tokenizer is trained with tokenizers: pip install tokenizers")
+    tokenizer = None
+    if resumed is not None:
+        cfg = config_from_json(CaptionsConfig, resumed.meta["train_config"], "train_config")
+        try:
+            tokenizer = tokenizer_from_json(resumed.meta.get("tokenizer"), f"--resume: {args.resume}: meta.tokenizer")
+        except (ValueError, TypeError) as exc:
+            parser.error(str(exc))
+    else:
+        defaults = CaptionsConfig()
+        options = dict(seed=args.seed or 0, batch_size=args.batch_size or defaults.batch_size)
+        cfg = CaptionsConfig(**options, steps=args.steps or defaults.steps)
+        if args.epochs:
+            cfg = CaptionsConfig(**options, steps=math.ceil(args.epochs * 1438 / cfg.batch_size))
+    out = args.out or Path("runs") / "digit-captions-clip"
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(args.dtype)
+    data = digits_dataset(cfg.seed, dtype=dtype)
+    run = start_captions(cfg, dtype, tokenizer)
+    mc = run.model.config
+    n_params = sum(p.size for p in run.model.parameters())
+    print(f"data: scikit-learn's digits, {len(data.y_train)} training / {len(data.y_test)} test images (stratified, "
+          f"seed {cfg.seed}), each drawn with a caption in one of {run.caption_ids.shape[1]} phrasings "
+          f"(e.g. {caption('a {n} written by hand', 7)!r}); held out: the test images and "
+          f"{ZERO_SHOT_TEMPLATE.format(n='k')!r}")  # fmt: skip
+    print(f"tokenizer: byte-pair encoding trained on the captions, {run.tokenizer.get_vocab_size()} tokens "
+          f"(<|endoftext|> = {run.tokenizer.get_vocab_size() - 1}, the largest id)")  # fmt: skip
+    side = f"{mc.vision.patch_size}x{mc.vision.patch_size}"
+    print(f"model: CLIP, image encoder {mc.vision.num_patches} patches of {side} "
+          f"+ a class token, d_model {mc.vision.d_model}, {mc.vision.n_layers} layers; text encoder d_model "
+          f"{mc.text.d_model}, {mc.text.n_layers} layers, {mc.text.max_len} positions; projection {mc.projection_dim}; "
+          f"{n_params} parameters, {args.dtype}")  # fmt: skip
+    clamp = "clamped to [0, ln 100] after each step" if cfg.clamp_logit_scale else "not clamped"
+    print(f"training: {cfg.steps} steps of {cfg.batch_size} pairs, AdamW, peak lr {cfg.peak_lr}, warm-up "
+          f"{cfg.warmup_steps}, logit_scale {clamp}, {args.threads} thread(s)")  # fmt: skip
+    path = None if args.resume is None else args.resume / "checkpoint.npz"
+    if resumed is not None:
+        load_checkpoint(path, run.model, run.optimizer)
+        state = resumed.meta["train_state"]
+        restore_generator(run.batch_rng, state["generators"]["batches"])
+        run.losses = {"numpy": resumed.state_arrays["losses.numpy"].tolist()}
+        scales = resumed.state_arrays.get("logit_scales")
+        if scales is None or scales.shape != (state["steps_done"],):
+            got = None if scales is None else scales.shape
+            parser.error(f"--resume: {path}: state/logit_scales: expected ({state['steps_done']},), got {got}")
+        run.logit_scales = scales.tolist()
+        run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], state["steps_done"]
+        print(f"resuming after step {run.steps_done} from {path}")
+    bar = _progress_bar(args, cfg.steps, run.steps_done)
+    say = bar.write if bar is not None else print
+    saver = _Saver(out, say)
+
+    on_step = _numpy_step_logger(args, bar, say, cfg.steps)
+
+    def on_eval(row: dict) -> None:
+        say(f"step {row['step']:>5}  train loss {row['train_loss']:.4f} | test loss {row['test_loss']:.4f}  zero-shot "
+            f"{row['zero_shot_accuracy']:.4f}  R@1 image->text {row['image_to_text_r1']:.3f} text->image "
+            f"{row['text_to_image_r1']:.3f}  exp(logit_scale) {row['temperature']:.1f}  "
+            f"({row['seconds']:.1f} s)")  # fmt: skip
+        sys.stdout.flush()
+
+    def write(run: CaptionsRun) -> None:
+        generators = {"batches": generator_state(run.batch_rng)}
+        state = _train_state("digit-captions", "numpy", "cpu", run.steps_done, run.seconds, run.evals,
+                             generators=generators)  # fmt: skip
+        arrays = {"losses.numpy": np.asarray(run.losses["numpy"], dtype=np.float64),
+                  "logit_scales": np.asarray(run.logit_scales, dtype=np.float64)}  # fmt: skip
+        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer, arrays, train_config=asdict(cfg),
+                        steps=cfg.steps, train_state=state, tokenizer=run.tokenizer.to_str())  # fmt: skip
+        save_tokenizer(run.tokenizer, out / "tokenizer.json")
+        history = {"config": asdict(cfg), "losses": run.losses, "logit_scales": run.logit_scales, "evals": run.evals,
+                   "seconds": run.seconds}  # fmt: skip
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
+
+    with StopOnSignal() as stop:
+        try:
+            run = train_captions(cfg, data, dtype, on_step=on_step, on_eval=on_eval, run=run,
+                                 save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
+                                 should_stop=stop.stop)  # fmt: skip
+        except NonFiniteError as exc:
+            return _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if run.stopped:
+            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
+    if saver.error is not None:
+        return saver.lost()
+    last = run.evals[-1]
+    print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: zero-shot accuracy {last['zero_shot_accuracy']:.4f} "
+          f"on the {len(data.y_test)} test images with {ZERO_SHOT_TEMPLATE.format(n='k')!r}")  # fmt: skip
+    print(f"retrieval over the test pairs: image->text R@1 {last['image_to_text_r1']:.3f} R@5 "
+          f"{last['image_to_text_r5']:.3f} | text->image R@1 {last['text_to_image_r1']:.3f} R@5 "
+          f"{last['text_to_image_r5']:.3f}; exp(logit_scale) {last['temperature']:.2f}")  # fmt: skip
+    from ..applications.plots import plot_loss_curves
+
+    run.model.eval()
+    rows = [{**e, "val_loss": e["test_loss"]} for e in run.evals]
+    pngs = [out / name for name in ("loss_curves.png", "similarity.png", "temperature.png", "nearest_captions.png")]
+    try:
+        plot_loss_curves(History(asdict(cfg), run.losses, rows), pngs[0], title=f"digit captions: CLIP, {args.dtype}",
+                         loss_label="contrastive loss", held_out="test")  # fmt: skip
+        plot_similarity(run.model, run.tokenizer, data, pngs[1])
+        plot_temperature(run.logit_scales, pngs[2], cfg.clamp_logit_scale)
+        plot_nearest_captions(run.model, run.tokenizer, data, pngs[3])
+    except OSError as exc:
+        print(f"warning: could not write a figure: {exc}", file=sys.stderr)
+    print(
+        f"wrote {out / 'checkpoint.npz'}, {out / 'tokenizer.json'}, {out / 'history.json'}, "
+        + ", ".join(map(str, pngs))
+    )
+    print(f"classify a test image with: python -m numpy_transformer zero-shot {out} --index 0")
+    return 0
+
+
+def _detect_config():
+    from ..applications.detection import DetectConfig
+
+    return DetectConfig
+
+
+def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
+    """``train --task detect``: DETR from scratch on digit canvases; each loss term, COCO AP, loss curves."""
+    from ..applications import detection
+
+    if args.model not in (None, "detr"):
+        parser.error(f"--model {args.model}: --task detect trains detr")
+    refused = [f"--{n}" for n in ("backend", "epochs", "dropout", "device") if getattr(args, n, None)]
+    refused += ["--compare"] * bool(args.compare)
+    if refused:
+        parser.error(f"--task detect trains in NumPy from scratch: {', '.join(refused)} does not apply")
+    for module, what in (("sklearn", "scikit-learn"), ("pycocotools", "pycocotools")):
+        require_module(parser, module, f"--task detect needs {what}: pip install 'numpy-transformer[detection]'")
+    if resumed is not None:
+        cfg = config_from_json(detection.DetectConfig, resumed.meta["train_config"], "train_config")
+    else:
+        defaults = detection.DetectConfig()
+        changes = {k: getattr(args, k) for k in ("steps", "batch_size", "seed") if getattr(args, k) is not None}
+        cfg = replace(defaults, **changes)
+        cfg = replace(cfg, eval_every=min(cfg.eval_every, cfg.steps))
+    out = args.out or Path("runs") / "detect-detr"
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(args.dtype)
+    train_data, test_data = detection.detection_dataset(cfg.seed, cfg.n_train, cfg.n_test, dtype=dtype)
+    side = train_data.images.shape[-1]
+    print(f"data: {len(train_data)} training / {len(test_data)} test canvases of {side} x {side} pixels, 1 to 4 "
+          f"digits each (the test canvases' digits are never in a training canvas)")  # fmt: skip
+    run = detection.start(cfg, dtype)
+    mc = cfg.model
+    n_params = sum(p.size for p in run.model.parameters())
+    print(f"model: DETR, backbone stages {'/'.join(map(str, mc.hidden_sizes))}, {mc.num_queries} object queries, "
+          f"{n_params} parameters, {args.dtype}; {cfg.steps} steps of batch {cfg.batch_size}, AdamW, peak lr "
+          f"{cfg.lr}, {args.threads} thread(s)")  # fmt: skip
+    path = None if args.resume is None else args.resume / "checkpoint.npz"
+    if resumed is not None:
+        load_checkpoint(path, run.model, run.optimizer)
+        state = resumed.meta["train_state"]
+        restore_generator(run.rng, state["generators"]["batches"])
+        terms = resumed.state_arrays.get("loss_terms")
+        done = state["steps_done"]
+        if terms is None or terms.shape != (done, len(detection.LOSS_TERMS)):
+            got = None if terms is None else terms.shape
+            parser.error(f"--resume: {path}: state/loss_terms: expected ({done}, {len(detection.LOSS_TERMS)}), "
+                         f"got {got}")  # fmt: skip
+        run.losses = [{"step": i + 1, **dict(zip(detection.LOSS_TERMS, map(float, row), strict=True))}
+                      for i, row in enumerate(terms)]  # fmt: skip
+        run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], done
+        print(f"resuming after step {run.steps_done} from {path}")
+    bar = _progress_bar(args, cfg.steps, run.steps_done)
+    say = bar.write if bar is not None else print
+    saver = _Saver(out, say)
+    log_every = args.log_every
+
+    def on_step(step: int, row: dict) -> None:
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+        if log_every and step % log_every == 0:
+            say(f"step {step}/{cfg.steps}  loss numpy {row['loss']:.6f}  ce {row['loss_ce']:.4f}  l1 "
+                f"{row['loss_bbox']:.4f}  giou {row['loss_giou']:.4f}")  # fmt: skip
+            sys.stdout.flush()
+
+    def on_eval(row: dict) -> None:
+        say(f"step {row['step']:>5}  AP {row['AP']:.3f}  AP50 {row['AP50']:.3f}  ({row['seconds']:.0f} s)")
+        sys.stdout.flush()
+
+    def write(run) -> None:
+        state = _train_state("detect", "numpy", "cpu", run.steps_done, run.seconds, run.evals,
+                             generators={"batches": generator_state(run.rng)})  # fmt: skip
+        terms = np.array([[r[k] for k in detection.LOSS_TERMS] for r in run.losses], dtype=np.float64)
+        arrays = {"losses.numpy": terms[:, 0].copy(), "loss_terms": terms.reshape(-1, len(detection.LOSS_TERMS))}
+        save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer, arrays, train_config=asdict(cfg),
+                        steps=cfg.steps, train_state=state, loss_terms=list(detection.LOSS_TERMS))  # fmt: skip
+        history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
+        atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
+
+    with StopOnSignal() as stop:
+        try:
+            run = detection.train(cfg, train_data, test_data, dtype, on_step, on_eval, run=run,
+                                  save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
+                                  should_stop=stop.stop)  # fmt: skip
+        except NonFiniteError as exc:
+            return _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if run.stopped:
+            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
+    if saver.error is not None:
+        return saver.lost()
+    last = run.evals[-1]
+    print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: AP@[.5:.95] {last['AP']:.3f}, AP50 {last['AP50']:.3f} "
+          f"on the {len(test_data)} held-out canvases (pycocotools)")  # fmt: skip
+    png = out / "loss_curves.png"
+    try:
+        detection.plot_losses(run.losses, png, f"DETR on digit canvases ({args.dtype})")
+    except OSError as exc:
+        print(f"warning: could not write a figure: {exc}", file=sys.stderr)
+    print(f"wrote {out / 'checkpoint.npz'}, {out / 'history.json'}, {png}")
+    print(f"draw its detections with: python -m numpy_transformer detect --run {out}")
     return 0

@@ -7,6 +7,20 @@ arguments. Every op keeps its input dtype (float32 or float64).
 
 from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward, tanh_backward, tanh_forward
 from .attention import masked_softmax, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
+from .boxes import (
+    box_cxcywh_to_xyxy_backward,
+    box_cxcywh_to_xyxy_forward,
+    box_iou_backward,
+    box_iou_forward,
+    box_xyxy_to_cxcywh_backward,
+    box_xyxy_to_cxcywh_forward,
+    generalized_box_iou_backward,
+    generalized_box_iou_forward,
+    giou_loss_backward,
+    giou_loss_forward,
+    l1_box_loss_backward,
+    l1_box_loss_forward,
+)
 from .classic_attention import (
     additive_attention_backward,
     additive_attention_forward,
@@ -25,9 +39,18 @@ from .conv import (
     max_pool2d_forward,
     sliding_windows,
 )
+from .detr_loss import (
+    detr_loss_backward,
+    detr_loss_forward,
+    hungarian_match,
+    matching_cost,
+    weighted_cross_entropy_backward,
+    weighted_cross_entropy_forward,
+)
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward, sinusoidal_positional_encoding
 from .flash_attention import flash_attention_backward, flash_attention_forward
+from .frozen_batch_norm import frozen_batch_norm_backward, frozen_batch_norm_forward
 from .grouped_attention import grouped_query_attention_backward, grouped_query_attention_forward
 from .gru import gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
 from .layer_norm import layer_norm_backward, layer_norm_forward
@@ -58,6 +81,12 @@ __all__ = [
     "additive_attention_backward",
     "additive_attention_forward",
     "additive_attention_scores",
+    "box_cxcywh_to_xyxy_backward",
+    "box_cxcywh_to_xyxy_forward",
+    "box_iou_backward",
+    "box_iou_forward",
+    "box_xyxy_to_cxcywh_backward",
+    "box_xyxy_to_cxcywh_forward",
     "causal_mask",
     "clip_loss_backward",
     "clip_loss_forward",
@@ -67,6 +96,8 @@ __all__ = [
     "conv2d_forward",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "detr_loss_backward",
+    "detr_loss_forward",
     "dropout_backward",
     "dropout_forward",
     "embedding_backward",
@@ -74,8 +105,14 @@ __all__ = [
     "flash_attention_backward",
     "flash_attention_forward",
     "fold_windows",
+    "frozen_batch_norm_backward",
+    "frozen_batch_norm_forward",
     "gelu_backward",
     "gelu_forward",
+    "generalized_box_iou_backward",
+    "generalized_box_iou_forward",
+    "giou_loss_backward",
+    "giou_loss_forward",
     "grouped_query_attention_backward",
     "grouped_query_attention_forward",
     "gru_backward",
@@ -83,7 +120,10 @@ __all__ = [
     "gru_cell_forward",
     "gru_forward",
     "half_to_interleaved_rows",
+    "hungarian_match",
     "interleaved_to_half_rows",
+    "l1_box_loss_backward",
+    "l1_box_loss_forward",
     "l2_normalize_backward",
     "l2_normalize_forward",
     "layer_norm_backward",
@@ -95,6 +135,7 @@ __all__ = [
     "luong_attention_backward",
     "luong_attention_forward",
     "masked_softmax",
+    "matching_cost",
     "max_pool2d_backward",
     "max_pool2d_forward",
     "mean_pooling_backward",
@@ -123,4 +164,6 @@ __all__ = [
     "swiglu_forward",
     "tanh_backward",
     "tanh_forward",
+    "weighted_cross_entropy_backward",
+    "weighted_cross_entropy_forward",
 ]

@@ -99,6 +99,16 @@ from .masks import causal_mask, sliding_window_mask
 
 DEFAULT_BLOCK_SIZE = 128  # queries and keys per tile; large enough that Python's loop costs little next to BLAS
 
+# The two attention kernels a module, or a model's config (``attention=``), may choose; the same numbers.
+ATTENTION_KINDS = ("standard", "flash")
+
+
+def check_attention_kind(attention: object, name: str = "attention") -> str:
+    """``attention`` must be one of :data:`ATTENTION_KINDS`: ``"standard"`` (the (T, S) weights kept) or ``"flash"``."""
+    if not isinstance(attention, str) or attention not in ATTENTION_KINDS:
+        raise ValueError(f"{name}: expected one of {ATTENTION_KINDS}, got {attention!r}")
+    return attention
+
 
 @dataclass(frozen=True)
 class FlashAttentionCache:

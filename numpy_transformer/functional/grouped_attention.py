@@ -23,6 +23,14 @@ as (B, Hkv, 1, S, D) broadcast over its group (``np.broadcast_to``, a view), the
 leading dimensions (B, Hkv, G). Its backward returns one key gradient per *query* head,
 (B, Hkv, G, S, D); a key head was read by all ``G`` heads of its group, so its gradient is the
 sum of theirs, over the group axis. The same holds for values.
+
+Flash attention, natively
+-------------------------
+``attention="flash"`` runs :func:`~numpy_transformer.functional.flash_attention.flash_attention_forward`
+on the very same (B, Hkv, G) views: the tiled kernel slices the broadcast key/value heads tile by
+tile, so nothing is repeated in the forward either, and no (T, S) array is ever built. Its
+backward returns per-query-head key/value gradients, summed over the group as above. The
+numbers are the standard ones up to rounding (``parity_tests/test_attention_option.py``).
 """
 
 from __future__ import annotations
@@ -33,11 +41,17 @@ import numpy as np
 
 from .attention import AttentionCache, scaled_dot_product_attention_backward, scaled_dot_product_attention_forward
 from .checks import check_broadcastable, check_dout, check_float_array, check_same_dtype
+from .flash_attention import (
+    FlashAttentionCache,
+    check_attention_kind,
+    flash_attention_backward,
+    flash_attention_forward,
+)
 
 
 @dataclass(frozen=True)
 class GroupedQueryAttentionCache:
-    attention: AttentionCache  # over (B, Hkv, G, ...): q (.., T, D), k and v broadcast views (.., S, D|Dv)
+    attention: AttentionCache | FlashAttentionCache  # over (B, Hkv, G, ...): q (.., T, D), k, v broadcast views
     n_heads: int  # H
     n_kv_heads: int  # Hkv
 
@@ -55,6 +69,7 @@ def grouped_query_attention_forward(
     mask: np.ndarray | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    attention: str = "standard",
 ) -> tuple[np.ndarray, GroupedQueryAttentionCache]:
     r"""Attention of ``H`` query heads over ``Hkv`` shared key/value heads.
 
@@ -73,6 +88,9 @@ def grouped_query_attention_forward(
         Also block keys after the query (top-left aligned when ``T != S``).
     scale : float, optional
         Defaults to :math:`1/\sqrt{D}`.
+    attention : {"standard", "flash"}
+        The kernel over the (B, Hkv, G) views: the standard attention (keeps the weights) or the
+        tiled flash attention (keeps one log-sum-exp per row); the same numbers.
 
     Returns
     -------
@@ -94,6 +112,7 @@ def grouped_query_attention_forward(
     if v.shape[:3] != k.shape[:3]:
         raise ValueError(f"v: expected shape {k.shape[:3] + ('Dv',)} to match k {k.shape}, got {v.shape}")
     G = H // Hkv
+    attention = check_attention_kind(attention)
     if mask is not None:
         if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
             raise TypeError(
@@ -105,9 +124,10 @@ def grouped_query_attention_forward(
     q5 = q.reshape(B, Hkv, G, T, D)  # query head h = j * G + g
     k5 = np.broadcast_to(k[:, :, None], (B, Hkv, G, S, D))  # a view: key head j for every g
     v5 = np.broadcast_to(v[:, :, None], (B, Hkv, G, S, v.shape[3]))
-    out5, attention = scaled_dot_product_attention_forward(q5, k5, v5, mask=mask, is_causal=is_causal, scale=scale)
+    kernel = flash_attention_forward if attention == "flash" else scaled_dot_product_attention_forward
+    out5, c_att = kernel(q5, k5, v5, mask=mask, is_causal=is_causal, scale=scale)  # (B, Hkv, G, T, Dv)
     out = out5.reshape(B, H, T, v.shape[3])  # (B, H, T, Dv)
-    return out, GroupedQueryAttentionCache(attention=attention, n_heads=H, n_kv_heads=Hkv)
+    return out, GroupedQueryAttentionCache(attention=c_att, n_heads=H, n_kv_heads=Hkv)
 
 
 def _grouped_mask(mask: np.ndarray, Hkv: int, G: int) -> np.ndarray:
@@ -137,7 +157,10 @@ def grouped_query_attention_backward(
     Dv = a.v.shape[-1]
     check_dout(dout, (B, cache.n_heads, T, Dv), a.q.dtype)
     # out5 = attention(q5, k5, v5) with k5, v5 key/value head j broadcast over its group
-    dq5, dk5, dv5 = scaled_dot_product_attention_backward(dout.reshape(B, Hkv, G, T, Dv), a)
+    kernel_backward = (
+        flash_attention_backward if isinstance(a, FlashAttentionCache) else scaled_dot_product_attention_backward
+    )  # the backward of the kernel that made the cache
+    dq5, dk5, dv5 = kernel_backward(dout.reshape(B, Hkv, G, T, Dv), a)
     dq = dq5.reshape(B, cache.n_heads, T, -1)  # (B, H, T, D)
     dk = dk5.sum(axis=2)  # (B, Hkv, S, D): the group's gradients, summed into the shared head
     dv = dv5.sum(axis=2)  # (B, Hkv, S, Dv)

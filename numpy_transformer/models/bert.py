@@ -210,6 +210,7 @@ class BertModel(Module):
                     dtype=dtype,
                     rng=rng,
                     ff_dropout=0.0,
+                    attention=c.attention,
                 )
                 for _ in range(c.n_layers)
             ]

@@ -56,13 +56,13 @@ from ..functional.clip_loss import (
     contrastive_logits_backward,
     contrastive_logits_forward,
 )
-from ..functional.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from ..functional.embedding import EmbeddingCache
 from ..functional.layer_norm import LayerNormCache
 from ..functional.linear import LinearCache
 from ..functional.masks import causal_mask
 from ..functional.pooling import l2_normalize_backward
 from ..modules.base import Module, ModuleList, check_module_dtype
+from ..modules.conv import PatchEmbedding, PatchEmbeddingCache
 from ..modules.layers import Embedding, LayerNorm, Linear
 from ..modules.transformer_layers import EncoderLayer, EncoderLayerCache
 
@@ -82,7 +82,7 @@ def eot_positions(input_ids: np.ndarray) -> np.ndarray:
 def _init_weights(module: Module, rng: np.random.Generator, std: float) -> None:
     """Every Linear, Embedding and patch weight ~ N(0, std^2), biases 0; LayerNorms stay (1, 0)."""
     for m in module.modules():
-        if isinstance(m, (Linear, Embedding, CLIPPatchEmbedding)):
+        if isinstance(m, (Linear, Embedding, PatchEmbedding)):
             m.weight[...] = rng.normal(0.0, std, m.weight.shape)
             if getattr(m, "bias", None) is not None:
                 m.bias[...] = 0
@@ -91,7 +91,9 @@ def _init_weights(module: Module, rng: np.random.Generator, std: float) -> None:
 def _blocks(config: CLIPTextConfig | CLIPVisionConfig, dtype, rng) -> ModuleList:
     """The pre-LN blocks of either tower: EncoderLayer(norm_first=True), no dropout anywhere."""
     c = config
-    block = dict(norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng, ff_dropout=0.0)
+    block = dict(
+        norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng, ff_dropout=0.0, attention=c.attention
+    )
     return ModuleList(
         [EncoderLayer(c.d_model, c.n_heads, c.d_ff, 0.0, c.activation, **block) for _ in range(c.n_layers)]
     )
@@ -192,52 +194,14 @@ class CLIPTextTransformer(Module):
 # ---------------------------------------------------------------------------- the image encoder
 
 
-class CLIPPatchEmbedding(Module):
-    """``(B, Cin, I, I) -> (B, N, C)``: a conv2d with kernel = stride = ``P`` and no bias, grid read row by row.
-
-    ``weight`` (C, Cin, P, P), as ``torch.nn.Conv2d(bias=False)`` (HF's ``patch_embedding``).
-    """
-
-    def __init__(
-        self,
-        num_channels: int,
-        d_model: int,
-        patch_size: int,
-        dtype: np.dtype | type = np.float64,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.dtype = check_module_dtype(dtype)
-        rng = check_rng(rng)
-        bound = 1.0 / np.sqrt(num_channels * patch_size * patch_size)  # torch.nn.Conv2d's default
-        weight = rng.uniform(-bound, bound, (d_model, num_channels, patch_size, patch_size)).astype(self.dtype)
-        self._init_parameters(weight=weight)
-
-    def forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, Conv2dCache]:
-        y, c_conv = conv2d_forward(pixel_values, self.weight, None, stride=self.patch_size)  # (B, C, g, g)
-        B, C = y.shape[:2]
-        return np.ascontiguousarray(y.reshape(B, C, -1).transpose(0, 2, 1)), c_conv  # (B, N, C)
-
-    def backward(self, dtokens: np.ndarray, cache: Conv2dCache, grid: tuple[int, int]) -> np.ndarray:
-        """Return d pixel_values (B, Cin, I, I); accumulate ``weight``'s gradient."""
-        B, _, C = dtokens.shape
-        # In the forward pass this was: tokens = y.reshape(B, C, N).transpose(0, 2, 1)
-        dy = np.ascontiguousarray(dtokens.transpose(0, 2, 1)).reshape(B, C, *grid)  # (B, C, g, g)
-        dx, dweight, _ = conv2d_backward(dy, cache)
-        self.accumulate_grad("weight", dweight)
-        return dx
-
-
 @dataclass(frozen=True)
 class CLIPVisionCache:
-    patch_embed: Conv2dCache  # the unfolded patches
+    patch_embed: PatchEmbeddingCache  # the unfolded patches and the (g, g) grid
     pos_embed: EmbeddingCache  # positions (1, L)
     pre_norm: LayerNormCache  # (B, L, Cv)
     layers: tuple[EncoderLayerCache, ...]  # one per layer, each over (B, L, Cv)
     post_norm: LayerNormCache  # (B, Cv) the class token's row
     hidden_shape: tuple[int, int, int]  # (B, L, Cv)
-    grid: tuple[int, int]  # (g, g) patches along H and W
 
 
 def check_clip_pixel_values(pixel_values: object, config: CLIPVisionConfig, dtype: np.dtype) -> np.ndarray:
@@ -269,7 +233,7 @@ class CLIPVisionTransformer(Module):
         self.config = c = config
         self.dtype = check_module_dtype(dtype)
         self._init_parameters(class_embedding=rng.normal(0.0, c.d_model**-0.5, (c.d_model,)).astype(self.dtype))
-        self.patch_embed = CLIPPatchEmbedding(c.num_channels, c.d_model, c.patch_size, dtype=dtype, rng=rng)
+        self.patch_embed = PatchEmbedding(c.num_channels, c.d_model, c.patch_size, dtype=dtype, rng=rng, bias=False)
         self.pos_embed = Embedding(c.num_patches + 1, c.d_model, dtype=dtype, rng=rng)
         self.pre_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
         self.layers = _blocks(c, dtype, rng)
@@ -288,10 +252,9 @@ class CLIPVisionTransformer(Module):
             z, c_layer = layer.forward(z)  # (B, L, Cv): every patch sees every patch
             layer_caches.append(c_layer)
         pooled, c_post = self.post_norm.forward(z[:, 0])  # (B, Cv): the class token's row only
-        g = self.config.image_size // self.config.patch_size
         cache = CLIPVisionCache(
             patch_embed=c_patch, pos_embed=c_pos, pre_norm=c_pre, layers=tuple(layer_caches), post_norm=c_post,
-            hidden_shape=(B, N + 1, C), grid=(g, g),
+            hidden_shape=(B, N + 1, C),
         )  # fmt: skip
         return CLIPEncoderOutput(z, pooled), cache
 
@@ -320,7 +283,7 @@ class CLIPVisionTransformer(Module):
         da = self.pre_norm.backward(dz, cache.pre_norm)  # (B, L, Cv)
         self.pos_embed.backward(da.sum(axis=0, keepdims=True), cache.pos_embed)  # (1, L, Cv): broadcast over B
         self.accumulate_grad("class_embedding", da[:, 0].sum(axis=0))  # (Cv,): row 0 of every image
-        return self.patch_embed.backward(np.ascontiguousarray(da[:, 1:]), cache.patch_embed, cache.grid)
+        return self.patch_embed.backward(np.ascontiguousarray(da[:, 1:]), cache.patch_embed)
 
 
 # ---------------------------------------------------------------------------- the joint model

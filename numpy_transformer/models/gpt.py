@@ -92,6 +92,7 @@ class GPT(Module):
         block = dict(
             activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng,
             ff_dropout=0.0,  # as GPT-2: dropout on the residual branches, none inside the feed-forward
+            attention=c.attention,
         )  # fmt: skip
         self.layers = ModuleList(
             [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, **block) for _ in range(c.n_layers)]

@@ -106,7 +106,10 @@ class Llama(Module):
         std = c.initializer_range
         self.tok_embed = Embedding(c.vocab_size, c.d_model, dtype=dtype, rng=rng)
         self.tok_embed.weight[...] = rng.normal(0.0, std, self.tok_embed.weight.shape)
-        block = dict(rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, rope_layout=c.rope_layout, dtype=dtype)
+        block = dict(
+            rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, rope_layout=c.rope_layout, dtype=dtype,
+            attention=c.attention,
+        )  # fmt: skip
         self.layers = ModuleList(
             [LlamaDecoderLayer(c.d_model, c.n_heads, c.n_kv_heads, c.d_ff, **block, rng=rng) for _ in range(c.n_layers)]
         )

@@ -67,7 +67,16 @@ class Encoder(Module):
         self.layers = ModuleList(
             [
                 EncoderLayer(
-                    c.d_model, c.n_heads, c.d_ff, c.dropout, c.activation, c.norm_first, c.layer_norm_eps, dtype, rng
+                    c.d_model,
+                    c.n_heads,
+                    c.d_ff,
+                    c.dropout,
+                    c.activation,
+                    c.norm_first,
+                    c.layer_norm_eps,
+                    dtype,
+                    rng,
+                    attention=c.attention,
                 )
                 for _ in range(c.n_encoder_layers)
             ]
@@ -107,7 +116,16 @@ class Decoder(Module):
         self.layers = ModuleList(
             [
                 DecoderLayer(
-                    c.d_model, c.n_heads, c.d_ff, c.dropout, c.activation, c.norm_first, c.layer_norm_eps, dtype, rng
+                    c.d_model,
+                    c.n_heads,
+                    c.d_ff,
+                    c.dropout,
+                    c.activation,
+                    c.norm_first,
+                    c.layer_norm_eps,
+                    dtype,
+                    rng,
+                    attention=c.attention,
                 )
                 for _ in range(c.n_decoder_layers)
             ]

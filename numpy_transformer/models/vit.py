@@ -47,12 +47,12 @@ import numpy as np
 from ..config import ViTConfig
 from ..functional.activations import TanhCache, tanh_backward, tanh_forward
 from ..functional.checks import check_float_array, check_int_array, check_rng
-from ..functional.conv import Conv2dCache, conv2d_backward, conv2d_forward
 from ..functional.dropout import DropoutCache, dropout_backward
 from ..functional.layer_norm import LayerNormCache
 from ..functional.linear import LinearCache
 from ..functional.softmax import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
 from ..modules.base import Module, ModuleList, check_module_dtype
+from ..modules.conv import PatchEmbedding, PatchEmbeddingCache
 from ..modules.dropout_masks import DropoutMasks
 from ..modules.layers import LayerNorm, Linear
 from ..modules.transformer_layers import EncoderLayer, EncoderLayerCache
@@ -126,61 +126,8 @@ def drop_qkv_bias(layer: EncoderLayer, rng: np.random.Generator) -> None:
 
 
 # ---------------------------------------------------------------------------- the patch embedding
-
-
-@dataclass(frozen=True)
-class PatchEmbeddingCache:
-    conv: Conv2dCache  # the unfolded patches col (Cin P P, B N): with kernel = stride, a reshaped copy of the image
-    grid: tuple[int, int]  # (g, g) patches along H and W
-
-
-class PatchEmbedding(Module):
-    r"""``(B, Cin, I, I) -> (B, N, C)``: a conv2d with kernel = stride = ``P``, its ``g x g`` grid read row by row.
-
-    ``weight`` (C, Cin, P, P) and ``bias`` (C,) as ``torch.nn.Conv2d`` (HF's ``projection``).
-    Because the windows do not overlap, token ``n = a g + b`` is
-
-    .. math:: t_{n} = W_{\mathrm{mat}}\, \mathrm{vec}(x[:, aP:(a+1)P,\ bP:(b+1)P]) + b,
-
-    a linear layer over the flattened patch, with ``W_mat = weight.reshape(C, Cin P P)`` and the
-    patch flattened in ``(Cin, P, P)`` order.
-    """
-
-    def __init__(
-        self,
-        num_channels: int,
-        d_model: int,
-        patch_size: int,
-        dtype: np.dtype | type = np.float64,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.num_channels, self.d_model, self.patch_size = num_channels, d_model, patch_size
-        self.dtype = check_module_dtype(dtype)
-        rng = check_rng(rng)
-        fan_in = num_channels * patch_size * patch_size
-        bound = 1.0 / np.sqrt(fan_in)  # torch.nn.Conv2d's default initialisation
-        weight = rng.uniform(-bound, bound, (d_model, num_channels, patch_size, patch_size)).astype(self.dtype)
-        bias = rng.uniform(-bound, bound, (d_model,)).astype(self.dtype)
-        self._init_parameters(weight=weight, bias=bias)
-
-    def forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, PatchEmbeddingCache]:
-        P = self.patch_size
-        y, c_conv = conv2d_forward(pixel_values, self.weight, self.bias, stride=P)  # (B, C, g, g)
-        B, C, gh, gw = y.shape
-        tokens = y.reshape(B, C, gh * gw).transpose(0, 2, 1)  # (B, N, C): the grid row by row
-        return np.ascontiguousarray(tokens), PatchEmbeddingCache(conv=c_conv, grid=(gh, gw))
-
-    def backward(self, dtokens: np.ndarray, cache: PatchEmbeddingCache) -> np.ndarray:
-        """Return d pixel_values (B, Cin, I, I); accumulate ``weight`` and ``bias`` gradients."""
-        B, _, C = dtokens.shape  # (B, N, C)
-        # In the forward pass this was: tokens = y.reshape(B, C, N).transpose(0, 2, 1)
-        dy = np.ascontiguousarray(dtokens.transpose(0, 2, 1)).reshape(B, C, *cache.grid)  # (B, C, g, g)
-        # In the forward pass this was: y = conv2d(x, weight, bias, stride=P)
-        dx, dweight, dbias = conv2d_backward(dy, cache.conv)
-        self.accumulate_grad("weight", dweight)
-        self.accumulate_grad("bias", dbias)
-        return dx
+# ``PatchEmbedding`` (a conv2d with kernel = stride = P, with a bias here) lives in ``modules/conv.py``,
+# shared with CLIP's image tower (no bias there).
 
 
 # ---------------------------------------------------------------------------- the encoder model
@@ -243,10 +190,11 @@ class ViT(Module):
             cls_token=rng.normal(0.0, std, (1, 1, c.d_model)).astype(self.dtype),
             pos_embed=rng.normal(0.0, std, (1, c.num_patches + 1, c.d_model)).astype(self.dtype),
         )
-        self.patch_embed = PatchEmbedding(c.num_channels, c.d_model, c.patch_size, dtype=dtype, rng=rng)
+        self.patch_embed = PatchEmbedding(c.num_channels, c.d_model, c.patch_size, dtype=dtype, rng=rng, bias=True)
         block = dict(
             activation=c.activation, norm_first=True, layer_norm_eps=c.layer_norm_eps, dtype=dtype, rng=rng,
             ff_dropout=0.0,  # as HF's ViTMLP: no dropout between fc1 and fc2
+            attention=c.attention,
         )  # fmt: skip
         self.layers = ModuleList(
             [EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, **block) for _ in range(c.n_layers)]

@@ -37,7 +37,12 @@ from ..functional.attention import (
     scaled_dot_product_attention_forward,
 )
 from ..functional.checks import check_dropout_p, check_float_array, check_positive_int, check_rng
-from ..functional.flash_attention import FlashAttentionCache, flash_attention_backward, flash_attention_forward
+from ..functional.flash_attention import (
+    FlashAttentionCache,
+    check_attention_kind,
+    flash_attention_backward,
+    flash_attention_forward,
+)
 from ..functional.linear import LinearCache
 from .base import Module, check_module_dtype
 from .layers import Linear
@@ -55,9 +60,6 @@ class MultiHeadAttentionCache:
     def weights(self) -> np.ndarray:
         """Per-head attention probabilities, shape (B, H, T, S) (recomputed from the lse for flash attention)."""
         return self.attention.weights
-
-
-ATTENTION_KINDS = ("standard", "flash")
 
 
 class MultiHeadAttention(Module):
@@ -81,9 +83,7 @@ class MultiHeadAttention(Module):
         attention: str = "standard",
     ) -> None:
         super().__init__()
-        if not isinstance(attention, str) or attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention: expected one of {ATTENTION_KINDS}, got {attention!r}")
-        self.attention = attention
+        self.attention = check_attention_kind(attention)
         self.d_model = check_positive_int("d_model", d_model)
         self.n_heads = check_positive_int("n_heads", n_heads)
         if d_model % n_heads:

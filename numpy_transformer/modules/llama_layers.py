@@ -33,6 +33,7 @@ from ..functional.checks import (
     check_positive_int,
     check_rng,
 )
+from ..functional.flash_attention import check_attention_kind
 from ..functional.grouped_attention import (
     GroupedQueryAttentionCache,
     grouped_query_attention_backward,
@@ -178,9 +179,13 @@ class LlamaAttention(Module):
         bias: bool = False,
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
+        attention: str = "standard",
     ) -> None:
-        """``n_kv_heads`` None: ``n_heads`` (multi-head attention)."""
+        """``n_kv_heads`` None: ``n_heads`` (multi-head attention). ``attention``: ``"standard"`` or
+        ``"flash"``, the grouped-query kernel (flash natively over the shared heads; the same numbers).
+        """
         super().__init__()
+        self.attention = check_attention_kind(attention)
         self.d_model = check_positive_int("d_model", d_model)
         self.n_heads = check_positive_int("n_heads", n_heads)
         self.n_kv_heads = check_positive_int("n_kv_heads", n_heads if n_kv_heads is None else n_kv_heads)
@@ -256,7 +261,9 @@ class LlamaAttention(Module):
         """
         x, positions = self.check_input(x, positions)
         q, k, v, (c_q, c_k, c_v, c_qr, c_kr) = self.project(x, positions)
-        heads, c_att = grouped_query_attention_forward(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, D)
+        heads, c_att = grouped_query_attention_forward(
+            q, k, v, mask=mask, is_causal=is_causal, attention=self.attention
+        )  # (B, H, T, D)
         out, c_o = self.out_proj.forward(self.merge_heads(heads))  # (B, T, C)
         cache = LlamaAttentionCache(
             q_proj=c_q, k_proj=c_k, v_proj=c_v, q_rope=c_qr, k_rope=c_kr, attention=c_att, out_proj=c_o
@@ -308,12 +315,15 @@ class LlamaDecoderLayer(Module):
         rope_layout: str = "half",
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
+        attention: str = "standard",
     ) -> None:
         super().__init__()
         rng = check_rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm1 = RMSNorm(d_model, rms_norm_eps, dtype=dtype)
-        self.self_attn = LlamaAttention(d_model, n_heads, n_kv_heads, rope_theta, rope_layout, dtype=dtype, rng=rng)
+        self.self_attn = LlamaAttention(
+            d_model, n_heads, n_kv_heads, rope_theta, rope_layout, dtype=dtype, rng=rng, attention=attention
+        )
         self.norm2 = RMSNorm(d_model, rms_norm_eps, dtype=dtype)
         self.ff = SwiGLUFeedForward(d_model, d_ff, dtype=dtype, rng=rng)
 
@@ -357,7 +367,8 @@ def cached_llama_layer(
     q, k, v, _ = attn.project(n1, positions)  # (B, H, L, D), (B, Hkv, L, D) x 2
     cache = cache.append(k, v)  # keys stored rotated: position s's key never changes again
     n = cache.length
-    heads, _ = grouped_query_attention_forward(q, cache.keys[:, :, :n], cache.values[:, :, :n], mask=mask)
+    keys, values = cache.keys[:, :, :n], cache.values[:, :, :n]  # (B, Hkv, K, D) each
+    heads, _ = grouped_query_attention_forward(q, keys, values, mask=mask, attention=attn.attention)
     a, _ = attn.out_proj.forward(attn.merge_heads(heads))  # (B, L, C)
     h = x + a
     n2, _ = layer.norm2.forward(h)

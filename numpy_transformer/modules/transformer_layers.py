@@ -68,17 +68,21 @@ class EncoderLayer(Module):
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
         ff_dropout: float | None = None,
+        attention: str = "standard",
     ) -> None:
         """``ff_dropout``: dropout inside the feed-forward (after the activation); ``None`` = ``dropout``.
 
-        BERT and GPT-2 have none there (``ff_dropout=0.0``).
+        BERT and GPT-2 have none there (``ff_dropout=0.0``). ``attention``: the self-attention's
+        kernel, ``"standard"`` or ``"flash"`` (:class:`MultiHeadAttention`; same numbers).
         """
         super().__init__()
         rng = check_rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm_first = norm_first
         self.p = dropout
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, dtype=dtype, rng=rng)
+        self.self_attn = MultiHeadAttention(
+            d_model, n_heads, dropout=dropout, dtype=dtype, rng=rng, attention=attention
+        )
         ff_p = dropout if ff_dropout is None else ff_dropout
         self.ff = FeedForward(d_model, d_ff, activation, ff_p, dtype=dtype, rng=rng)
         self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
@@ -154,14 +158,17 @@ class DecoderLayer(Module):
         layer_norm_eps: float = 1e-5,
         dtype: np.dtype | type = np.float64,
         rng: np.random.Generator | None = None,
+        attention: str = "standard",
     ) -> None:
+        """``attention``: the kernel of both attentions, ``"standard"`` or ``"flash"`` (same numbers)."""
         super().__init__()
         rng = check_rng(rng)
         self.dtype = check_module_dtype(dtype)
         self.norm_first = norm_first
         self.p = dropout
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, dtype=dtype, rng=rng)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout=dropout, dtype=dtype, rng=rng)
+        mha = dict(dropout=dropout, dtype=dtype, rng=rng, attention=attention)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, **mha)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, **mha)
         self.ff = FeedForward(d_model, d_ff, activation, dropout, dtype=dtype, rng=rng)
         self.norm1 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)
         self.norm2 = LayerNorm(d_model, layer_norm_eps, dtype=dtype)

@@ -60,7 +60,17 @@ from typing import Any
 
 import numpy as np
 
-from ..config import BertConfig, CNNConfig, GPTConfig, LlamaConfig, RNNSeq2SeqConfig, TransformerConfig, ViTConfig
+from ..config import (
+    BertConfig,
+    CLIPConfig,
+    CNNConfig,
+    DetrConfig,
+    GPTConfig,
+    LlamaConfig,
+    RNNSeq2SeqConfig,
+    TransformerConfig,
+    ViTConfig,
+)
 from .atomic import atomic_write
 
 FORMAT_VERSION = 2
@@ -69,6 +79,7 @@ FORMAT_VERSION = 2
 CONFIG_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (TransformerConfig, RNNSeq2SeqConfig, GPTConfig, BertConfig, ViTConfig, LlamaConfig, CNNConfig)
+    + (CLIPConfig, DetrConfig)
 }
 
 # Upper bounds (inclusive) of integer config fields, by field name, in any config dataclass read
@@ -83,6 +94,11 @@ LIMITS: dict[str, int] = {
     **dict.fromkeys(("n_layers", "n_encoder_layers", "n_decoder_layers", "type_vocab_size"), _DEPTH),
     **dict.fromkeys(("image_size", "patch_size", "num_channels", "num_labels"), _WIDTH),  # ViTConfig
     **dict.fromkeys(("channels", "cnn_channels", "kernel_size"), _WIDTH),  # CNNConfig, DigitsConfig
+    # CLIPConfig, CaptionsConfig
+    **dict.fromkeys(("projection_dim", "vision_d_model", "vision_d_ff", "vision_heads"), _WIDTH),
+    **dict.fromkeys(("text_d_model", "text_d_ff", "text_heads"), _WIDTH),
+    **dict.fromkeys(("vision_layers", "text_layers"), _DEPTH),
+    **dict.fromkeys(("tokenizer_vocab",), _VOCAB),
     **dict.fromkeys(("n_train", "n_val", "corpus_chars", "eval_windows"), 10**8),
     **dict.fromkeys(("batch_size",), 2**20),
     **dict.fromkeys(("steps", "warmup_steps", "eval_every"), 10**12),
@@ -182,6 +198,8 @@ def _field_value(hint: Any, value: object, where: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise CheckpointError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_field_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if dataclasses.is_dataclass(hint):  # a nested config: CLIPConfig's text and vision towers
+        return config_from_json(hint, value, where)
     if hint is bool:
         if not isinstance(value, bool):
             raise CheckpointError(f"{where}: expected true or false, got {_type_name(value)} {value!r}")
@@ -341,6 +359,21 @@ def expected_shapes(config) -> dict[str, tuple[int, ...]] | None:
         for s, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
             shapes |= {f"stages.{s}.conv.weight": (c_out, c_in, k, k), f"stages.{s}.conv.bias": (c_out,)}
         return shapes | _linear("head", c.num_labels, c.flat_features)
+    if isinstance(c, CLIPConfig):  # models/clip.py
+        t, v, E = c.text, c.vision, c.projection_dim
+        shapes = {"logit_scale": (), "text_model.tok_embed.weight": (t.vocab_size, t.d_model),
+                  "text_model.pos_embed.weight": (t.max_len, t.d_model)}  # fmt: skip
+        for i in range(t.n_layers):
+            shapes |= _layer(f"text_model.layers.{i}", t.d_model, t.d_ff, cross=False)
+        shapes |= _norm("text_model.final_norm", t.d_model)
+        P, C = v.patch_size, v.d_model
+        shapes |= {"vision_model.class_embedding": (C,), "vision_model.patch_embed.weight": (C, v.num_channels, P, P),
+                   "vision_model.pos_embed.weight": (v.num_patches + 1, C)}  # fmt: skip
+        shapes |= _norm("vision_model.pre_norm", C)
+        for i in range(v.n_layers):
+            shapes |= _layer(f"vision_model.layers.{i}", C, v.d_ff, cross=False)
+        shapes |= _norm("vision_model.post_norm", C)
+        return shapes | _linear("text_projection", E, t.d_model, bias=False) | _linear("visual_projection", E, C, False)
     return None
 
 

@@ -13,6 +13,8 @@ from . import cases_vit  # noqa: F401
 from . import cases_cnn  # noqa: F401
 from . import cases_flash  # noqa: F401
 from . import cases_clip  # noqa: F401
+from . import cases_whisper  # noqa: F401
+from . import cases_boxes, cases_detr  # noqa: F401
 
 # isort: on
 from .registry import (
