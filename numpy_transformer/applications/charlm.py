@@ -34,7 +34,7 @@ from ..inference.sampling import generate
 from ..models.gpt import GPT
 from ..models.llama import Llama
 from ..optim import AdamW, linear_warmup_cosine
-from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind, save_due, stop_requested
 from .datasets import make_corpus
 
 CHARLM_MODELS = ("gpt", "llama")  # what ``train --task charlm --model`` can train; the GPT is the default
@@ -352,9 +352,9 @@ def train_charlm(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             for trainer in run.trainers:
                 record(step, trainer)
-        run.stopped = step < cfg.steps and should_stop is not None and should_stop()
+        run.stopped = stop_requested(step, cfg.steps, should_stop)
         run.seconds = time.perf_counter() - start
-        if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):
+        if on_save is not None and save_due(step, cfg.steps, save_every, run.stopped):
             on_save(run)
         if run.stopped:
             break

@@ -35,7 +35,7 @@ from ..config import DetrConfig
 from ..functional.detr_loss import MatchCosts, detr_loss_backward, detr_loss_forward
 from ..models.detr import DETR
 from ..optim import AdamW, linear_warmup_cosine
-from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind, save_due, stop_requested
 from .datasets import digits_dataset
 
 # ---------------------------------------------------------------------------- data
@@ -215,9 +215,9 @@ def train(
             run.evals.append({"step": step, "seconds": time.perf_counter() - t0, **ap})
             if on_eval is not None:
                 on_eval(run.evals[-1])
-        run.stopped = step < cfg.steps and should_stop is not None and should_stop()
+        run.stopped = stop_requested(step, cfg.steps, should_stop)
         run.seconds = time.perf_counter() - t0
-        if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):
+        if on_save is not None and save_due(step, cfg.steps, save_every, run.stopped):
             on_save(run)
         if run.stopped:
             break

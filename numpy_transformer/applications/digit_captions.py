@@ -51,7 +51,7 @@ from ..functional.pooling import l2_normalize_forward
 from ..functional.softmax import softmax_forward
 from ..models.clip import CLIPModel, clamp_logit_scale
 from ..optim import AdamW, linear_warmup_cosine
-from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind, save_due, stop_requested
 from .datasets import DigitsData
 from .digits import shifted
 
@@ -381,9 +381,9 @@ def train_captions(
             run.evals.append(row)
             if on_eval is not None:
                 on_eval(row)
-        run.stopped = step < cfg.steps and should_stop is not None and should_stop()
+        run.stopped = stop_requested(step, cfg.steps, should_stop)
         run.seconds = time.perf_counter() - start
-        if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):
+        if on_save is not None and save_due(step, cfg.steps, save_every, run.stopped):
             on_save(run)
         if run.stopped:
             break

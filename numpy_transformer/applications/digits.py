@@ -32,7 +32,7 @@ from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 from ..models.cnn import ImageCNN
 from ..models.vit import ViTForImageClassification
 from ..optim import AdamW, linear_warmup_cosine
-from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind
+from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind, save_due, stop_requested
 from .datasets import DigitsData, digits_dataset
 
 DIGIT_MODELS = ("vit", "cnn")
@@ -212,9 +212,9 @@ def train_digits(
             run.evals.append(row)
             if on_eval is not None:
                 on_eval(row)
-        run.stopped = step < cfg.steps and should_stop is not None and should_stop()
+        run.stopped = stop_requested(step, cfg.steps, should_stop)
         run.seconds = time.perf_counter() - start
-        if on_save is not None and (run.stopped or step == cfg.steps or (save_every and step % save_every == 0)):
+        if on_save is not None and save_due(step, cfg.steps, save_every, run.stopped):
             on_save(run)
         if run.stopped:
             break

@@ -260,6 +260,16 @@ def max_loss_difference(losses: dict[str, list[float]]) -> tuple[float, int] | N
     return float(rel.max()), int(rel.argmax()) + 1
 
 
+def stop_requested(step: int, steps: int, should_stop: Callable[[], bool] | None) -> bool:
+    """After step ``step`` of ``steps``: whether ``should_stop()`` asks the run to end early (never after the last)."""
+    return step < steps and should_stop is not None and should_stop()
+
+
+def save_due(step: int, steps: int, save_every: int | None, stopped: bool) -> bool:
+    """Whether the checkpoint is written after ``step``: every ``save_every`` steps, after the last, when stopped."""
+    return stopped or step == steps or bool(save_every and step % save_every == 0)
+
+
 @dataclass
 class History:
     """Per-step losses of each backend and per-evaluation metrics.
@@ -410,9 +420,9 @@ def fit(
                 history.evals.append(row)
                 if on_eval is not None:
                     on_eval(row)
-        history.stopped = step < steps and should_stop is not None and should_stop()
+        history.stopped = stop_requested(step, steps, should_stop)
         history.seconds = time.perf_counter() - start
-        if on_save is not None and (history.stopped or step == steps or (save_every and step % save_every == 0)):
+        if on_save is not None and save_due(step, steps, save_every, history.stopped):
             on_save(history, stream.position())
         if history.stopped:
             break
