@@ -303,13 +303,13 @@ def evaluate_captions(model: CLIPModel, tokenizer, data: DigitsData, batch_size:
     ids = encode_captions(tokenizer, retrieval_captions(labels, seed), model.config.text.max_len)
     v = text_embeddings(model, ids)
     sim = u @ v.T  # (N, N): image i against caption j
-    losses = []
+    total, counted = 0.0, 0
     for i in range(0, len(labels) - 1, batch_size):  # the last batch may be smaller, never a single pair
         j = min(i + batch_size, len(labels))
         loss, _ = clip_loss_forward(u[i:j], v[i:j], model.logit_scale)  # unit rows: normalising again is exact
-        losses.append(float(loss) * (j - i))
+        total, counted = total + float(loss) * (j - i), counted + (j - i)
     return {
-        "test_loss": sum(losses) / len(labels),
+        "test_loss": total / counted,  # the mean over the pairs in the batches
         "zero_shot_accuracy": float(np.mean(probs.argmax(1) == labels)),
         "image_to_text_r1": recall_at(sim, labels, labels, 1),
         "image_to_text_r5": recall_at(sim, labels, labels, 5),
@@ -403,12 +403,14 @@ def save_tokenizer(tokenizer, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------- pictures
 
 
-def nearest_captions(model: CLIPModel, tokenizer, images: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each image, the ``k`` most probable of every digit's caption in every phrasing (held-out one included)."""
-    texts = [caption(t, d) for t in (*TRAIN_TEMPLATES, ZERO_SHOT_TEMPLATE) for d in range(10)]
-    probs = zero_shot_probabilities(model, tokenizer, images, texts)
+# Every digit's caption in every phrasing, the held-out one included: 110, the digit of caption j is j % 10.
+ALL_CAPTIONS = tuple(caption(t, d) for t in (*TRAIN_TEMPLATES, ZERO_SHOT_TEMPLATE) for d in range(10))
+
+
+def nearest_captions(probs: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each row of ``probs`` (N, 110) over :data:`ALL_CAPTIONS`, its ``k`` most probable captions."""
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(texts[j], float(probs[i, j])) for j in row] for i, row in enumerate(order)]
+    return [[(ALL_CAPTIONS[j], float(probs[i, j])) for j in row] for i, row in enumerate(order)]
 
 
 def plot_similarity(model: CLIPModel, tokenizer, data: DigitsData, path: str | Path) -> Path:
@@ -465,19 +467,17 @@ def plot_nearest_captions(model: CLIPModel, tokenizer, data: DigitsData, path: s
 
     plt = pyplot()
     picked = np.array([np.flatnonzero(data.y_test == k)[0] for k in range(n)])
-    near = nearest_captions(model, tokenizer, data.x_test[picked], k=3)
-    texts = [caption(t, d) for t in (*TRAIN_TEMPLATES, ZERO_SHOT_TEMPLATE) for d in range(10)]
-    probs = zero_shot_probabilities(model, tokenizer, data.x_test[picked], texts)  # (n, 110), digit = column % 10
-    per_digit = probs.reshape(len(picked), -1, 10).sum(axis=1)  # (n, 10)
-    near = [[*rows, (int(per_digit[i].argmax()), float(per_digit[i].max()))] for i, rows in enumerate(near)]
+    probs = zero_shot_probabilities(model, tokenizer, data.x_test[picked], ALL_CAPTIONS)  # (n, 110)
+    per_digit = probs.reshape(len(picked), -1, 10).sum(axis=1)  # (n, 10): caption j is of digit j % 10
+    near = nearest_captions(probs, k=3)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.6))
-    for ax, i, rows in zip(np.atleast_1d(axes), picked, near, strict=True):
+    for ax, i, rows, digits in zip(np.atleast_1d(axes), picked, near, per_digit, strict=True):
         ax.imshow(data.x_test[i, 0], cmap="gray_r")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"test image, a {data.y_test[i]}", fontsize=9)
-        text = "\n".join(f"{p:.2f}  {t}" for t, p in rows[:3])
-        text += f"\nP(a {rows[3][0]}, any phrasing) = {rows[3][1]:.3f}"
+        text = "\n".join(f"{p:.2f}  {t}" for t, p in rows)
+        text += f"\nP(a {digits.argmax()}, any phrasing) = {digits.max():.3f}"
         ax.text(0.5, -0.06, text, transform=ax.transAxes, ha="center", va="top", fontsize=7.5)
     fig.suptitle("nearest captions: probabilities over all 110 captions (every digit in every phrasing)")
     return save_figure(fig, path)

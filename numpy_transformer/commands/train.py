@@ -463,6 +463,28 @@ def _progress_bar(args: argparse.Namespace, steps: int, done: int):
     return tqdm(total=steps, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
+def _train_until_done(train, write, saver: _Saver, bar, steps: int):
+    """Run ``train(on_save, should_stop)`` of a NumPy-only task under :class:`StopOnSignal`.
+
+    Returns ``(run, None)`` when it made all its ``steps`` and the last checkpoint was written, else
+    ``(None, exit status)``: after a divergence (1), a signal (130 / 143, the checkpoint written) or a
+    failed final write (1).
+    """
+    with StopOnSignal() as stop:
+        try:
+            run = train(lambda r: saver(r.steps_done, lambda: write(r)), stop.stop)
+        except NonFiniteError as exc:
+            return None, _report_divergence(exc, saver)
+        finally:
+            if bar is not None:
+                bar.close()
+        if run.stopped:
+            return None, _stopped(stop, saver, run.steps_done, steps, resumable=True)
+    if saver.error is not None:
+        return None, saver.lost()
+    return run, None
+
+
 def _numpy_step_logger(args: argparse.Namespace, bar, say, steps: int):
     """``on_step(step, loss)`` of a NumPy-only run: the progress bar, and the loss every ``--log-every`` steps."""
 
@@ -780,20 +802,13 @@ def _train_digits(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
         atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
 
-    with StopOnSignal() as stop:
-        try:
-            run = train_digits(cfg, dtype, on_step=on_step, on_eval=on_eval, run=run, data=data,
-                               save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
-                               should_stop=stop.stop)  # fmt: skip
-        except NonFiniteError as exc:
-            return _report_divergence(exc, saver)
-        finally:
-            if bar is not None:
-                bar.close()
-        if run.stopped:
-            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
-    if saver.error is not None:
-        return saver.lost()
+    def train(on_save, should_stop) -> DigitsRun:
+        return train_digits(cfg, dtype, on_step=on_step, on_eval=on_eval, run=run, data=data,
+                            save_every=args.save_every, on_save=on_save, should_stop=should_stop)  # fmt: skip
+
+    run, code = _train_until_done(train, write, saver, bar, cfg.steps)
+    if code is not None:
+        return code
     predicted = predict(run.model, data.x_test).argmax(1)
     matrix = confusion_matrix(data.y_test, predicted)
     accuracy = float(np.mean(predicted == data.y_test))
@@ -912,20 +927,13 @@ def _train_captions(parser: argparse.ArgumentParser, args: argparse.Namespace, r
                    "seconds": run.seconds}  # fmt: skip
         atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
 
-    with StopOnSignal() as stop:
-        try:
-            run = train_captions(cfg, data, dtype, on_step=on_step, on_eval=on_eval, run=run,
-                                 save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
-                                 should_stop=stop.stop)  # fmt: skip
-        except NonFiniteError as exc:
-            return _report_divergence(exc, saver)
-        finally:
-            if bar is not None:
-                bar.close()
-        if run.stopped:
-            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
-    if saver.error is not None:
-        return saver.lost()
+    def train(on_save, should_stop) -> CaptionsRun:
+        return train_captions(cfg, data, dtype, on_step=on_step, on_eval=on_eval, run=run,
+                              save_every=args.save_every, on_save=on_save, should_stop=should_stop)  # fmt: skip
+
+    run, code = _train_until_done(train, write, saver, bar, cfg.steps)
+    if code is not None:
+        return code
     last = run.evals[-1]
     print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: zero-shot accuracy {last['zero_shot_accuracy']:.4f} "
           f"on the {len(data.y_test)} test images with {ZERO_SHOT_TEMPLATE.format(n='k')!r}")  # fmt: skip
@@ -1034,20 +1042,13 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
         atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
 
-    with StopOnSignal() as stop:
-        try:
-            run = detection.train(cfg, train_data, test_data, dtype, on_step, on_eval, run=run,
-                                  save_every=args.save_every, on_save=lambda r: saver(r.steps_done, lambda: write(r)),
-                                  should_stop=stop.stop)  # fmt: skip
-        except NonFiniteError as exc:
-            return _report_divergence(exc, saver)
-        finally:
-            if bar is not None:
-                bar.close()
-        if run.stopped:
-            return _stopped(stop, saver, run.steps_done, cfg.steps, resumable=True)
-    if saver.error is not None:
-        return saver.lost()
+    def train(on_save, should_stop) -> detection.DetectRun:
+        return detection.train(cfg, train_data, test_data, dtype, on_step, on_eval, run=run,
+                               save_every=args.save_every, on_save=on_save, should_stop=should_stop)  # fmt: skip
+
+    run, code = _train_until_done(train, write, saver, bar, cfg.steps)
+    if code is not None:
+        return code
     last = run.evals[-1]
     print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: AP@[.5:.95] {last['AP']:.3f}, AP50 {last['AP50']:.3f} "
           f"on the {len(test_data)} held-out canvases (pycocotools)")  # fmt: skip
