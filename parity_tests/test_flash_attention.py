@@ -4,8 +4,8 @@ The registry case ``flash_attention`` (``torch_transformer/parity/cases_flash.py
 generated tests against the twin, finite differences and ``F.scaled_dot_product_attention``.
 This file checks what those cannot: that the tiled kernel equals our standard attention to
 1e-12 in float64 for any tile sizes, masks and windows; what the cache holds; which tiles are
-skipped; the memory of forward + backward at T = S = 4096; and ``MultiHeadAttention``'s
-``attention="flash"``.
+skipped; the memory of forward + backward at T = S = 4096; ``MultiHeadAttention``'s
+``attention="flash"``; and attention dropout, the same in both kernels given the same mask.
 
 Shape legend: B batch, H heads, T query length, S key length, D head width, Dv value width,
 Bq / Bk the query / key tile sizes.
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import numpy_transformer as nt
 import numpy_transformer.functional as F
 from numpy_transformer.functional.flash_attention import FlashAttentionCache
-from numpy_transformer.testing import assert_close, tolerance
+from numpy_transformer.testing import assert_close, numerical_gradients, tolerance
 from torch_transformer.parity import MASK_KINDS, draw_mask
 from torch_transformer.parity.registry import normal
 
@@ -292,15 +292,106 @@ def test_multi_head_attention_flash_equals_standard_forward_and_backward(kind, d
     assert flash.state_dict().keys() == standard.state_dict().keys()
 
 
-def test_multi_head_attention_flash_refuses_attention_dropout_and_unknown_kinds():
-    flash = nt.MultiHeadAttention(4, 2, dropout=0.1, rng=np.random.default_rng(0), attention="flash")
-    x = np.zeros((1, 3, 4))
-    with pytest.raises(ValueError, match="no attention dropout"):
-        flash.forward(x, x, x)
-    flash.eval()
-    assert flash.forward(x, x, x)[0].shape == (1, 3, 4)  # no dropout in eval mode: fine
+def test_multi_head_attention_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="attention: expected one of"):
         nt.MultiHeadAttention(4, 2, attention="fast")
+
+
+# --------------------------------------------------------------------------- attention dropout
+
+
+@given(
+    T=st.integers(1, 9),
+    S=st.integers(1, 9),
+    block_q=st.integers(1, 6),
+    block_k=st.integers(1, 6),
+    mask_kind=st.sampled_from(MASK_KINDS),
+    causal=st.booleans(),
+    p=st.sampled_from([0.1, 0.5]),
+    seed=seeds,
+)
+def test_flash_attention_with_dropout_equals_standard_attention_given_the_same_mask(
+    T, S, block_q, block_k, mask_kind, causal, p, seed
+):
+    """float64, dropout on the probabilities with one explicit keep-mask: output and every gradient to 1e-12."""
+    rng = np.random.default_rng(seed)
+    B, H, D = 2, 2, 3
+    q, k, v, dout = attention_inputs(rng, B, H, T, S, D, np.float64)
+    mask, mask_is_causal = draw_mask(rng, mask_kind, B, H, T, S)
+    keep = rng.random((B, H, T, S)) >= p  # (B, H, T, S) True = kept
+    keep.flat[0] = False  # at least one weight dropped, whatever the draw
+    args = dict(mask=mask, is_causal=causal or mask_is_causal, dropout_p=p, dropout_mask=keep)
+    out_s, cache_s = F.scaled_dot_product_attention_forward(q, k, v, **args)
+    out_f, cache_f = F.flash_attention_forward(q, k, v, block_size=(block_q, block_k), **args)
+    assert_close("out", out_f, out_s, FLASH_VS_STANDARD_FLOAT64)
+    grads_s = F.scaled_dot_product_attention_backward(dout, cache_s)
+    grads_f = F.flash_attention_backward(dout, cache_f)
+    for name, g_f, g_s in zip(("dq", "dk", "dv"), grads_f, grads_s, strict=True):
+        assert_close(name, g_f, g_s, FLASH_VS_STANDARD_FLOAT64)
+
+
+def test_flash_attention_with_dropout_backward_matches_finite_differences():
+    """A fixed keep-mask makes dropout a fixed linear map: the backward is checked against central differences,
+    with the mask, a causal pattern and tiles that do not divide T or S."""
+    rng = np.random.default_rng(11)
+    B, H, T, S, D, p = 1, 2, 5, 6, 3, 0.3
+    q, k, v, dout = attention_inputs(rng, B, H, T, S, D, np.float64)
+    keep = rng.random((B, H, T, S)) >= p
+    assert 0 < keep.mean() < 1
+    kwargs = dict(is_causal=True, block_size=(2, 4), dropout_p=p, dropout_mask=keep)
+    _, cache = F.flash_attention_forward(q, k, v, **kwargs)
+    analytic = dict(zip(("q", "k", "v"), F.flash_attention_backward(dout, cache), strict=True))
+    inputs = {"q": q, "k": k, "v": v}
+    numeric = numerical_gradients(lambda: F.flash_attention_forward(q, k, v, **kwargs)[0], inputs, dout)
+    for name in inputs:
+        assert np.any(analytic[name] != 0), f"d{name} is all zero: nothing tested"
+        assert_close(f"d{name}", analytic[name], numeric[name], tolerance("finite_differences", np.float64))
+
+
+def test_flash_attention_draws_the_same_dropout_mask_as_the_standard_attention_from_the_same_generator():
+    rng = np.random.default_rng(12)
+    q, k, v, _ = attention_inputs(rng, 2, 2, 6, 7, 3, np.float64)
+    out_s, cache_s = F.scaled_dot_product_attention_forward(q, k, v, dropout_p=0.4, rng=np.random.default_rng(3))
+    out_f, cache_f = F.flash_attention_forward(q, k, v, dropout_p=0.4, rng=np.random.default_rng(3), block_size=4)
+    np.testing.assert_array_equal(cache_f.dropout_keep, cache_s.dropout.keep)
+    assert not cache_f.dropout_keep.all()
+    assert_close("out", out_f, out_s, FLASH_VS_STANDARD_FLOAT64)
+    with pytest.raises(TypeError, match="rng"):
+        F.flash_attention_forward(q, k, v, dropout_p=0.4)  # dropout needs a generator or a mask
+    with pytest.raises(ValueError, match="dropout_mask"):
+        F.flash_attention_forward(q, k, v, dropout_p=0.4, dropout_mask=np.ones((2, 2, 6, 6), bool))
+
+
+@pytest.mark.parametrize("kind", ["self, causal", "cross, 4-D mask"])
+def test_multi_head_attention_flash_with_dropout_equals_standard_in_training_mode(kind):
+    """Dropout 0.2 on the attention weights, the same keep-mask for both: float64, 1e-12, every gradient."""
+    B, T, S, C, H = 2, 7, 5, 8, 2
+    dtype = np.float64
+    standard, flash = _mha_pair(C, H, dtype)
+    standard.dropout = flash.dropout = 0.2
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((B, T, C))
+    memory = rng.standard_normal((B, S, C))
+    if kind == "self, causal":
+        args, kwargs = (x, x, x), {"is_causal": True}
+    else:
+        args, kwargs = (x, memory, memory), {"mask": rng.random((B, 1, T, S)) < 0.7}
+    L = args[1].shape[1]
+    keep = rng.random((B, H, T, L)) >= 0.2  # (B, H, T, S)
+    out_s, cache_s = standard.forward(*args, dropout_mask=keep, **kwargs)
+    out_f, cache_f = flash.forward(*args, dropout_mask=keep, **kwargs)
+    assert isinstance(cache_f.attention, FlashAttentionCache) and cache_f.attention.dropout_keep is keep
+    eval_out, _ = standard.eval().forward(*args, **kwargs)
+    assert not np.allclose(eval_out, out_s), "dropout changed nothing: nothing tested"
+    dout = rng.standard_normal(out_s.shape)
+    assert_close("out", out_f, out_s, FLASH_VS_STANDARD_FLOAT64)
+    for name, g_f, g_s in zip(
+        ("dquery", "dkey", "dvalue"), flash.backward(dout, cache_f), standard.backward(dout, cache_s), strict=True
+    ):
+        assert_close(name, g_f, g_s, FLASH_VS_STANDARD_FLOAT64)
+    flash_grads = dict(flash.named_grads())
+    for name, g_s in standard.named_grads():
+        assert_close(f"grad {name}", flash_grads[name], g_s, FLASH_VS_STANDARD_FLOAT64)
 
 
 # --------------------------------------------------------------------------- bad input

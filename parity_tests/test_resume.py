@@ -80,6 +80,8 @@ RUNS = {
     "digits-vit": (signal.SIGINT, ("--task", "digits", "--model", "vit", "--dropout", "0.1", "--batch-size", "8")),
     "digit-captions-clip": (signal.SIGTERM, ("--task", "digit-captions", "--batch-size", "8")),
     "detect-detr": (signal.SIGINT, ("--task", "detect", "--batch-size", "2")),
+    # The backbone's pre-training happens once, before step 1: the resumed run must not repeat it.
+    "detect-detr-backbone": (signal.SIGTERM, ("--task", "detect", "--batch-size", "2", "--backbone-steps", "3")),
 }
 
 
@@ -106,6 +108,8 @@ def test_a_run_stopped_by_a_signal_and_resumed_equals_the_uninterrupted_run_bit_
     resumed = _train("--resume", str(parts))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming after step {last} from {parts / 'checkpoint.npz'}" in resumed.stdout
+    if "--backbone-steps" in options:  # the pre-training ran once, before step 1, and its record was kept
+        assert "backbone step 1/" in done.stdout and "backbone step" not in resumed.stdout
 
     want, got = _arrays(whole), _arrays(parts)
     assert sorted(got) == sorted(want)

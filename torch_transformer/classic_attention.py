@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .functional import masked_softmax
+from .intermediates import expose
 from .modules import Linear
 
 LUONG_SCORES = ("dot", "general", "concat")
@@ -33,7 +34,7 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
 
 
 def _attend(scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, has_time: bool, return_weights: bool):
-    weights = _masked_softmax(scores, mask)  # (B, T, S)
+    weights = expose("weights", _masked_softmax(expose("scores", scores), mask))  # (B, T, S)
     context = weights @ v  # (B, T, Dv)
     if not has_time:
         weights, context = weights[:, 0], context[:, 0]
@@ -53,7 +54,7 @@ def additive_attention(
     """:math:`e_s = v_a^T \\tanh(W_q q + W_k k_s)`, masked softmax over S, context :math:`\\sum_s w_s v_s`."""
     has_time = q.dim() == 3
     q3 = q if has_time else q[:, None, :]  # (B, T, Dq)
-    h = torch.tanh((q3 @ w_q.T)[:, :, None, :] + (k @ w_k.T)[:, None, :, :])  # (B, T, S, A)
+    h = expose("h", torch.tanh(expose("z", (q3 @ w_q.T)[:, :, None, :] + (k @ w_k.T)[:, None, :, :])))  # (B, T, S, A)
     scores = (h * v_a).sum(dim=-1)  # (B, T, S)
     return _attend(scores, v, mask, has_time, return_weights)
 
@@ -82,7 +83,7 @@ def luong_attention(
         B, T, Dq = q3.shape
         S, Dk = k.shape[1], k.shape[2]
         pairs = torch.cat([q3[:, :, None, :].expand(B, T, S, Dq), k[:, None, :, :].expand(B, T, S, Dk)], dim=-1)
-        h = torch.tanh(pairs @ w_c.T)  # (B, T, S, A)
+        h = expose("h", torch.tanh(expose("z", pairs @ w_c.T)))  # (B, T, S, A): z = W_c [q; k_s]
         scores = (h * v_c).sum(dim=-1)  # (B, T, S)
     return _attend(scores, v, mask, has_time, return_weights)
 

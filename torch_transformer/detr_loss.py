@@ -14,6 +14,7 @@ import torch
 
 from .boxes import box_cxcywh_to_xyxy, generalized_box_iou, giou_loss, l1_box_loss
 from .functional import log_softmax
+from .intermediates import prefix
 
 
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -86,7 +87,8 @@ def detr_loss(
         matched = bx[batch_idx, query_idx]  # (m, 4)
         matched_t = torch.cat([box[t.to(device)] for box, (_, t) in zip(boxes, indices, strict=True)]).reshape(-1, 4)
         loss_l1 = l1_box_loss(matched, matched_t, num_boxes)
-        loss_g = giou_loss(box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(matched_t), num_boxes)
+        with prefix(f"layer{layer}"):  # as in the NumPy backward
+            loss_g = giou_loss(box_cxcywh_to_xyxy(matched), box_cxcywh_to_xyxy(matched_t), num_boxes)
         total = total + loss_ce + bbox_loss_coefficient * loss_l1 + giou_loss_coefficient * loss_g
         s = "" if layer == L - 1 else f"_{layer}"
         terms.update({f"loss_ce{s}": loss_ce, f"loss_bbox{s}": loss_l1, f"loss_giou{s}": loss_g})

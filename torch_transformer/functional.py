@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .intermediates import expose, prefix
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     y = x @ weight.T  # (..., O)
@@ -62,14 +64,20 @@ def contrastive_logits(
     image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
     """CLIP: (B_img, E), (B_txt, E), () -> logits_per_image (B_img, B_txt) = exp(s) norm(I) norm(T)^T."""
-    return logit_scale.exp() * (l2_normalize(image_embeds) @ l2_normalize(text_embeds).T)
+    u = expose("u", l2_normalize(image_embeds))  # (B_img, E)
+    v = expose("v", l2_normalize(text_embeds))  # (B_txt, E)
+    return logit_scale.exp() * (u @ v.T)
 
 
 def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric loss: (CE(logits_per_image, arange) + CE(logits_per_text, arange)) / 2."""
-    logits = contrastive_logits(image_embeds, text_embeds, logit_scale)  # (B, B)
+    logits = expose("logits_per_image", contrastive_logits(image_embeds, text_embeds, logit_scale))  # (B, B)
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) / 2
+    with prefix("per_image"):  # named apart, as in the NumPy backward
+        loss_image = cross_entropy(logits, targets)
+    with prefix("per_text"):
+        loss_text = cross_entropy(logits.T, targets)
+    return (loss_image + loss_text) / 2
 
 
 def dropout(x: torch.Tensor, p: float, mask: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
@@ -95,7 +103,7 @@ def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     V = logits.shape[-1]
-    logp = log_softmax(logits.reshape(-1, V))  # (N, V)
+    logp = log_softmax(expose("logits", logits.reshape(-1, V)))  # (N, V)
     t = targets.reshape(-1)
     valid = t != ignore_index
     safe = torch.where(valid, t, torch.zeros_like(t))
@@ -112,7 +120,8 @@ def cross_entropy(
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = x.mean(dim=-1, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased, eps inside the sqrt
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    xhat = expose("xhat", (x - mean) / torch.sqrt(var + eps))
+    return xhat * weight + bias
 
 
 def sinusoidal_positional_encoding(
@@ -159,20 +168,54 @@ def scaled_dot_product_attention(
     """
     T, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-1, -2)) * scale  # (..., T, S)
+    scores = expose("scores", expose("qk", q @ k.transpose(-1, -2)) * scale)  # (..., T, S)
     allowed = torch.ones(T, S, dtype=torch.bool, device=q.device)
     if mask is not None:
         allowed = allowed & mask
     if is_causal:
         allowed = allowed & torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-    weights = masked_softmax(scores, allowed.expand(scores.shape))
+    weights = expose("weights", masked_softmax(scores, allowed.expand(scores.shape)))
     attn = weights
     if dropout_p > 0:
         if dropout_mask is None:
             dropout_mask = torch.rand_like(weights) >= dropout_p
         attn = torch.where(dropout_mask, weights / (1.0 - dropout_p), torch.zeros_like(weights))
-    out = attn @ v
+    out = expose("attn", attn) @ v
     return (out, weights) if return_weights else out
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention``'s numbers from PyTorch's own kernel, ``F.scaled_dot_product_attention``
+    (flash or memory-efficient attention on CUDA): no (T, S) weights kept, none returned.
+
+    The same conventions: ``mask`` bool, True = may attend (SDPA's own); ``is_causal`` top-left
+    aligned, combined with ``mask`` into one (SDPA takes one or the other); a query row with no
+    allowed key gives a zero output and no gradient (it is computed over every key, to stay finite
+    in every kernel, then zeroed). Dropout (``dropout_p > 0``) draws PyTorch's own mask: to replay a
+    NumPy mask use ``scaled_dot_product_attention`` with ``dropout_mask``.
+    """
+    import torch.nn.functional as F
+
+    T, S = q.shape[-2], k.shape[-2]
+    if mask is not None and is_causal:
+        mask, is_causal = mask & torch.ones(T, S, dtype=torch.bool, device=q.device).tril(), False
+    seen = None
+    if mask is not None:
+        seen = mask.any(dim=-1, keepdim=True)  # (..., T | 1, 1), False on a fully masked row
+        if bool(seen.all()):
+            seen = None
+        else:
+            mask = mask | ~seen  # such a row attends everywhere (finite numbers), then is zeroed below
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return out if seen is None else out.masked_fill(~seen, 0.0)
 
 
 # ---------------------------------------------------------------------------- convolution and pooling
@@ -205,7 +248,7 @@ def conv2d(
     windows = _windows(xp, (kh, kw), _pair(stride))  # (N, C, Ho, Wo, kh, kw)
     N, _, Ho, Wo = windows.shape[:4]
     col = windows.permute(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, N * Ho * Wo)  # (K, P), rows (c, i, j)
-    y = (weight.reshape(O, C * kh * kw) @ col).reshape(O, N, Ho, Wo).transpose(0, 1)  # (N, O, Ho, Wo)
+    y = (weight.reshape(O, C * kh * kw) @ expose("col", col)).reshape(O, N, Ho, Wo).transpose(0, 1)  # (N, O, Ho, Wo)
     return y if bias is None else y + bias[:, None, None]
 
 
@@ -238,7 +281,7 @@ def max_pool2d(
     ph, pw = _pair(padding)
     xp = torch.nn.functional.pad(x, (pw, pw, ph, ph), value=float("-inf"))  # (N, C, Hp, Wp)
     windows = _windows(xp, kernel, kernel if stride is None else _pair(stride))  # (N, C, Ho, Wo, kh, kw)
-    flat = windows.flatten(start_dim=4)  # (N, C, Ho, Wo, kh*kw)
+    flat = expose("windows", windows.flatten(start_dim=4))  # (N, C, Ho, Wo, kh*kw)
     first_max = flat.detach().argmax(dim=-1, keepdim=True)  # (N, C, Ho, Wo, 1)
     return flat.gather(-1, first_max).squeeze(-1)
 
@@ -251,7 +294,8 @@ def max_pool2d(
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight  # eps inside the root
+    xhat = expose("xhat", x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps))  # eps inside the root
+    return xhat * weight
 
 
 def rotary_cos_sin(
@@ -283,7 +327,7 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return silu(gate) * up
+    return expose("a", silu(gate)) * up
 
 
 def grouped_query_attention(

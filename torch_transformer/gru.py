@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from .intermediates import expose, prefix
+
 
 def gru_cell(
     x: torch.Tensor,
@@ -41,9 +43,9 @@ def _step(gi: torch.Tensor, h: torch.Tensor, weight_hh: torch.Tensor, bias_hh: t
         gh = gh + bias_hh
     i_r, i_z, i_n = gi.chunk(3, dim=-1)  # (B, H) each
     h_r, h_z, h_n = gh.chunk(3, dim=-1)  # (B, H) each
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)  # b_hn (in h_n) inside the reset product
+    r = expose("r", torch.sigmoid(i_r + h_r))
+    z = expose("z", torch.sigmoid(i_z + h_z))
+    n = expose("n", torch.tanh(i_n + r * h_n))  # b_hn (in h_n) inside the reset product
     return n + z * (h - n)  # = (1 - z) n + z h
 
 
@@ -152,10 +154,12 @@ class GRU(nn.Module):
     def forward(
         self, x: torch.Tensor, h0: torch.Tensor | None = None, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out_f, h_f = gru(x, None if h0 is None else h0[0], *self._direction("_l0"), lengths=lengths)
+        with prefix("l0"):  # each direction's steps named apart, as in the NumPy backward
+            out_f, h_f = gru(x, None if h0 is None else h0[0], *self._direction("_l0"), lengths=lengths)
         if not self.bidirectional:
             return out_f, h_f[None]  # (B, T, H), (1, B, H)
-        out_b, h_b = gru(
-            x, None if h0 is None else h0[1], *self._direction("_l0_reverse"), lengths=lengths, reverse=True
-        )
+        with prefix("l0_reverse"):
+            out_b, h_b = gru(
+                x, None if h0 is None else h0[1], *self._direction("_l0_reverse"), lengths=lengths, reverse=True
+            )
         return torch.cat([out_f, out_b], dim=-1), torch.stack([h_f, h_b])  # (B, T, 2H), (2, B, H)

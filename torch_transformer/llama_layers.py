@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import functional as TF
+from .intermediates import expose
 from .modules import Linear
 
 
@@ -92,9 +93,10 @@ class LlamaAttention(nn.Module):
         rope = dict(theta=self.rope_theta, layout=self.rope_layout)
         q = TF.rotary_embedding(self._split(self.q_proj(x), self.n_heads), positions, **rope)  # (B, H, T, D)
         k = TF.rotary_embedding(self._split(self.k_proj(x), self.n_kv_heads), positions, **rope)  # (B, Hkv, T, D)
+        q, k = expose("q_rotated", q), expose("k_rotated", k)
         v = self._split(self.v_proj(x), self.n_kv_heads)
         heads, weights = TF.grouped_query_attention(q, k, v, mask=mask, is_causal=is_causal, return_weights=True)
-        out = self.out_proj(heads.transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
+        out = self.out_proj(expose("heads", heads).transpose(1, 2).reshape(B, T, -1))  # (B, T, C)
         return (out, weights) if return_weights else out
 
 

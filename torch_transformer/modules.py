@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import functional as TF
+from .intermediates import expose, is_tracking
 
 # ---------------------------------------------------------------------------- NumPy inputs
 # The twin models take what the NumPy models take and give: NumPy token ids, masks and the
@@ -135,14 +136,14 @@ class FeedForward(nn.Module):
         self.linear2 = Linear(d_ff, d_model, bias=bias, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, dropout_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.linear1(x)
+        h = expose("h", self.linear1(x))  # (..., F)
         if self.activation == "relu":
             a = TF.relu(h)
         elif self.activation == "quick_gelu":
             a = TF.quick_gelu(h)
         else:
             a = TF.gelu(h, "none" if self.activation == "gelu" else "tanh")
-        return self.linear2(self.dropout(a, mask=dropout_mask))
+        return self.linear2(self.dropout(expose("a", a), mask=dropout_mask))
 
 
 class PatchEmbedding(nn.Module):
@@ -171,13 +172,29 @@ class PatchEmbedding(nn.Module):
         return y.flatten(2).transpose(1, 2)  # (B, N, C)
 
 
+def use_sdpa(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Set :attr:`MultiHeadAttention.use_sdpa` in every attention of ``model``; returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.use_sdpa = enabled
+    return model
+
+
 class MultiHeadAttention(nn.Module):
     """The twin of ``numpy_transformer.MultiHeadAttention``, one kernel for both of its ``attention`` kinds.
 
     The NumPy configs' ``attention="standard" | "flash"`` chooses between two NumPy kernels with the
     same numbers; the twin reads the same configs and ignores the field (autograd differentiates one
     attention, and ``parity_tests/test_attention_option.py`` checks it against the NumPy flash models).
+
+    ``use_sdpa`` (an attribute, off by default; :func:`use_sdpa` sets it in a whole model): for speed,
+    mostly on CUDA, run the attention through ``F.scaled_dot_product_attention``
+    (:func:`~torch_transformer.functional.fused_attention`) whenever nothing needs the written-out
+    path -- no explicit dropout mask to replay, no weights asked for, no intermediates tracked. The
+    same numbers up to rounding (``parity_tests/test_gpu.py`` checks both on the CPU in float64).
     """
+
+    use_sdpa: bool = False
 
     def __init__(
         self,
@@ -226,10 +243,14 @@ class MultiHeadAttention(nn.Module):
         if key_padding_mask is not None:
             keep = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
             mask = keep if mask is None else mask & keep
-        q = self._split(self.q_proj(query))
-        k = self._split(self.k_proj(key))
-        v = self._split(self.v_proj(value))
+        q = expose("q_heads", self._split(self.q_proj(query)))  # (B, H, T, D)
+        k = expose("k_heads", self._split(self.k_proj(key)))  # (B, H, S, D)
+        v = expose("v_heads", self._split(self.v_proj(value)))
         p = self.dropout if self.training else 0.0
+        if self.use_sdpa and dropout_mask is None and not return_weights and not is_tracking():
+            heads = TF.fused_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=p)  # (B, H, T, D)
+            B, H, T, D = heads.shape
+            return self.out_proj(heads.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
         heads, weights = TF.scaled_dot_product_attention(
             q,
             k,
@@ -240,6 +261,6 @@ class MultiHeadAttention(nn.Module):
             dropout_mask=dropout_mask,
             return_weights=True,
         )  # (B, H, T, D), (B, H, T, S)
-        B, H, T, D = heads.shape
-        out = self.out_proj(heads.transpose(1, 2).reshape(B, T, H * D))
+        B, H, T, D = expose("heads", heads).shape
+        out = self.out_proj(expose("merged", heads.transpose(1, 2).reshape(B, T, H * D)))  # (B, T, C)
         return (out, weights) if return_weights else out

@@ -28,6 +28,7 @@ from numpy_transformer.functional.audio import (
 )
 
 from . import functional as TF
+from .intermediates import expose_transposed
 from .modules import LayerNorm, Linear, as_tensor, module_device
 from .transformer_layers import DecoderLayer, EncoderLayer
 
@@ -47,10 +48,11 @@ def log_mel_spectrogram(
         audio = torch.nn.functional.pad(audio, (0, max(0, n_samples - length)))[:, :n_samples]
     window = torch.hann_window(n_fft, periodic=True, dtype=audio.dtype, device=audio.device)
     stft = torch.stft(audio, n_fft, hop, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = stft[..., :-1].abs() ** 2  # (B, K, T): the last frame dropped
+    power = expose_transposed("power", stft[..., :-1].abs() ** 2, 1, 2)  # (B, K, T): the last frame dropped
     fb = torch.from_numpy(mel_filterbank(n_fft=n_fft)) if filterbank is None else filterbank  # (M, K)
     fb = fb.to(audio.dtype).to(audio.device)
-    log_spec = torch.clamp(fb @ power, min=LOG_MEL_CLAMP).log10()  # (B, M, T)
+    energies = expose_transposed("energies", fb @ power, 1, 2)  # (B, M, T)
+    log_spec = expose_transposed("log_energies", torch.clamp(energies, min=LOG_MEL_CLAMP).log10(), 1, 2)  # (B, M, T)
     floor = log_spec.reshape(B, -1).max(dim=1).values - LOG_MEL_RANGE  # (B,)
     log_spec = torch.maximum(log_spec, floor[:, None, None])
     return (log_spec + 4.0) / 4.0

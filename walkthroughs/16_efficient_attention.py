@@ -15,7 +15,9 @@
 #
 # Lesson 03's attention computes the scores `s = c q kᵀ` of every query against every key, a
 # `(T, S)` array per head, takes their softmax `P` and keeps it for the backward. At T = S = 8192
-# in float32 one such array is 256 MiB, and forward + backward hold about four of them. The
+# in float32 one such array is 256 MiB; even written with care (the scores turned into the
+# probabilities in place, a bool dropout mask, the backward's temporaries in blocks of rows)
+# forward + backward hold fewer than two of them at their peak. The
 # tiled ("flash") attention of `numpy_transformer.functional.flash_attention` computes the *same
 # numbers* a tile of `Bq` queries by `Bk` keys at a time, keeps one number per query row between
 # tiles, and recomputes the probabilities in the backward. This lesson:
@@ -252,7 +254,7 @@ print(f"  flash vs standard backward, worst: {max(np.abs(dq - dq_s).max(), np.ab
 # allocates, outputs and gradients included, inputs not). Here at small sizes so the lesson stays
 # quick (D = 64, one head, tiles of 64); `python -m numpy_transformer benchmark --attention` runs
 # T = 512 … 8192 and adds `torch`'s `scaled_dot_product_attention`. The standard op's peak grows as
-# `T²` — about four score-sized arrays — the tiled ones' as `(T + S) · D`.
+# `T²` — under two score-sized arrays, outputs and gradients included — the tiled ones' as `(T + S) · D`.
 
 # %%
 config = AttentionBenchConfig(lengths=(128, 256, 512, 1024), block_size=64, window=64, repeats=3, warmup=1)
@@ -364,8 +366,8 @@ plt.close(fig)
 # **In the models.** Every model's config takes `attention="standard" | "flash"`
 # (`GPTConfig(..., attention="flash")`, and the Transformer, BERT, ViT, CLIP towers and Llama —
 # grouped-query natively, over the shared key/value heads). The numbers are the same to ~1e-15
-# (`parity_tests/test_attention_option.py`); the flash path has no attention dropout and says so
-# in training mode.
+# (`parity_tests/test_attention_option.py`), attention dropout included: given the same mask (or
+# the same generator) both kernels drop the same weights, the flash one tile by tile.
 #
 # ## Summary
 #

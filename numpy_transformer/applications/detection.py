@@ -12,8 +12,15 @@ pasted pixels above 0.05), ``cxcywh`` normalised by the canvas size: what DETR p
 
 Training (:func:`train`): AdamW, a linear warm-up then a cosine, gradient-norm clipping, the set
 loss of :mod:`numpy_transformer.functional.detr_loss` on every decoder layer's output when
-``auxiliary_loss`` (DETR's default) or on the last one. The backbone trains from scratch (no
-pre-trained ResNet here): its frozen batch norms are fresh (the identity up to ``1/sqrt(1+eps)``).
+``auxiliary_loss`` (DETR's default) or on the last one. By default the backbone trains from
+scratch, and its frozen batch norms are fresh: the identity up to ``1/sqrt(1+eps)``, so the
+backbone has neither normalisation nor a single bias (its convs have none), its signal shrinks
+layer by layer, and DETR learns the boxes but not the classes (the class cross-entropy stays
+near a uniform guess). ``train --backbone-steps N`` (:func:`with_pretrained_backbone`,
+:func:`prepare_backbone`) does what the paper does instead -- start from a backbone trained to
+classify: the frozen norms get statistics measured on training canvases, the backbone learns
+to classify single training digits for ``N`` steps (:func:`pretrain_backbone`), and DETR then
+trains it at a tenth of the learning rate.
 
 Evaluation (:func:`coco_evaluate`): every query's box scored by its most likely real class (DETR's
 post-processing), handed to ``pycocotools``' ``COCOeval`` in pixel ``xywh``: its AP@[.5:.95] and
@@ -26,14 +33,18 @@ import contextlib
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DetrConfig
 from ..functional.detr_loss import MatchCosts, detr_loss_backward, detr_loss_forward
-from ..models.detr import DETR
+from ..functional.linear import LinearCache
+from ..functional.softmax import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
+from ..models.detr import DETR, BackboneCache, ResNetBackbone
+from ..modules.base import Module
+from ..modules.layers import Linear
 from ..optim import AdamW, linear_warmup_cosine
 from ..training.loop import NonFiniteError, clip_or_stop, nonfinite_kind, save_due, stop_requested
 from .datasets import digits_dataset
@@ -98,8 +109,11 @@ def make_canvases(
     return DetectionData(images, labels, boxes)
 
 
+CANVAS_SIZE = 48  # the canvases' side in pixels
+
+
 def detection_dataset(
-    seed: int = 0, n_train: int = 2000, n_test: int = 200, size: int = 48, dtype: np.dtype | type = np.float32
+    seed: int = 0, n_train: int = 2000, n_test: int = 200, size: int = CANVAS_SIZE, dtype: np.dtype | type = np.float32
 ) -> tuple[DetectionData, DetectionData]:
     """``(train, test)`` canvases: the digits split by ``seed`` (``digits_dataset``), canvases drawn from each part."""
     digits = digits_dataset(seed, dtype=np.float64)
@@ -113,12 +127,106 @@ def detection_dataset(
     return cast(train), cast(test)
 
 
+# ---------------------------------------------------------------------------- backbone pre-training
+
+
+@dataclass(frozen=True)
+class BackboneClassifierCache:
+    backbone: BackboneCache
+    feature_shape: tuple[int, int, int, int]  # (B, Cb, h, w) before the mean over the cells
+    head: LinearCache
+    loss: CrossEntropyCache
+
+
+class BackboneClassifier(Module):
+    r"""DETR's backbone with a pooled linear head, to pre-train it on single digits (as DETR's ImageNet ResNet).
+
+    .. math:: \text{logits} = \text{head}\Big(\frac{1}{hw} \sum_{i,j} \text{backbone}(x)_{:, i, j}\Big)
+
+    ``backbone`` is the DETR's own module (not a copy): training this classifier trains the detector's
+    backbone in place. The head is thrown away afterwards, as DETR drops ResNet's classifier.
+    """
+
+    def __init__(self, backbone: ResNetBackbone, channels: int, num_labels: int, dtype, rng) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = Linear(channels, num_labels, dtype=dtype, rng=rng)
+
+    def forward(self, pixels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, BackboneClassifierCache]:
+        """``pixels`` (B, 1, I, I), ``labels`` (B,) -> the mean cross-entropy (0-d), logits (B, K), the cache."""
+        f, c_bb = self.backbone.forward(pixels)  # (B, Cb, h, w)
+        logits, c_head = self.head.forward(f.mean(axis=(2, 3)))  # (B, K)
+        loss, c_loss = cross_entropy_forward(logits, labels)
+        return loss, logits, BackboneClassifierCache(c_bb, f.shape, c_head, c_loss)
+
+    def backward(self, cache: BackboneClassifierCache) -> None:
+        """Accumulate the head's and the backbone's gradients of the loss."""
+        B, Cb, h, w = cache.feature_shape
+        dpooled = self.head.backward(
+            cross_entropy_backward(np.asarray(1.0, dtype=self.head.weight.dtype), cache.loss), cache.head
+        )  # (B, Cb)
+        # The mean spreads each pooled value's gradient evenly over the h w cells it averaged.
+        df = np.broadcast_to((dpooled / dpooled.dtype.type(h * w))[:, :, None, None], (B, Cb, h, w))
+        self.backbone.backward(np.ascontiguousarray(df), cache.backbone)
+
+
+PRETRAIN_SIZE = 32  # pre-training images: one digit at the canvases' scales on 32 x 32 (a 4 x 4 feature map)
+
+
+def pretrain_backbone(
+    model: DETR,
+    digits: np.ndarray,
+    digit_labels: np.ndarray,
+    steps: int,
+    rng: np.random.Generator,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[dict[str, float]], float | None]:
+    """Train ``model.backbone`` in place to classify single digits: each step's loss and batch accuracy, and
+    the accuracy on 500 images of the ``held_out`` digits ``(M', 8, 8), (M',)`` (None without them, or when
+    ``should_stop`` returned True after a step: then it stops there).
+
+    Each step draws ``batch_size`` fresh images: one of ``digits`` (M, 8, 8) -- the training split's
+    only -- scaled and placed as on the detection canvases (:func:`make_canvases` with one object) on
+    a ``PRETRAIN_SIZE`` square. AdamW with a 5 % warm-up and a cosine; the frozen batch norms stay
+    frozen (the backbone has no normalisation to learn).
+    """
+    dtype = model.dtype
+    clf = BackboneClassifier(model.backbone, model.config.hidden_sizes[-1], 10, dtype, rng)
+    opt = AdamW(list(clf.named_trainable()), lr=lr, weight_decay=1e-4)
+    rows = []
+    for step in range(1, steps + 1):
+        batch = make_canvases(digits, digit_labels, batch_size, rng, PRETRAIN_SIZE, max_objects=1)
+        labels = np.concatenate(batch.labels)
+        clf.zero_grad()
+        loss, logits, cache = clf.forward(batch.images.astype(dtype), labels)
+        clf.backward(cache)
+        clip_or_stop(clf, 1.0, step)
+        opt.set_lr_scale(linear_warmup_cosine(step, 1.0, max(1, steps // 20), steps))
+        opt.step()
+        rows.append({"step": step, "loss": float(loss), "accuracy": float((logits.argmax(-1) == labels).mean())})
+        if on_step is not None:
+            on_step(step, rows[-1])
+        if should_stop is not None and should_stop():
+            return rows, None  # stopped (Ctrl-C / SIGTERM): the caller sees fewer rows than steps
+    accuracy = None
+    if held_out is not None:
+        test = make_canvases(*held_out, 500, np.random.default_rng(0), PRETRAIN_SIZE, max_objects=1)
+        labels = np.concatenate(test.labels)
+        _, logits, _ = clf.forward(test.images.astype(dtype), labels)
+        accuracy = float((logits.argmax(-1) == labels).mean())
+    return rows, accuracy
+
+
 # ---------------------------------------------------------------------------- training
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """The training run; the defaults reach the numbers in the README in a few CPU minutes (float32)."""
+    """The training run; the defaults (from scratch) and ``with_pretrained_backbone`` reach the README's numbers."""
 
     steps: int = 2000
     batch_size: int = 16
@@ -131,6 +239,33 @@ class DetectConfig:
     n_test: int = 200
     eval_every: int = 500
     model: DetrConfig = field(default_factory=DetrConfig)
+    # The backbone before DETR's training starts (see start): its frozen batch norms' statistics measured
+    # on 64 training canvases, then ``backbone_steps`` of classifying single training digits (0: none).
+    calibrate_norms: bool = False
+    backbone_steps: int = 0
+    backbone_batch_size: int = 64
+    backbone_lr: float = 1e-3  # the pre-training's AdamW peak
+    backbone_lr_scale: float = 1.0  # DETR's backbone learns at lr times this (the paper: 1e-5 / 1e-4 = 0.1)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.calibrate_norms, bool):
+            raise TypeError(f"calibrate_norms: expected a bool, got {type(self.calibrate_norms).__name__}")
+        if isinstance(self.backbone_steps, bool) or not isinstance(self.backbone_steps, int) or self.backbone_steps < 0:
+            raise ValueError(f"backbone_steps: expected an int >= 0, got {self.backbone_steps!r}")
+        if isinstance(self.backbone_batch_size, bool) or not isinstance(self.backbone_batch_size, int) \
+                or self.backbone_batch_size < 1:  # fmt: skip
+            raise ValueError(f"backbone_batch_size: expected an int >= 1, got {self.backbone_batch_size!r}")
+        for name in ("backbone_lr", "backbone_lr_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+
+
+def with_pretrained_backbone(cfg: DetectConfig, steps: int) -> DetectConfig:
+    """``train --backbone-steps N``: the norms calibrated, ``N`` pre-training steps, the backbone at lr / 10."""
+    if steps == 0:
+        return cfg
+    return replace(cfg, calibrate_norms=True, backbone_steps=steps, backbone_lr_scale=0.1)
 
 
 LOSS_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")  # each step's total, then the last layer's terms
@@ -148,15 +283,76 @@ class DetectRun:
     seconds: float = 0.0
     steps_done: int = 0
     stopped: bool = False
+    # The backbone's pre-training (empty without): per step "step", "loss", "accuracy" (of the batch),
+    # and the accuracy on held-out digits and the seconds it took.
+    pretrain: list[dict[str, float]] = field(default_factory=list)
+    pretrain_accuracy: float | None = None
+    pretrain_seconds: float = 0.0
 
 
 def start(cfg: DetectConfig, dtype: np.dtype | type = np.float32) -> DetectRun:
+    """A fresh run: the DETR, its optimizer and its generators (then :func:`prepare_backbone`, before step 1).
+
+    Weight decay spares biases, norms and the query positions (DETR's recipe). With a
+    ``backbone_lr_scale`` other than 1 the backbone gets two groups of its own that learn at
+    ``lr`` times it (DETR: 1e-5 for the backbone, 1e-4 for the rest).
+    """
     rng = np.random.default_rng(cfg.seed)
     model = DETR(cfg.model, dtype=dtype, rng=rng)
-    decay = [t for t in model.named_trainable() if t[1].ndim > 1 and t[0] != "query_position_embeddings"]
-    rest = [t for t in model.named_trainable() if not (t[1].ndim > 1 and t[0] != "query_position_embeddings")]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+    def decays(name: str, p: np.ndarray) -> bool:
+        return p.ndim > 1 and name != "query_position_embeddings"
+
+    trainable = list(model.named_trainable())
+    parts = [(trainable, cfg.lr)]
+    if cfg.backbone_lr_scale != 1:
+        backbone = [t for t in trainable if t[0].startswith("backbone.")]
+        rest = [t for t in trainable if not t[0].startswith("backbone.")]
+        parts = [(rest, cfg.lr), (backbone, cfg.lr * cfg.backbone_lr_scale)]
+    groups = []
+    for params, lr in parts:
+        groups += [{"params": [t for t in params if decays(*t[:2])], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [t for t in params if not decays(*t[:2])], "weight_decay": 0.0, "lr": lr}]  # fmt: skip
+    groups = [g for g in groups if g["params"]]  # the backbone has no biases: its no-decay group is empty
     return DetectRun(model, AdamW(groups, lr=cfg.lr), np.random.default_rng([cfg.seed, 1]))
+
+
+def prepare_backbone(
+    run: DetectRun,
+    cfg: DetectConfig,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Get a fresh run's backbone ready, as its configuration says; ``False`` if ``should_stop`` cut it short.
+
+    1. ``calibrate_norms``: every frozen batch norm gets the statistics of its input on 64 training
+       canvases (:meth:`~numpy_transformer.models.detr.ResNetBackbone.calibrate_batch_norm`);
+    2. ``backbone_steps`` > 0: the backbone learns to classify single training digits
+       (:func:`pretrain_backbone`), as DETR starts from a ResNet trained on ImageNet classes.
+
+    Both use generators of their own, so the DETR's other initial weights and the order of its
+    batches are those of a run without them. A resumed run skips this: its weights (the frozen
+    statistics included) come from the checkpoint.
+    """
+    if not (cfg.calibrate_norms or cfg.backbone_steps):
+        return True
+    t0 = time.perf_counter()
+    model, dtype = run.model, run.model.dtype
+    digits = digits_dataset(cfg.seed, dtype=np.float64)
+    if cfg.calibrate_norms:
+        rng = np.random.default_rng([cfg.seed, 4])
+        canvases = make_canvases(digits.x_train[:, 0], digits.y_train, 64, rng, CANVAS_SIZE)
+        model.backbone.calibrate_batch_norm(canvases.images.astype(dtype))
+    done = True
+    if cfg.backbone_steps:
+        run.pretrain, run.pretrain_accuracy = pretrain_backbone(
+            model, digits.x_train[:, 0], digits.y_train, cfg.backbone_steps, np.random.default_rng([cfg.seed, 3]),
+            cfg.backbone_batch_size, cfg.backbone_lr, on_step, held_out=(digits.x_test[:, 0], digits.y_test),
+            should_stop=should_stop,
+        )  # fmt: skip
+        done = len(run.pretrain) == cfg.backbone_steps
+    run.pretrain_seconds = time.perf_counter() - t0
+    return done
 
 
 def loss_and_backward(model: DETR, images, labels, boxes) -> tuple[float, dict[str, float]]:
@@ -192,7 +388,9 @@ def train(
     ``run`` continues a run at ``run.steps_done + 1``; ``on_save`` / ``should_stop`` as in
     :func:`~numpy_transformer.applications.digits.train_digits`.
     """
-    run = run if run is not None else start(cfg, dtype)
+    if run is None:
+        run = start(cfg, dtype)
+        prepare_backbone(run, cfg)
     model, opt = run.model, run.optimizer
     t0 = time.perf_counter() - run.seconds
     for step in range(run.steps_done + 1, cfg.steps + 1):

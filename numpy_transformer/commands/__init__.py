@@ -19,6 +19,7 @@ from . import (
     benchmark,
     decode,
     detect,
+    explain,
     finetune,
     parity,
     train,
@@ -32,6 +33,7 @@ COMMANDS = {"parity": parity, "train": train, "decode": decode, "benchmark": ben
 COMMANDS["zero-shot"] = zero_shot
 COMMANDS["transcribe"] = transcribe
 COMMANDS["detect"] = detect
+COMMANDS["explain"] = explain
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

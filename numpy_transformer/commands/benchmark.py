@@ -15,6 +15,12 @@ and sliding-window NumPy attention and ``torch.nn.functional.scaled_dot_product_
 forward + backward, time and peak memory, as a table and a log-log PNG (``--out``). The sweep
 lives in :mod:`numpy_transformer.applications.attention_benchmark`; the torch kernel is measured
 here (:func:`sdpa_row`), the only layer that may import torch.
+
+``--device cuda`` times the twin's training step on the GPU against ``torch.nn.Transformer``'s,
+side by side as on the CPU, at the size of the paper's base model (:data:`GPU_CONFIG`: d 512,
+8 heads, 6 + 6 layers, batch 64 x 128), in float32 and bfloat16, the twin's attention dispatched
+to ``F.scaled_dot_product_attention`` (``MultiHeadAttention.use_sdpa``). ``parity_tests/gpu_check.sh``
+runs it after the ``gpu`` tests.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ BENCH_CONFIG = dict(
     d_ff=512, dropout=0.1, max_len=64,
 )  # fmt: skip
 BATCH, LENGTH = 16, 32
+# --device cuda: the base model of "Attention Is All You Need" (d_ff 2048), batch 64 x 128.
+GPU_CONFIG = dict(BENCH_CONFIG, d_model=512, n_heads=8, n_encoder_layers=6, n_decoder_layers=6, d_ff=2048, max_len=128)
+GPU_BATCH, GPU_LENGTH = 64, 128
 
 
 @dataclass(frozen=True)
@@ -237,8 +246,11 @@ def worker_json(result: BenchResult) -> str:
 # ---------------------------------------------------------------------------- against torch.nn.Transformer
 
 
-def _builtin_transformer_step(dtype: str):
-    """One training step of ``torch.nn.Transformer`` at ``BENCH_CONFIG``: the module a user would pick.
+def _builtin_transformer_step(
+    dtype: str, config: dict | None = None, batch: int = BATCH, length: int = LENGTH, device: str = "cpu"
+):
+    """One training step of ``torch.nn.Transformer`` at ``config`` (default ``BENCH_CONFIG``): the module a
+    user would pick.
 
     Around it, what our model has too: token embeddings scaled by sqrt(C), sinusoidal positions,
     dropout on their sum, the causal target mask and the output projection (our model also builds
@@ -250,7 +262,7 @@ def _builtin_transformer_step(dtype: str):
 
     from ..functional.embedding import sinusoidal_positional_encoding
 
-    c, td = BENCH_CONFIG, getattr(torch, dtype)
+    c, td = config or BENCH_CONFIG, getattr(torch, dtype)
     C = c["d_model"]
 
     class Builtin(nn.Module):
@@ -261,25 +273,25 @@ def _builtin_transformer_step(dtype: str):
             self.transformer = nn.Transformer(C, c["n_heads"], c["n_encoder_layers"], c["n_decoder_layers"], c["d_ff"],
                                               c["dropout"], batch_first=True, dtype=td)  # fmt: skip
             self.out_proj = nn.Linear(C, c["tgt_vocab_size"], dtype=td)
-            pe = sinusoidal_positional_encoding(c["max_len"], C, dtype=np.dtype(dtype))
-            self.register_buffer("pe", torch.from_numpy(pe))
+            pe = sinusoidal_positional_encoding(c["max_len"], C, dtype=np.float64)
+            self.register_buffer("pe", torch.from_numpy(pe).to(td))
             self.dropout = nn.Dropout(c["dropout"])
 
         def forward(self, src, tgt):
             T = tgt.shape[1]
             x = self.dropout(self.src_embed(src) * C**0.5 + self.pe[: src.shape[1]])
             y = self.dropout(self.tgt_embed(tgt) * C**0.5 + self.pe[:T])
-            causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True = blocked, as the padding masks
+            causal = torch.ones(T, T, dtype=torch.bool, device=tgt.device).triu(1)  # True = blocked
             # No key-padding masks: the batch has no padding, and masks would only slow torch down
             # (about 6 % here): a comparison that would flatter us.
             h = self.transformer(x, y, tgt_mask=causal, tgt_is_causal=True)
             return self.out_proj(h)
 
     rng = np.random.default_rng(0)
-    src, tgt_in, tgt_out = (torch.from_numpy(rng.integers(1, c["src_vocab_size"], size=(BATCH, LENGTH)))
+    src, tgt_in, tgt_out = (torch.from_numpy(rng.integers(1, c["src_vocab_size"], size=(batch, length))).to(device)
                             for _ in range(3))  # fmt: skip
     torch.manual_seed(0)
-    model = Builtin()
+    model = Builtin().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -343,6 +355,112 @@ def format_side_by_side(rows: list[SideBySide], pairs: int) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- --device cuda
+
+
+def _twin_step(dtype: str, config: dict, batch: int, length: int, device: str, sdpa: bool = True):
+    """One training step of the twin Transformer at ``config``: forward, cross-entropy, backward, Adam."""
+    import torch
+    import torch.nn.functional as F
+
+    from torch_transformer.modules import use_sdpa
+    from torch_transformer.transformer import Transformer as TwinTransformer
+
+    from ..config import TransformerConfig
+
+    cfg = TransformerConfig(**config)
+    rng = np.random.default_rng(0)
+    src, tgt_in, tgt_out = (torch.from_numpy(rng.integers(1, cfg.src_vocab_size, size=(batch, length))).to(device)
+                            for _ in range(3))  # fmt: skip
+    torch.manual_seed(0)
+    model = use_sdpa(TwinTransformer(cfg, dtype=getattr(torch, dtype), device=device), sdpa)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        logits = model(src, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+@dataclass(frozen=True)
+class DeviceSideBySide:
+    dtype: str
+    twin_ms: float  # medians over the pairs
+    builtin_ms: float
+    ratio: float  # the median of the per-pair ratios twin / nn.Transformer
+
+
+def device_side_by_side(
+    dtype: str, pairs: int, warmup: int, device: str = "cuda", config: dict | None = None,
+    batch: int = GPU_BATCH, length: int = GPU_LENGTH,
+) -> DeviceSideBySide:  # fmt: skip
+    """The twin's step and ``torch.nn.Transformer``'s on ``device``, alternating, each timed to its end
+    (``torch.cuda.synchronize``: CUDA kernels run asynchronously)."""
+    import torch
+
+    config = config or GPU_CONFIG
+    ours = _twin_step(dtype, config, batch, length, device)
+    theirs = _builtin_transformer_step(dtype, config, batch, length, device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        ours()
+        theirs()
+    sync()
+    t_ours, t_theirs = [], []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        ours()
+        sync()
+        middle = time.perf_counter()
+        theirs()
+        sync()
+        t_ours.append(middle - start)
+        t_theirs.append(time.perf_counter() - middle)
+    a, b = np.array(t_ours) * 1000, np.array(t_theirs) * 1000
+    return DeviceSideBySide(dtype, float(np.median(a)), float(np.median(b)), float(np.median(a / b)))
+
+
+def format_device_side_by_side(rows: list[DeviceSideBySide], pairs: int, device: str, config: dict | None = None,
+                               batch: int = GPU_BATCH, length: int = GPU_LENGTH) -> str:  # fmt: skip
+    c = config or GPU_CONFIG
+    lines = [
+        f"the twin's training step on {device} (attention through F.scaled_dot_product_attention) against "
+        f"torch.nn.Transformer's, d_model {c['d_model']}, {c['n_heads']} heads, {c['n_encoder_layers']}+"
+        f"{c['n_decoder_layers']} layers, d_ff {c['d_ff']}, batch {batch} x {length}, dropout {c['dropout']}, "
+        f"Adam; alternating, median of {pairs} pairs",
+        "",
+        "| dtype | twin step (ms) | nn.Transformer step (ms) | twin / nn.Transformer |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.dtype} | {r.twin_ms:.1f} | {r.builtin_ms:.1f} | {r.ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def run_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        import torch
+    except ImportError as exc:
+        parser.error(f"--device cuda needs PyTorch (pip install 'numpy-transformer[torch]'): {exc}")
+    if not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    if args.model != "transformer":
+        parser.error("--model: --device cuda times the Transformer only")
+    dtypes = ("float32", "bfloat16") if args.dtype in (None, "both") else (args.dtype,)
+    pairs, warmup = args.steps or 20, args.warmup or 3
+    rows = [device_side_by_side(dtype, pairs, warmup) for dtype in dtypes]
+    print(format_device_side_by_side(rows, pairs, "cuda"))
+    return 0
+
+
 # ---------------------------------------------------------------------------- --attention: the length sweep
 
 
@@ -402,8 +520,9 @@ def _memory_available_bytes() -> float:
     return float("inf")
 
 
-# The standard attention's forward + backward holds about this many (B, H, T, S) arrays at its peak.
-STANDARD_SCORE_ARRAYS = 6
+# The standard attention's forward + backward holds about this many (B, H, T, S) arrays at its peak
+# (measured: 1.7 with dropout, parity_tests/test_attention_memory.py; 2 leaves room).
+STANDARD_SCORE_ARRAYS = 2
 
 
 def run_attention(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -475,7 +594,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ratio and the peak memory of each.",
     )
     bench.add_argument(
-        "--dtype", choices=("float32", "float64", "both"), default=None, help="default: both (--attention: float32)"
+        "--dtype",
+        choices=("float32", "float64", "bfloat16", "both"),
+        default=None,
+        help="default: both (float32 and float64; --device cuda: float32 and bfloat16; --attention: float32)",
+    )
+    bench.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the twin's step on the GPU against torch.nn.Transformer's, at d 512, 8 heads, 6+6 layers, "
+        "batch 64 x 128 (default cpu)",
     )
     bench.add_argument("--threads", type=positive_int, default=1)
     bench.add_argument(
@@ -516,6 +645,12 @@ ATTENTION_ONLY = ("lengths", "batch", "heads", "head_dim", "window", "block_size
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.device == "cuda":
+        if args.attention:
+            parser.error("--device cuda: not used with --attention (the sweep runs on the CPU)")
+        return run_device(parser, args)
+    if args.dtype == "bfloat16":
+        parser.error("--dtype bfloat16: only with --device cuda (NumPy has no bfloat16)")
     if args.attention:
         return run_attention(parser, args)
     given = [name for name in ATTENTION_ONLY if getattr(args, name) is not None] + (["causal"] if args.causal else [])

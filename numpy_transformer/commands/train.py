@@ -65,7 +65,8 @@ from .common import (
 SAVE_EVERY = 250  # steps between checkpoints: a few minutes of the default runs, a second of writing
 # What a resumed run takes from its checkpoint, never from the command line.
 OTHER_TASKS = ("charlm", "digits", "digit-captions", "detect")  # the tasks that are not seq2seq toy tasks
-RUN_OPTIONS = ("task", "model", "backend", "dtype", "steps", "epochs", "batch_size", "dropout", "device", "seed")
+RUN_OPTIONS = ("task", "model", "backend", "dtype", "steps", "epochs", "batch_size", "dropout", "device", "seed",
+               "backbone_steps")  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -134,6 +135,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--top-k", type=positive_int, help="charlm samples: keep the k most likely characters")
     train.add_argument("--top-p", type=float, help="charlm samples: nucleus sampling, a probability in (0, 1]")
     train.add_argument("--samples", type=positive_int, default=3, help="charlm: samples printed at the end")
+    train.add_argument(
+        "--backbone-steps",
+        type=non_negative_int,
+        metavar="N",
+        help="detect: first pre-train DETR's backbone N steps on single training digits (its frozen batch norms' "
+        "statistics measured on 64 training canvases, a pooled linear head, batch 64), then train DETR with the "
+        "backbone at a tenth of the learning rate, as the paper starts from a pre-trained ResNet (default 0: "
+        "from scratch). Part of the run: saved in its checkpoint, never repeated by --resume",
+    )
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -150,6 +160,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.dtype is None:
         args.dtype = resumed.meta["dtype"] if resumed is not None else "float32"
     task = resumed.meta["train_state"]["task"] if resumed is not None else (args.task or "reverse")
+    if task != "detect" and args.backbone_steps is not None:
+        parser.error(f"--backbone-steps: pre-trains DETR's backbone, for --task detect (not {task})")
     # Every run ends by drawing loss_curves.png: find a missing matplotlib now, not after every step.
     require_module(
         parser, "matplotlib", "train draws its loss curves with matplotlib: pip install 'numpy-transformer[train]'"
@@ -967,8 +979,49 @@ def _detect_config():
     return DetectConfig
 
 
+def _prepare_detect_backbone(cfg, run) -> int | None:
+    """A fresh detect run's backbone preparation (``--backbone-steps``): None when done, else the exit status.
+
+    A signal during it stops it without a checkpoint (no DETR step was made): run the command again.
+    """
+    from ..applications import detection
+
+    if not (cfg.calibrate_norms or cfg.backbone_steps):
+        return None
+    n = cfg.backbone_steps
+    print(f"backbone: frozen batch norms measured on 64 training canvases; {n} pre-training steps of batch "
+          f"{cfg.backbone_batch_size} on single training digits, then DETR with the backbone at lr x "
+          f"{cfg.backbone_lr_scale}")  # fmt: skip
+
+    def on_step(step: int, row: dict) -> None:
+        if step % max(1, n // 10) == 0:
+            print(f"  backbone step {step}/{n}  loss {row['loss']:.4f}  batch accuracy {row['accuracy']:.3f}")
+            sys.stdout.flush()
+
+    with StopOnSignal() as stop:
+        done = detection.prepare_backbone(run, cfg, on_step, stop.stop)
+    if not done:
+        print(f"\nstopped by {stop.name} during the backbone's pre-training (step {len(run.pretrain)} of {n}); "
+              "nothing was written: run the command again")  # fmt: skip
+        return stop.exit_code
+    if n:
+        print(f"backbone: {run.pretrain_accuracy:.3f} accuracy on held-out digits ({run.pretrain_seconds:.0f} s)")
+    return None
+
+
+def _restore_detect_backbone(parser, path: Path, cfg, run, state: dict, arrays: dict) -> None:
+    """A resumed detect run's record of its backbone's pre-training (its weights came with the model's)."""
+    terms = arrays.get("backbone_terms", np.zeros((0, 2)))  # absent: written before --backbone-steps existed
+    backbone = state.get("backbone", {"held_out_accuracy": None, "seconds": 0.0})
+    if terms.shape != (cfg.backbone_steps, 2) or not isinstance(backbone, dict):
+        parser.error(f"--resume: {path}: state/backbone_terms: expected ({cfg.backbone_steps}, 2) (one row per "
+                     f"pre-training step), got {terms.shape}")  # fmt: skip
+    run.pretrain = [{"step": i + 1, "loss": float(a), "accuracy": float(b)} for i, (a, b) in enumerate(terms)]
+    run.pretrain_accuracy, run.pretrain_seconds = backbone.get("held_out_accuracy"), backbone.get("seconds", 0.0)
+
+
 def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, resumed: Checkpoint | None) -> int:
-    """``train --task detect``: DETR from scratch on digit canvases; each loss term, COCO AP, loss curves."""
+    """``train --task detect``: DETR on digit canvases (``--backbone-steps``: its backbone pre-trained first)."""
     from ..applications import detection
 
     if args.model not in (None, "detr"):
@@ -976,7 +1029,7 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     refused = [f"--{n}" for n in ("backend", "epochs", "dropout", "device") if getattr(args, n, None)]
     refused += ["--compare"] * bool(args.compare)
     if refused:
-        parser.error(f"--task detect trains in NumPy from scratch: {', '.join(refused)} does not apply")
+        parser.error(f"--task detect trains DETR in NumPy: {', '.join(refused)} does not apply")
     for module, what in (("sklearn", "scikit-learn"), ("pycocotools", "pycocotools")):
         require_module(parser, module, f"--task detect needs {what}: pip install 'numpy-transformer[detection]'")
     if resumed is not None:
@@ -986,6 +1039,7 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         changes = {k: getattr(args, k) for k in ("steps", "batch_size", "seed") if getattr(args, k) is not None}
         cfg = replace(defaults, **changes)
         cfg = replace(cfg, eval_every=min(cfg.eval_every, cfg.steps))
+        cfg = detection.with_pretrained_backbone(cfg, args.backbone_steps or 0)
     out = args.out or Path("runs") / "detect-detr"
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(args.dtype)
@@ -1013,7 +1067,12 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         run.losses = [{"step": i + 1, **dict(zip(detection.LOSS_TERMS, map(float, row), strict=True))}
                       for i, row in enumerate(terms)]  # fmt: skip
         run.evals, run.seconds, run.steps_done = state["evals"], state["seconds"], done
+        _restore_detect_backbone(parser, path, cfg, run, state, resumed.state_arrays)
         print(f"resuming after step {run.steps_done} from {path}")
+    else:
+        code = _prepare_detect_backbone(cfg, run)
+        if code is not None:
+            return code
     bar = _progress_bar(args, cfg.steps, run.steps_done)
     say = bar.write if bar is not None else print
     saver = _Saver(out, say)
@@ -1033,13 +1092,16 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
         sys.stdout.flush()
 
     def write(run) -> None:
+        backbone = {"held_out_accuracy": run.pretrain_accuracy, "seconds": run.pretrain_seconds}
         state = _train_state("detect", "numpy", "cpu", run.steps_done, run.seconds, run.evals,
-                             generators={"batches": generator_state(run.rng)})  # fmt: skip
+                             generators={"batches": generator_state(run.rng)}, backbone=backbone)  # fmt: skip
         terms = np.array([[r[k] for k in detection.LOSS_TERMS] for r in run.losses], dtype=np.float64)
         arrays = {"losses.numpy": terms[:, 0].copy(), "loss_terms": terms.reshape(-1, len(detection.LOSS_TERMS))}
+        arrays["backbone_terms"] = np.array([[r["loss"], r["accuracy"]] for r in run.pretrain]).reshape(-1, 2)
         save_checkpoint(out / "checkpoint.npz", run.model, run.optimizer, arrays, train_config=asdict(cfg),
                         steps=cfg.steps, train_state=state, loss_terms=list(detection.LOSS_TERMS))  # fmt: skip
-        history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds}
+        history = {"config": asdict(cfg), "losses": run.losses, "evals": run.evals, "seconds": run.seconds,
+                   "backbone": {**backbone, "steps": run.pretrain}}  # fmt: skip
         atomic_write_text(out / "history.json", json.dumps(history, indent=1, default=float))
 
     def train(on_save, should_stop) -> detection.DetectRun:
@@ -1050,8 +1112,9 @@ def _train_detect(parser: argparse.ArgumentParser, args: argparse.Namespace, res
     if code is not None:
         return code
     last = run.evals[-1]
-    print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s: AP@[.5:.95] {last['AP']:.3f}, AP50 {last['AP50']:.3f} "
-          f"on the {len(test_data)} held-out canvases (pycocotools)")  # fmt: skip
+    before = f" (after {run.pretrain_seconds:.1f} s preparing the backbone)" if run.pretrain_seconds else ""
+    print(f"\ntrained {cfg.steps} steps in {run.seconds:.1f} s{before}: AP@[.5:.95] {last['AP']:.3f}, AP50 "
+          f"{last['AP50']:.3f} on the {len(test_data)} held-out canvases (pycocotools)")  # fmt: skip
     png = out / "loss_curves.png"
     try:
         detection.plot_losses(run.losses, png, f"DETR on digit canvases ({args.dtype})")

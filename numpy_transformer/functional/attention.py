@@ -11,6 +11,16 @@ gradient flows through it (to ``q``, ``k`` or ``v``). That is also what
 ``torch.nn.functional.scaled_dot_product_attention`` returns in recent PyTorch
 (seen on 2.5 and later); ``torch.nn.MultiheadAttention`` returns NaN for the same
 situation. ``parity_tests`` pins both behaviours.
+
+Memory
+------
+The op makes one (..., T, S) array, the scores, and turns it in place into the probabilities,
+which the cache keeps; with dropout the cache adds the bool keep-mask (1/8 of a float64 array),
+not the dropped probabilities (recomputed from the two when needed). Where the array is large
+(:data:`ROW_BLOCK_ELEMENTS`), the dropped probabilities and the backward's (..., T, S)
+temporaries are formed for one block of query rows at a time (:func:`row_blocks`), so that
+forward + backward peak at about 1.5 such arrays (``parity_tests/test_attention_memory.py``);
+at training sizes there is one block and the numbers are those of the one-array formulas.
 """
 
 from __future__ import annotations
@@ -30,9 +40,9 @@ from .checks import (
     check_same_dtype,
     check_shape,
 )
-from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .dropout import DropoutCache, draw_dropout_mask
+from .intermediates import gradient_at, is_recording
 from .masks import causal_mask
-from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 
 
 @dataclass(frozen=True)
@@ -132,24 +142,90 @@ def scaled_dot_product_attention_forward(
         causal = causal_mask(T, S)  # (T, S)
         allowed = causal if allowed is None else (allowed & causal)
 
-    scores = (q @ np.swapaxes(k, -1, -2)) * dtype.type(scale)  # (..., T, S)
-    if allowed is None:
-        weights, _ = softmax_forward(scores, axis=-1)  # (..., T, S)
-    else:
-        weights = masked_softmax(scores, np.broadcast_to(allowed, scores_shape))
+    # The (..., T, S) array is made once and then worked on in place: the scores become the
+    # probabilities, which the cache keeps. Only what the backward needs stays alive (the
+    # probabilities and, with dropout, a bool keep-mask); the dropped probabilities are formed
+    # block by block of query rows where the array is large (``row_blocks``).
+    scores = q @ np.swapaxes(k, -1, -2)  # (..., T, S)
+    scores *= dtype.type(scale)  # in place: the same numbers as (q @ k^T) * scale
+    weights = softmax_rows_in_place(scores, allowed)  # (..., T, S), the same array
 
     # Dropout on the weights (the identity when dropout_p == 0).
     if dropout_mask is not None:
         if not isinstance(dropout_mask, np.ndarray) or dropout_mask.dtype != np.bool_:
             raise TypeError("dropout_mask: expected a bool ndarray (True = keep)")
         check_shape("dropout_mask", dropout_mask, scores_shape)
-    attn, dropout_cache = dropout_forward(weights, dropout_p, rng=rng, mask=dropout_mask)  # (..., T, S)
+    keep = None
+    if dropout_p > 0:
+        keep = draw_dropout_mask(scores_shape, dropout_p, rng) if dropout_mask is None else dropout_mask
+    dropout_cache = DropoutCache(keep=keep, scale=1.0 / (1.0 - dropout_p), dtype=dtype, shape=scores_shape)
 
-    out = attn @ v  # (..., T, Dv)
+    # out = attn @ v with attn = dropout(weights)
+    blocks = row_blocks(scores_shape)
+    out = None if len(blocks) == 1 else np.empty(scores_shape[:-1] + v.shape[-1:], dtype=dtype)  # (..., T, Dv)
+    for rows in blocks:
+        out_rows = dropped_rows(weights, dropout_cache, rows) @ v  # (..., rows, Dv)
+        if out is None:
+            out = out_rows
+        else:
+            out[..., rows, :] = out_rows
     cache = AttentionCache(
         q=q, k=k, v=v, weights=weights, dropout=dropout_cache, dropout_p=dropout_p, scale=float(scale)
     )
     return out, cache
+
+
+# Above this many elements a (..., T, S) temporary is formed block by block of query rows, in
+# ROW_BLOCKS blocks, so that the forward and backward hold the probabilities, the keep-mask and
+# about 2/8 of one more such array, not several whole ones. Below it (the usual training sizes)
+# there is one block: the same products as without blocks, and no Python loop.
+ROW_BLOCK_ELEMENTS = 2**18
+ROW_BLOCKS = 8
+
+
+def row_blocks(scores_shape: tuple[int, ...]) -> list[slice]:
+    """Slices of the query axis T that split a (..., T, S) array into ROW_BLOCKS blocks of rows.
+
+    One block (``slice(None)``) when the array has at most ROW_BLOCK_ELEMENTS elements, or while
+    ``gradient_at`` is recording (so that each named step is recorded once, whole).
+    """
+    *lead, T, S = scores_shape
+    if math.prod(lead) * T * S <= ROW_BLOCK_ELEMENTS or is_recording():
+        return [slice(None)]
+    rows = -(-T // ROW_BLOCKS)  # ceil(T / ROW_BLOCKS)
+    return [slice(start, min(start + rows, T)) for start in range(0, T, rows)]
+
+
+def dropped_rows(weights: np.ndarray, dropout: DropoutCache, rows: slice) -> np.ndarray:
+    """``dropout(weights)[..., rows, :]``, a new array (or ``weights``' own rows when dropout is off)."""
+    w = weights[..., rows, :]  # (..., rows, S)
+    if dropout.keep is None:
+        return w
+    attn = w * dropout.keep[..., rows, :]  # the same two steps as dropout_forward: mask, then scale
+    attn *= w.dtype.type(dropout.scale)
+    return attn
+
+
+def softmax_rows_in_place(scores: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Overwrite ``scores`` (..., T, S) with its softmax over the last axis and return it.
+
+    ``allowed`` (bool, broadcastable to ``scores``, True = may attend) or None. The steps and the
+    numbers are those of ``softmax_forward`` (no mask) and of :func:`masked_softmax`, written into
+    the one array instead of a new one per step.
+    """
+    if allowed is not None:
+        np.copyto(scores, -np.inf, where=~allowed)  # masked keys at -inf: exp gives them weight 0
+    row_max = scores.max(axis=-1, keepdims=True)  # (..., T, 1), -inf on a fully masked row
+    if allowed is not None:
+        row_max = np.where(np.isfinite(row_max), row_max, 0)
+    scores -= row_max
+    np.exp(scores, out=scores)
+    denom = scores.sum(axis=-1, keepdims=True)  # (..., T, 1), 0 on a fully masked row
+    if allowed is None:
+        scores /= denom
+    else:  # a fully masked row: 0 / 1 = 0, so its weights, output and gradients are zero
+        scores /= np.where(denom > 0, denom, 1).astype(scores.dtype)
+    return scores
 
 
 def masked_softmax(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -161,14 +237,7 @@ def masked_softmax(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     Equal to ``softmax_forward`` with masked scores set to ``-inf``, except on a
     fully masked row, where that would be ``0/0 = NaN``.
     """
-    dtype = scores.dtype
-    masked = np.where(allowed, scores, -np.inf)  # (..., T, S)
-    row_max = masked.max(axis=-1, keepdims=True)  # (..., T, 1), -inf on a fully masked row
-    row_max = np.where(np.isfinite(row_max), row_max, 0)
-    e = np.exp(masked - row_max)  # exp(-inf) = 0 at masked keys
-    denom = e.sum(axis=-1, keepdims=True)  # (..., T, 1), 0 on a fully masked row
-    # A fully masked row: 0 / 1 = 0, so its weights, output and gradients are zero.
-    return e / np.where(denom > 0, denom, 1).astype(dtype)
+    return softmax_rows_in_place(np.array(scores, copy=True), np.broadcast_to(allowed, scores.shape))
 
 
 def scaled_dot_product_attention_backward(
@@ -194,19 +263,42 @@ def scaled_dot_product_attention_backward(
     """
     q, k, v, weights = cache.q, cache.k, cache.v, cache.weights
     check_dout(dout, weights.shape[:-1] + v.shape[-1:], q.dtype)
-    # in the forward pass this was: attn = dropout(weights); recompute attn from the mask
-    keep = cache.dropout.keep
-    attn = weights if keep is None else dropout_forward(weights, cache.dropout_p, mask=keep)[0]
-    # out = attn @ v
-    dattn = dout @ np.swapaxes(v, -1, -2)  # (..., T, S)
-    dv = np.swapaxes(attn, -1, -2) @ dout  # (..., S, Dv)
-    # attn = dropout(weights)
-    dweights = dropout_backward(dattn, cache.dropout)  # (..., T, S)
-    # weights = softmax(scores): the same Jacobian-vector product as softmax_backward;
-    # masked keys have weight 0, so their score gradient is 0 too.
-    dscores = softmax_backward(dweights, SoftmaxCache(y=weights, axis=-1))
-    # scores = q @ k^T * scale
-    dscores = dscores * q.dtype.type(cache.scale)  # (..., T, S)
-    dq = dscores @ k  # (..., T, D)
-    dk = np.swapaxes(dscores, -1, -2) @ q  # (..., S, D)
+    dtype, keep = q.dtype, cache.dropout.keep
+    # Block by block of query rows (one block unless the (..., T, S) array is large, see
+    # row_blocks): each row's score gradient needs only that row, so the temporaries are
+    # (..., rows, S); dq gets its rows, dk and dv add up each block's share.
+    blocks = row_blocks(weights.shape)
+    dq = None if len(blocks) == 1 else np.empty_like(q)  # (..., T, D)
+    dk = dv = None
+    for rows in blocks:
+        w, do = weights[..., rows, :], dout[..., rows, :]  # (..., rows, S), (..., rows, Dv)
+        # in the forward pass this was: attn = dropout(weights); recompute attn from the mask
+        attn = dropped_rows(weights, cache.dropout, rows)  # (..., rows, S)
+        # out = attn @ v
+        dattn = gradient_at("attn", do @ np.swapaxes(v, -1, -2))  # (..., rows, S)
+        dv_rows = np.swapaxes(attn, -1, -2) @ do  # (..., S, Dv)
+        # attn = dropout(weights): dweights = dattn * m / (1 - p), in place (dattn is not needed again)
+        dweights = dattn
+        if keep is not None:
+            dweights *= keep[..., rows, :]  # the same two steps as dropout_backward
+            dweights *= dtype.type(cache.dropout.scale)
+        dweights = gradient_at("weights", dweights)  # (..., rows, S)
+        # weights = softmax(scores): ds = w * (dw - sum_s dw w), the Jacobian-vector product of
+        # softmax_backward written in place; masked keys have weight 0, so their score gradient is 0 too.
+        # (dw * w goes into attn's buffer when attn is a temporary of its own: one array fewer.)
+        rowdot = np.multiply(dweights, w, out=attn if keep is not None else None).sum(axis=-1, keepdims=True)
+        dweights -= rowdot
+        dweights *= w
+        dscores = gradient_at("scores", dweights)  # (..., rows, S)
+        # scores = q @ k^T * scale
+        dscores *= dtype.type(cache.scale)
+        dscores = gradient_at("qk", dscores)  # (..., rows, S) at q k^T, before the scale
+        dq_rows = dscores @ k  # (..., rows, D)
+        dk_rows = np.swapaxes(dscores, -1, -2) @ q[..., rows, :]  # (..., S, D)
+        if dq is None:
+            dq = dq_rows
+        else:
+            dq[..., rows, :] = dq_rows
+        dk = dk_rows if dk is None else np.add(dk, dk_rows, out=dk)
+        dv = dv_rows if dv is None else np.add(dv, dv_rows, out=dv)
     return dq, dk, dv

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_dout, check_float_array, check_positive_int
+from .intermediates import gradient_at
 
 WHISPER_SAMPLE_RATE = 16000  # Hz: every clip is resampled to this rate
 WHISPER_N_FFT = 400  # 25 ms windows
@@ -272,12 +273,12 @@ def log_mel_spectrogram_backward(dout: np.ndarray, cache: LogMelCache) -> np.nda
     kept = c.log_energies >= floor[:, None, None]  # (B, T, M)
     dl = np.where(kept, dy, 0).reshape(B, -1)  # (B, T M)
     dl[np.arange(B), c.argmax] += np.where(kept, 0, dy).reshape(B, -1).sum(axis=1)
-    dl = dl.reshape(B, T, M)
+    dl = gradient_at("log_energies", dl.reshape(B, T, M))  # (B, T, M) gradient at L
     # L = log10(max(E, 1e-10)): nothing through the clamp
     live = c.energies > dtype.type(LOG_MEL_CLAMP)
-    de = np.where(live, dl / (np.where(live, c.energies, 1) * dtype.type(np.log(10.0))), 0)  # (B, T, M)
+    de = gradient_at("energies", np.where(live, dl / (np.where(live, c.energies, 1) * dtype.type(np.log(10.0))), 0))
     # E = P Fb^T
-    dp = de @ c.filterbank  # (B, T, K)
+    dp = gradient_at("power", de @ c.filterbank)  # (B, T, K)
     # P = re^2 + im^2, re = u C, im = u S
     cos, sin = _dft_matrices(n, dtype)  # (n, K) each
     re, im = c.spectrum.real.astype(dtype), c.spectrum.imag.astype(dtype)

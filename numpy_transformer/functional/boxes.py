@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_dout, check_float_array, check_positive_number, check_same_dtype
+from .intermediates import gradient_at
 
 # ---------------------------------------------------------------------------- checks
 
@@ -244,15 +245,15 @@ def overlap_backward(
     diou = np.zeros_like(c.inter) if diou is None else diou
     dgiou = np.zeros_like(c.inter) if dgiou is None else dgiou
     # giou = iou - [has_enc] (enc - union) / enc = iou - [has_enc] (1 - union / enc)
-    d_iou = diou + dgiou
+    d_iou = gradient_at("iou", diou + dgiou)
     d_union = np.where(c.has_enc, dgiou / c.enc, zero)
-    d_enc = np.where(c.has_enc, -dgiou * c.union / (c.enc * c.enc), zero)
+    d_enc = gradient_at("enc", np.where(c.has_enc, -dgiou * c.union / (c.enc * c.enc), zero))
     # iou = [has_union] inter / union
     d_inter = np.where(c.has_union, d_iou / c.union, zero)
-    d_union = d_union + np.where(c.has_union, -d_iou * c.inter / (c.union * c.union), zero)
+    d_union = gradient_at("union", d_union + np.where(c.has_union, -d_iou * c.inter / (c.union * c.union), zero))
     # union = area_a + area_b - inter
     d_area_a, d_area_b = d_union, d_union
-    d_inter = d_inter - d_union
+    d_inter = gradient_at("inter", d_inter - d_union)
     # inter = iw * ih, iw = relu(ix2 - ix1): passes where the boxes overlap (iw > 0)
     d_iw = np.where(c.iw > zero, d_inter * c.ih, zero)
     d_ih = np.where(c.ih > zero, d_inter * c.iw, zero)

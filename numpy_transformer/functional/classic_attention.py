@@ -44,6 +44,7 @@ import numpy as np
 
 from .attention import masked_softmax
 from .checks import check_broadcastable, check_dout, check_float_array, check_same_dtype
+from .intermediates import gradient_at
 from .linear import LinearCache, linear_backward, linear_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
 
@@ -125,10 +126,10 @@ def _sum_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _attend_backward(dcontext: np.ndarray, weights: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Backward of :func:`_attend`: (dscores (B, T, S), dv (B, S, Dv))."""
     # context = weights @ v
-    dweights = dcontext @ np.swapaxes(v, -1, -2)  # (B, T, S)
+    dweights = gradient_at("weights", dcontext @ np.swapaxes(v, -1, -2))  # (B, T, S)
     dv = _sum_outer(weights, dcontext)  # (B, S, Dv), summed over the decoder steps
     # weights = softmax(scores); a masked key has weight 0, so its score gradient is 0
-    dscores = softmax_backward(dweights, SoftmaxCache(y=weights, axis=-1))  # (B, T, S)
+    dscores = gradient_at("scores", softmax_backward(dweights, SoftmaxCache(y=weights, axis=-1)))  # (B, T, S)
     return dscores, dv
 
 
@@ -172,9 +173,9 @@ def _additive_scores_backward(
     h, v_a = cache.h, cache.v_a
     # scores = h @ v_a
     dv_a = np.tensordot(dscores, h, axes=([0, 1, 2], [0, 1, 2]))  # (A,)
-    dh = dscores[..., None] * v_a  # (B, T, S, A)
+    dh = gradient_at("h", dscores[..., None] * v_a)  # (B, T, S, A)
     # h = tanh(z), z = qp_t + kp_s: tanh' = 1 - h^2, and z broadcasts qp over S and kp over T
-    dz = dh * (1 - h * h)  # (B, T, S, A)
+    dz = gradient_at("z", dh * (1 - h * h))  # (B, T, S, A)
     dqp = dz.sum(axis=2)  # (B, T, A)
     dkp = dz.sum(axis=1)  # (B, S, A)
     # qp = q W_q^T, kp = k W_k^T

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_float_array, check_same_dtype
+from .intermediates import gradient_at, prefix
 from .pooling import L2NormalizeCache, l2_normalize_backward, l2_normalize_forward
 from .softmax import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
 
@@ -96,15 +97,15 @@ def contrastive_logits_backward(
             f"dlogits_per_image: expected {L.dtype} of shape {L.shape} (that of logits_per_image), "
             f"got {dlogits_per_image.dtype} {dlogits_per_image.shape}"
         )
-    G = dlogits_per_image
+    G = gradient_at("logits_per_image", dlogits_per_image)  # (B_img, B_txt)
     u, v, s = cache.image_norm.y, cache.text_norm.y, cache.scale
     # In the forward pass this was: logits = scale * (u @ v.T), scale = exp(logit_scale)
     du = s * (G @ v)  # (B_img, E)
     dv = s * (G.T @ u)  # (B_txt, E)
     dlogit_scale = np.asarray((G * L).sum(), dtype=L.dtype)  # ()
     # In the forward pass this was: u = I / |I|, v = T / |T|
-    dimage = l2_normalize_backward(du, cache.image_norm)
-    dtext = l2_normalize_backward(dv, cache.text_norm)
+    dimage = l2_normalize_backward(gradient_at("u", du), cache.image_norm)  # through the normalised features
+    dtext = l2_normalize_backward(gradient_at("v", dv), cache.text_norm)
     return dimage, dtext, dlogit_scale
 
 
@@ -164,5 +165,8 @@ def clip_loss_dlogits(dout: np.ndarray | float, cache: ClipLossCache) -> np.ndar
     """
     dtype = cache.logits.logits_per_image.dtype
     half = np.asarray(dout, dtype=dtype) / 2
-    dlogits = cross_entropy_backward(half, cache.per_image)  # (B, B) over the rows
-    return dlogits + cross_entropy_backward(half, cache.per_text).T  # (B, B) the text rows, transposed back
+    with prefix("per_image"):  # named apart: this backward takes the two cross-entropies in forward order
+        dlogits = cross_entropy_backward(half, cache.per_image)  # (B, B) over the rows
+    with prefix("per_text"):
+        dlogits_text = cross_entropy_backward(half, cache.per_text)  # (B, B) over the columns
+    return dlogits + dlogits_text.T  # (B, B) the text rows, transposed back

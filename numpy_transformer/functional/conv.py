@@ -79,6 +79,7 @@ from .checks import (
     check_pool_padding,
     check_same_dtype,
 )
+from .intermediates import gradient_at
 
 # ---------------------------------------------------------------------------- unfold and fold
 
@@ -225,7 +226,7 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache) -> tuple[np.ndarray, n
     dbias = dY.sum(axis=1) if cache.has_bias else None  # (O,)
     # In the forward pass this was: Y = W_mat @ col
     dweight = (dY @ col.T).reshape(weight.shape)  # (O, P) @ (P, K) -> (O, K) -> (O, C, kh, kw)
-    dcol = weight.reshape(O, C * kh * kw).T @ dY  # (K, O) @ (O, P) -> (K, P)
+    dcol = gradient_at("col", weight.reshape(O, C * kh * kw).T @ dY)  # (K, O) @ (O, P) -> (K, P)
     # In the forward pass this was: col = unfold(xp), rows (c, i, j), columns (n, a, b)
     dwindows = dcol.reshape(C, kh, kw, N, Ho, Wo).transpose(3, 0, 4, 5, 1, 2)  # (N, C, Ho, Wo, kh, kw)
     dxp = fold_windows(dwindows, (H + 2 * ph, W + 2 * pw), cache.stride)  # (N, C, Hp, Wp)
@@ -395,5 +396,6 @@ def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     dflat = np.zeros((N, C, Ho, Wo, kh * kw), dtype=dout.dtype)  # (N, C, Ho, Wo, kh*kw)
     np.put_along_axis(dflat, argmax[..., None], dout[..., None], axis=-1)
     # In the forward pass this was: flat = sliding_windows(pad(x)).reshape(..., kh*kw)
+    dflat = gradient_at("windows", dflat)  # (N, C, Ho, Wo, kh*kw) gradient at the flattened windows
     dxp = fold_windows(dflat.reshape(N, C, Ho, Wo, kh, kw), (H + 2 * ph, W + 2 * pw), cache.stride)
     return np.ascontiguousarray(dxp[:, :, ph : ph + H, pw : pw + W])  # (N, C, H, W)

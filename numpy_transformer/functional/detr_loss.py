@@ -57,6 +57,7 @@ from .boxes import (
     l1_box_loss_forward,
 )
 from .checks import check_float_array, check_int_array, check_real, check_same_dtype
+from .intermediates import prefix
 from .softmax import log_softmax_forward, softmax_forward
 
 # ---------------------------------------------------------------------------- weighted cross-entropy
@@ -353,7 +354,8 @@ def detr_loss_backward(dout: np.ndarray | float, cache: DetrLossCache) -> tuple[
     for layer, c in enumerate(cache.layers):
         dlogits[layer] = weighted_cross_entropy_backward(dout, c.ce).reshape(B, Q, V)
         d_l1, _ = l1_box_loss_backward(dout * dtype.type(cache.bbox_weight), c.l1)  # (m, 4)
-        d_xyxy, _ = giou_loss_backward(dout * dtype.type(cache.giou_weight), c.giou)
+        with prefix(f"layer{layer}"):  # named apart: the layers are taken in forward order here
+            d_xyxy, _ = giou_loss_backward(dout * dtype.type(cache.giou_weight), c.giou)
         d_matched = d_l1 + box_cxcywh_to_xyxy_backward(d_xyxy, c.to_xyxy)  # (m, 4)
         dboxes[layer][c.batch_idx, c.query_idx] = d_matched  # each query matched at most once: no clash
     return dlogits, dboxes

@@ -54,6 +54,27 @@ so :math:`D = \mathrm{rowsum}(dO \odot O)` is known before the loop from ``dout`
 alone, a ``(..., T)`` vector. Every gradient of a tile then needs that tile only; ``dV`` and
 ``dK`` add up the contributions of every query block, ``dQ`` those of every key block.
 
+Dropout on the probabilities
+----------------------------
+With attention dropout the output is :math:`O = \tilde P V`, :math:`\tilde P = P \odot M / (1 - p)`
+for a bool keep-mask :math:`M` (the one the standard attention would use, given or drawn whole
+before the loop, so that both kernels drop the same weights). The forward drops each tile's
+unnormalised :math:`e^{s - m}` before its product with :math:`V`, and sums the *undropped* ones
+into :math:`l`: dropout acts after the softmax, whose normalisation sees every key. The
+backward recomputes :math:`P` from :math:`L`, forms :math:`\tilde P` with the tile of :math:`M`,
+and goes back through the mask: :math:`dV = \tilde P^T dO`, :math:`d\tilde P = dO\, V^T`,
+:math:`dP = d\tilde P \odot M / (1 - p)`, :math:`dS = P \odot (dP - D)`. The row term still needs
+no (T, S) array:
+
+.. math::
+    D_t = \sum_s P_{ts}\, dP_{ts} = \sum_s P_{ts} \tfrac{M_{ts}}{1-p}\, d\tilde P_{ts}
+        = \sum_s \tilde P_{ts}\, d\tilde P_{ts} = dO_t \cdot \sum_s \tilde P_{ts} v_s = dO_t \cdot O_t,
+
+so :math:`D = \mathrm{rowsum}(dP \odot P) = \mathrm{rowsum}(d\tilde P \odot \tilde P) = \mathrm{rowsum}(dO \odot O)`,
+because :math:`O` is computed from the *dropped* probabilities. The mask itself is the one
+(..., T, S) array the cache then holds, as bools (an eighth of a float64 score array); a kernel on
+a GPU would regenerate it tile by tile from the random generator's state instead.
+
 Masks and the tiles that are skipped
 ------------------------------------
 One convention, as in the standard attention: ``mask`` is bool, ``True`` = may attend,
@@ -92,9 +113,12 @@ from .attention import check_attention_inputs
 from .checks import (
     check_bool,
     check_dout,
+    check_dropout_p,
     check_positive_int,
     check_real,
+    check_shape,
 )
+from .dropout import draw_dropout_mask
 from .masks import causal_mask, sliding_window_mask
 
 DEFAULT_BLOCK_SIZE = 128  # queries and keys per tile; large enough that Python's loop costs little next to BLAS
@@ -130,12 +154,15 @@ class FlashAttentionCache:
     block_q: int  # Bq
     block_k: int  # Bk
     tiles: int  # tiles the forward computed, of ceil(T / Bq) * ceil(S / Bk); the backward computes the same
+    dropout_keep: np.ndarray | None = None  # (..., T, S) bool keep-mask on the probabilities; None without dropout
+    dropout_p: float = 0.0
 
     @property
     def weights(self) -> np.ndarray:
         """The (..., T, S) attention probabilities, recomputed from ``lse`` for inspection.
 
-        This builds the very array the tiled kernel avoids; the backward never calls it.
+        This builds the very array the tiled kernel avoids; the backward never calls it. As
+        ``AttentionCache.weights``: the probabilities before dropout.
         """
         q, k = self.q, self.k
         T, S = q.shape[-2], k.shape[-2]
@@ -222,11 +249,14 @@ def flash_attention_forward(
     scale: float | None = None,
     block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
     window: int | None = None,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    dropout_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, FlashAttentionCache]:
     r"""Attention :math:`\mathrm{softmax}(q k^T \cdot \mathrm{scale} + \text{mask})\, v`, tile by tile.
 
     The output equals :func:`~numpy_transformer.functional.attention.scaled_dot_product_attention_forward`
-    (without dropout) up to rounding; the online softmax of the module docstring computes it.
+    (with the same dropout mask) up to rounding; the online softmax of the module docstring computes it.
 
     Parameters
     ----------
@@ -249,6 +279,13 @@ def flash_attention_forward(
         Sliding-window (causal local) attention: query ``t`` attends to keys ``t - window < s <= t``
         (see :func:`~numpy_transformer.functional.masks.sliding_window_mask`). Implies causality;
         tiles outside the window are skipped.
+    dropout_p : float in [0, 1)
+        Dropout on the attention probabilities, as in the standard attention (applied whenever
+        ``dropout_p > 0``; modules pass 0 in eval mode).
+    rng : numpy.random.Generator, optional
+        Draws the (..., T, S) keep-mask, the same way as the standard attention.
+    dropout_mask : bool ndarray, shape (..., T, S), optional
+        Explicit keep-mask (True = kept): the standard attention given the same mask gives the same numbers.
 
     Returns
     -------
@@ -264,6 +301,15 @@ def flash_attention_forward(
     scale = 1.0 / math.sqrt(D) if scale is None else check_real("scale", scale, low=0, low_inclusive=False)
     block_q, block_k = _block_sizes(block_size)
     window = None if window is None else check_positive_int("window", window)
+    dropout_p = check_dropout_p(dropout_p, "dropout_p")
+    if dropout_mask is not None:
+        if not isinstance(dropout_mask, np.ndarray) or dropout_mask.dtype != np.bool_:
+            raise TypeError("dropout_mask: expected a bool ndarray (True = keep)")
+        check_shape("dropout_mask", dropout_mask, scores_shape)
+    keep = None  # (..., T, S) bool, or None without dropout
+    if dropout_p > 0:
+        keep = draw_dropout_mask(scores_shape, dropout_p, rng) if dropout_mask is None else dropout_mask
+    drop_scale = dtype.type(1.0 / (1.0 - dropout_p))
 
     c = dtype.type(scale)
     out = np.empty((*lead, T, v.shape[-1]), dtype)  # (..., T, Dv)
@@ -284,7 +330,10 @@ def flash_attention_forward(
             shift = np.where(np.isfinite(m_new), m_new, 0)  # (..., Bq, 1)
             p = np.exp(s - shift)  # (..., Bq, Bk), 0 at masked keys
             rescale = np.exp(m - shift)  # exp(m_old - m_new) <= 1; 0 while m_old = -inf
-            l = rescale * l + p.sum(axis=-1, keepdims=True)
+            l = rescale * l + p.sum(axis=-1, keepdims=True)  # the softmax's sum: every key, dropped or not
+            if keep is not None:  # dropout on the probabilities, applied to their numerators e^(s - m)
+                p = p * keep[..., i0:i1, j0:j1]
+                p *= drop_scale
             acc = rescale * acc + p @ v[..., j0:j1, :]  # (..., Bq, Dv)
             m = m_new
             tiles += 1
@@ -304,6 +353,8 @@ def flash_attention_forward(
         block_q=block_q,
         block_k=block_k,
         tiles=tiles,
+        dropout_keep=keep,
+        dropout_p=dropout_p,
     )
     return out, cache
 
@@ -312,14 +363,16 @@ def flash_attention_backward(dout: np.ndarray, cache: FlashAttentionCache) -> tu
     r"""Backward of flash attention: each tile's probabilities recomputed from the log-sum-exp.
 
     Forward (per leading index): :math:`s = c\, q k^T` (masked keys at :math:`-\infty`),
-    :math:`P = \mathrm{softmax}(s)`, :math:`o = P v`, with :math:`L = \log \sum_s e^{s}` per row.
+    :math:`P = \mathrm{softmax}(s)`, :math:`\tilde P = P \odot M / (1 - p)` (dropout; :math:`\tilde P = P`
+    without), :math:`o = \tilde P v`, with :math:`L = \log \sum_s e^{s}` per row.
 
-    Backward, per tile of rows :math:`i` and keys :math:`j`, with :math:`D = \mathrm{rowsum}(do \odot o)`:
+    Backward, per tile of rows :math:`i` and keys :math:`j`, with :math:`D = \mathrm{rowsum}(do \odot o)`
+    (equal to :math:`\mathrm{rowsum}(dP \odot P)`, dropout or not: see the module docstring):
 
     .. math::
         P_{ij} = e^{s_{ij} - L_i},\quad
-        dv_j \mathrel{+}= P_{ij}^T do_i,\quad
-        dP_{ij} = do_i v_j^T,\quad
+        dv_j \mathrel{+}= \tilde P_{ij}^T do_i,\quad
+        dP_{ij} = (do_i v_j^T) \odot M_{ij} / (1 - p),\quad
         ds_{ij} = P_{ij} \odot (dP_{ij} - D_i),\quad
         dq_i \mathrel{+}= c\, ds_{ij} k_j,\quad
         dk_j \mathrel{+}= c\, ds_{ij}^T q_i
@@ -331,6 +384,7 @@ def flash_attention_backward(dout: np.ndarray, cache: FlashAttentionCache) -> tu
     check_dout(dout, out.shape, q.dtype)
     T, S = q.shape[-2], k.shape[-2]
     c = q.dtype.type(cache.scale)
+    keep, drop_scale = cache.dropout_keep, q.dtype.type(1.0 / (1.0 - cache.dropout_p))
     # D = rowsum(dP * P) = rowsum(dout * out): the softmax's row term, known before any tile
     row_dot = (dout * out).sum(axis=-1, keepdims=True)  # (..., T, 1)
     dq = np.zeros_like(q)  # (..., T, D)
@@ -347,9 +401,15 @@ def flash_attention_backward(dout: np.ndarray, cache: FlashAttentionCache) -> tu
             if allowed is not None:
                 s = np.where(allowed, s, -np.inf)
             p = np.exp(s - lse_i)  # (..., Bq, Bk); 0 at masked keys and on fully masked rows (L = +inf)
-            # out = P v
-            dv[..., j0:j1, :] += np.swapaxes(p, -1, -2) @ doi  # (..., Bk, Dv)
-            dp = doi @ np.swapaxes(vj, -1, -2)  # (..., Bq, Bk)
+            # P~ = dropout(P) with the forward's mask (P~ = P without dropout)
+            keep_ij = None if keep is None else keep[..., i0:i1, j0:j1]  # (..., Bq, Bk)
+            p_kept = p if keep_ij is None else p * keep_ij * drop_scale
+            # out = P~ v
+            dv[..., j0:j1, :] += np.swapaxes(p_kept, -1, -2) @ doi  # (..., Bk, Dv)
+            dp = doi @ np.swapaxes(vj, -1, -2)  # (..., Bq, Bk) gradient at P~
+            if keep_ij is not None:  # P~ = P * M / (1 - p): back through the mask to the gradient at P
+                dp *= keep_ij
+                dp *= drop_scale
             # P = softmax(s): ds = P * (dP - rowsum(dP * P)), the row sum being D
             ds = p * (dp - d_i)  # (..., Bq, Bk)
             # s = q k^T * c

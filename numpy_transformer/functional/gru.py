@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_bool, check_float_array, check_int_array, check_same_dtype, check_shape
+from .intermediates import gradient_at
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -97,12 +98,12 @@ def _step_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undo one step: gradients of the stacked pre-activations ``gi``, ``gh`` (..., 3H) and the direct path to ``h``."""
     # in the forward pass this was: h' = n + z (h - n)
-    dz = dh_new * (h - n)  # (..., H)
-    dn = dh_new * (1 - z)  # (..., H)
+    dz = gradient_at("z", dh_new * (h - n))  # (..., H)
+    dn = gradient_at("n", dh_new * (1 - z))  # (..., H)
     dh_direct = dh_new * z  # (..., H) the path that skips every gate
     # n = tanh(a_n), a_n = gi_n + r * hn
     da_n = dn * (1 - n * n)  # (..., H)
-    dr = da_n * hn  # (..., H)
+    dr = gradient_at("r", da_n * hn)  # (..., H)
     dhn = da_n * r  # (..., H) reaches W_hn h + b_hn through the reset gate
     # r = sigmoid(a_r), z = sigmoid(a_z); a_r, a_z are sums of an input and a hidden projection
     da_r = dr * r * (1 - r)  # (..., H)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_dout, check_float_array, check_positive_float, check_same_dtype, check_shape
+from .intermediates import gradient_at
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,11 @@ def layer_norm_forward(
     xc = x - mean  # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1) biased variance
     rstd = 1.0 / np.sqrt(var + dtype.type(eps))  # (..., 1)
-    xhat = xc * rstd  # (..., C)
-    y = xhat * weight + bias  # (..., C)
+    # In place from here (the same numbers, two (..., C) arrays fewer): xc becomes xhat,
+    # and y is formed in the array of xhat * weight.
+    xhat = np.multiply(xc, rstd, out=xc)  # (..., C) xhat = (x - mean) * rstd
+    y = xhat * weight  # (..., C)
+    y += bias  # y = xhat * weight + bias
     return y, LayerNormCache(xhat=xhat, rstd=rstd, weight=weight)
 
 
@@ -81,10 +85,15 @@ def layer_norm_backward(dout: np.ndarray, cache: LayerNormCache) -> tuple[np.nda
     xhat, rstd, weight = cache.xhat, cache.rstd, cache.weight
     check_dout(dout, xhat.shape, xhat.dtype)
     lead_axes = tuple(range(dout.ndim - 1))
-    dweight = (dout * xhat).sum(axis=lead_axes)  # (C,)
+    tmp = dout * xhat  # (..., C), reused below for g * xhat and xhat * gx_mean
+    dweight = tmp.sum(axis=lead_axes)  # (C,)
     dbias = dout.sum(axis=lead_axes)  # (C,)
-    g = dout * weight  # (..., C) gradient at xhat
+    g = gradient_at("xhat", dout * weight)  # (..., C) gradient at xhat
     g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1) through the mean
-    gx_mean = (g * xhat).mean(axis=-1, keepdims=True)  # (..., 1) through the variance
-    dx = rstd * (g - g_mean - xhat * gx_mean)  # (..., C)
+    gx_mean = np.multiply(g, xhat, out=tmp).mean(axis=-1, keepdims=True)  # (..., 1) through the variance
+    # dx = rstd * (g - g_mean - xhat * gx_mean), step by step in place in g's array
+    # (gradient_at has copied g if it records it; the same numbers as the one-line form).
+    dx = np.subtract(g, g_mean, out=g)  # (..., C)
+    dx -= np.multiply(xhat, gx_mean, out=tmp)
+    dx *= rstd
     return dx, dweight, dbias

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import check_dout, check_float_array, check_positive_float, check_same_dtype, check_shape
+from .intermediates import gradient_at
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def rms_norm_backward(dout: np.ndarray, cache: RMSNormCache) -> tuple[np.ndarray
     lead_axes = tuple(range(dout.ndim - 1))
     # in the forward pass this was: y = xhat * weight
     dweight = (dout * xhat).sum(axis=lead_axes)  # (C,)
-    g = dout * weight  # (..., C) gradient at xhat
+    g = gradient_at("xhat", dout * weight)  # (..., C) gradient at xhat
     # xhat = x * rstd, rstd a function of mean(x^2): the direct path and the one through rstd
     gx_mean = (g * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
     dx = rstd * (g - xhat * gx_mean)  # (..., C)

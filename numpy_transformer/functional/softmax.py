@@ -20,6 +20,7 @@ from .checks import (
     check_real,
     check_shape,
 )
+from .intermediates import gradient_at
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def log_softmax_forward(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, LogS
     axis = check_axis(axis, x.ndim)
     check_nonempty_axis("x", x, axis, "the softmax axis")
     shifted = x - x.max(axis=axis, keepdims=True)
-    y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    # y = shifted - log(sum(exp(shifted))), subtracted in place in shifted's array
+    y = np.subtract(shifted, np.log(np.exp(shifted).sum(axis=axis, keepdims=True)), out=shifted)
     return y, LogSoftmaxCache(y=y, axis=axis)
 
 
@@ -171,7 +173,7 @@ def cross_entropy_forward(
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = np.asarray(total / logits.dtype.type(n_valid), dtype=logits.dtype)
     cache = CrossEntropyCache(
-        probs=np.exp(logp),
+        probs=np.exp(logp, out=logp),  # in place: logp is not needed again
         targets=safe_targets,
         valid=valid,
         n_valid=n_valid,
@@ -200,8 +202,14 @@ def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache) -
         return np.zeros(cache.logits_shape, dtype=dtype)
     N, V = probs.shape
     eps = dtype.type(cache.label_smoothing)
-    q = np.full((N, V), eps / V, dtype=dtype)  # (N, V) smoothed target distribution
-    q[np.arange(N), cache.targets] += 1 - eps
-    dlogits = (probs - q) * (dtype.type(dout) / dtype.type(cache.n_valid))  # (N, V)
+    # The smoothed target distribution q is eps / V everywhere but at the target, where it is
+    # eps / V + (1 - eps). (p - q) * scale is formed without an (N, V) array for q: first with
+    # q = eps / V everywhere, then the N target entries again with their own q (the same numbers).
+    scale = dtype.type(dout) / dtype.type(cache.n_valid)
+    rows = np.arange(N)
+    q_target = dtype.type(eps / V) + (1 - eps)
+    dlogits = probs - eps / V  # (N, V)
+    dlogits *= scale
+    dlogits[rows, cache.targets] = (probs[rows, cache.targets] - q_target) * scale
     dlogits[~cache.valid] = 0
-    return dlogits.reshape(cache.logits_shape)
+    return gradient_at("logits", dlogits).reshape(cache.logits_shape)  # (N, V) gradient at the logits

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.special import expit
 
 from .checks import check_dout, check_float_array, check_same_dtype, check_shape
+from .intermediates import gradient_at
 
 
 @dataclass(frozen=True)
@@ -95,5 +96,5 @@ def swiglu_backward(dout: np.ndarray, cache: SwiGLUCache) -> tuple[np.ndarray, n
     check_dout(dout, cache.up.shape, cache.up.dtype)
     # in the forward pass this was: h = a * up, a = silu(gate)
     dup = dout * cache.silu_gate  # (..., F)
-    dgate = silu_backward(dout * cache.up, cache.silu)  # (..., F)
+    dgate = silu_backward(gradient_at("a", dout * cache.up), cache.silu)  # (..., F) through a = silu(gate)
     return dgate, dup

@@ -136,6 +136,14 @@ class ConvNorm(Module):
             dout = relu_backward(dout, cache.relu)
         return self.conv.backward(self.norm.backward(dout, cache.norm), cache.conv)
 
+    def calibrate(self, x: np.ndarray) -> np.ndarray:
+        """Set the frozen norm's statistics to those of ``conv(x)`` per channel; return the new output."""
+        y, _ = self.conv.forward(x)  # (B, C, H, W)
+        self.norm.running_mean[...] = y.mean(axis=(0, 2, 3))
+        self.norm.running_var[...] = y.var(axis=(0, 2, 3))
+        y, _ = self.norm.forward(y)
+        return relu_forward(y)[0] if self.relu else y
+
 
 @dataclass(frozen=True)
 class BasicBlockCache:
@@ -168,6 +176,12 @@ class BasicBlock(Module):
         ds = relu_backward(dout, cache.relu)  # into h + r: both branches get it
         dx = self.conv1.backward(self.conv2.backward(ds, cache.conv2), cache.conv1)
         return dx + (ds if self.shortcut is None else self.shortcut.backward(ds, cache.shortcut))
+
+    def calibrate(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`ConvNorm.calibrate` of conv1, conv2 and the shortcut, in the order the forward runs them."""
+        h = self.conv2.calibrate(self.conv1.calibrate(x))
+        r = x if self.shortcut is None else self.shortcut.calibrate(x)
+        return relu_forward(h + r)[0]
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,26 @@ class ResNetBackbone(Module):
         for block, cb in zip(reversed(self.blocks()), reversed(cache.blocks), strict=True):
             dout = block.backward(dout, cb)
         return self.stem.backward(max_pool2d_backward(dout, cache.pool), cache.stem)
+
+    def calibrate_batch_norm(self, x: np.ndarray) -> np.ndarray:
+        r"""Give every frozen batch norm the statistics of its input on the images ``x`` (B, Cin, H, W).
+
+        Layer by layer in the forward's order, each conv's output on ``x`` gives the norm its
+        ``running_mean`` and ``running_var`` (per channel over ``B, H, W``), so that
+
+        .. math:: \mathrm{BN}(y)_c = (y_c - \bar y_c) / \sqrt{\mathrm{var}(y_c) + \varepsilon}
+
+        has mean 0 and variance about 1 on these images -- what a trained ResNet's frozen statistics
+        are: measured on data. Without it a backbone trained from scratch has no normalisation at all
+        (a fresh frozen norm is the identity) and no bias either (its convs have none): the signal
+        shrinks through every layer and black pixels can only give 0. ``weight`` and ``bias`` stay 1
+        and 0. Returns the backbone's output on ``x`` with the new statistics.
+        """
+        y = self.stem.calibrate(x)
+        y, _ = max_pool2d_forward(y, 3, 2, 1)
+        for block in self.blocks():
+            y = block.calibrate(y)
+        return y
 
 
 # ---------------------------------------------------------------------------- the Transformer layers

@@ -19,10 +19,12 @@ does: it has no separate batch of sentences to confuse with queries.)
 Standard or flash attention
 ---------------------------
 ``attention="standard"`` (the default) computes the (B, H, T, S) weights and keeps them in the
-cache; ``attention="flash"`` runs ``flash_attention_forward``, tile by tile, and keeps one
-log-sum-exp per query row instead (``functional/flash_attention.py``). The numbers are the same
-up to rounding, the parameters and state dict identical; the flash path has no attention
-dropout (it refuses ``dropout > 0`` in training mode rather than silently skip it).
+cache (with dropout also the bool keep-mask, nothing else of that size); ``attention="flash"``
+runs ``flash_attention_forward``, tile by tile, and keeps one log-sum-exp per query row instead
+(``functional/flash_attention.py``). The numbers are the same up to rounding, the parameters and
+state dict identical, and attention dropout the same: given the same keep-mask (``dropout_mask``,
+or the one drawn from ``rng`` the same way) both kernels drop the same weights. With dropout the
+flash cache holds that (B, H, T, S) mask, as bools.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..functional.flash_attention import (
     flash_attention_backward,
     flash_attention_forward,
 )
+from ..functional.intermediates import gradient_at
 from ..functional.linear import LinearCache
 from .base import Module, check_module_dtype
 from .layers import Linear
@@ -154,14 +157,15 @@ class MultiHeadAttention(Module):
         v, cv = self.v_proj.forward(value)  # (B, S, C)
         p = self.dropout if self.training else 0.0
         if self.attention == "flash":
-            if p > 0 or dropout_mask is not None:
-                raise ValueError(
-                    f"attention='flash' has no attention dropout: got dropout={self.dropout} in training mode"
-                    f"{' and a dropout_mask' if dropout_mask is not None else ''}; use dropout=0.0, eval(), "
-                    "or attention='standard'"
-                )
             heads, ca = flash_attention_forward(
-                self.split_heads(q), self.split_heads(k), self.split_heads(v), mask=mask, is_causal=is_causal
+                self.split_heads(q),
+                self.split_heads(k),
+                self.split_heads(v),  # (B, H, L, D)
+                mask=mask,
+                is_causal=is_causal,
+                dropout_p=p,
+                rng=rng,
+                dropout_mask=dropout_mask,
             )  # (B, H, T, D)
             out, co = self.out_proj.forward(self.merge_heads(heads))  # (B, T, C)
             return out, MultiHeadAttentionCache(q_proj=cq, k_proj=ck, v_proj=cv, attention=ca, out_proj=co)
@@ -223,15 +227,15 @@ class MultiHeadAttention(Module):
         For self-attention the caller adds the three to get the gradient of ``x``.
         """
         # out = out_proj(merge_heads(heads))
-        dmerged = self.out_proj.backward(dout, cache.out_proj)  # (B, T, C)
-        dheads = self.split_heads(dmerged)  # (B, H, T, D)
+        dmerged = gradient_at("merged", self.out_proj.backward(dout, cache.out_proj))  # (B, T, C)
+        dheads = gradient_at("heads", self.split_heads(dmerged))  # (B, H, T, D)
         # heads = attention(split(q), split(k), split(v))
         if isinstance(cache.attention, FlashAttentionCache):  # the backward of the forward that made the cache
             dq, dk, dv = flash_attention_backward(dheads, cache.attention)
         else:
             dq, dk, dv = scaled_dot_product_attention_backward(dheads, cache.attention)
         # q = q_proj(query), ...
-        dquery = self.q_proj.backward(self.merge_heads(dq), cache.q_proj)  # (B, T, C)
-        dkey = self.k_proj.backward(self.merge_heads(dk), cache.k_proj)  # (B, S, C)
-        dvalue = self.v_proj.backward(self.merge_heads(dv), cache.v_proj)  # (B, S, C)
+        dquery = self.q_proj.backward(self.merge_heads(gradient_at("q_heads", dq)), cache.q_proj)  # (B, T, C)
+        dkey = self.k_proj.backward(self.merge_heads(gradient_at("k_heads", dk)), cache.k_proj)  # (B, S, C)
+        dvalue = self.v_proj.backward(self.merge_heads(gradient_at("v_heads", dv)), cache.v_proj)  # (B, S, C)
         return dquery, dkey, dvalue

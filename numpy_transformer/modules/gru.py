@@ -19,6 +19,7 @@ import numpy as np
 
 from ..functional.checks import check_bool, check_float_array, check_positive_int, check_rng, check_shape
 from ..functional.gru import GRUCache, GRUCellCache, gru_backward, gru_cell_backward, gru_cell_forward, gru_forward
+from ..functional.intermediates import prefix
 from .base import Module, check_module_dtype
 
 
@@ -171,16 +172,18 @@ class GRU(Module):
                 if g.dtype != cache_f.h_prev.dtype:
                     raise TypeError(f"{name}: expected dtype {cache_f.h_prev.dtype} (the forward's), got {g.dtype}")
                 check_shape(name, g, shape)
-        dx, dh0_f, *grads_f = gru_backward(
-            None if doutputs is None else doutputs[..., :H], None if dh_n is None else dh_n[0], cache_f
-        )
+        with prefix("l0"):  # each direction's steps named apart: they are undone forward direction first
+            dx, dh0_f, *grads_f = gru_backward(
+                None if doutputs is None else doutputs[..., :H], None if dh_n is None else dh_n[0], cache_f
+            )
         self._accumulate_direction("_l0", grads_f)
         if cache.backward_direction is None:
             return dx, dh0_f[None]  # (B, T, I), (1, B, H)
-        dx_b, dh0_b, *grads_b = gru_backward(
-            None if doutputs is None else doutputs[..., H:],
-            None if dh_n is None else dh_n[1],
-            cache.backward_direction,
-        )
+        with prefix("l0_reverse"):
+            dx_b, dh0_b, *grads_b = gru_backward(
+                None if doutputs is None else doutputs[..., H:],
+                None if dh_n is None else dh_n[1],
+                cache.backward_direction,
+            )
         self._accumulate_direction("_l0_reverse", grads_b)
         return dx + dx_b, np.stack([dh0_f, dh0_b])  # (B, T, I), (2, B, H)

@@ -14,6 +14,7 @@ from ..functional.activations import GeluCache, ReluCache, gelu_backward, gelu_f
 from ..functional.checks import check_dropout_p, check_padding_idx, check_positive_float, check_positive_int, check_rng
 from ..functional.dropout import DropoutCache, dropout_backward, dropout_forward
 from ..functional.embedding import EmbeddingCache, embedding_backward, embedding_forward
+from ..functional.intermediates import gradient_at
 from ..functional.layer_norm import LayerNormCache, layer_norm_backward, layer_norm_forward
 from ..functional.linear import LinearCache, linear_backward, linear_forward
 from ..functional.quick_gelu import QuickGeluCache, quick_gelu_backward, quick_gelu_forward
@@ -187,11 +188,11 @@ class FeedForward(Module):
 
     def backward(self, dout: np.ndarray, cache: FeedForwardCache) -> np.ndarray:
         da = self.linear2.backward(dout, cache.linear2)
-        da = self.dropout.backward(da, cache.dropout)
+        da = gradient_at("a", self.dropout.backward(da, cache.dropout))  # (..., F) gradient at the activation
         if isinstance(cache.activation, ReluCache):
             dh = relu_backward(da, cache.activation)
         elif isinstance(cache.activation, QuickGeluCache):
             dh = quick_gelu_backward(da, cache.activation)
         else:
             dh = gelu_backward(da, cache.activation)
-        return self.linear1.backward(dh, cache.linear1)
+        return self.linear1.backward(gradient_at("h", dh), cache.linear1)  # (..., F) gradient at h = linear1(x)

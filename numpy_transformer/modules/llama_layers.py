@@ -39,6 +39,7 @@ from ..functional.grouped_attention import (
     grouped_query_attention_backward,
     grouped_query_attention_forward,
 )
+from ..functional.intermediates import gradient_at
 from ..functional.linear import LinearCache
 from ..functional.rms_norm import RMSNormCache, rms_norm_backward, rms_norm_forward
 from ..functional.rotary import RotaryCache, check_rope_layout, rotary_embedding_backward, rotary_embedding_forward
@@ -275,11 +276,12 @@ class LlamaAttention(Module):
         c = cache
         # out = out_proj(merge_heads(heads))
         dheads = self.split_heads(self.out_proj.backward(dout, c.out_proj), self.n_heads)  # (B, H, T, D)
+        dheads = gradient_at("heads", dheads)
         # heads = GQA(q, k, v): the key/value gradients come back summed over each group
         dq, dk, dv = grouped_query_attention_backward(dheads, c.attention)  # (B, H|Hkv, T, D)
         # q = rope(split(q_proj(x))), k = rope(split(k_proj(x))): rotate the gradients back
-        dq = rotary_embedding_backward(dq, c.q_rope)
-        dk = rotary_embedding_backward(dk, c.k_rope)
+        dq = rotary_embedding_backward(gradient_at("q_rotated", dq), c.q_rope)  # (B, H, T, D)
+        dk = rotary_embedding_backward(gradient_at("k_rotated", dk), c.k_rope)  # (B, Hkv, T, D)
         dx = self.q_proj.backward(self.merge_heads(dq), c.q_proj)  # (B, T, C)
         dx = dx + self.k_proj.backward(self.merge_heads(dk), c.k_proj)
         return dx + self.v_proj.backward(self.merge_heads(dv), c.v_proj)

@@ -31,6 +31,7 @@ def adam_update(
     max_exp_avg_sq: np.ndarray | None = None,
     *,
     check: bool = True,
+    scratch: np.ndarray | None = None,
 ) -> None:
     r"""Update :math:`t` of one parameter by Adam (Kingma & Ba, 2015) with L2 weight decay and optional AMSGrad.
 
@@ -76,6 +77,10 @@ def adam_update(
     check : bool, default True
         False skips the argument checks, for a caller that has made them already: :class:`Adam`
         checks hyper-parameters when they are set and arrays at construction.
+    scratch : ndarray, optional
+        A contiguous array of ``param``'s dtype with at least ``param.size`` elements, for the one
+        temporary of the update (:class:`Adam` passes the same one to every parameter); without it,
+        a new array. Its contents are overwritten; the numbers do not depend on it.
     """
     if check:
         given = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
@@ -88,16 +93,35 @@ def adam_update(
     bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
     if weight_decay != 0.0:
         grad = grad + weight_decay * param  # L2 term joins the gradient (a new array; the stored grad is kept)
-    exp_avg += (1.0 - beta1) * (grad - exp_avg)  # = beta1 m + (1 - beta1) g, written as a step towards g
+    # Every step below writes into the moments, the parameter or the one temporary ``tmp``, in
+    # place: the same operations, in the same order, as the one-line forms in the comments, so the
+    # same numbers, without a new array per operation.
+    if scratch is None:
+        tmp = np.empty(param.shape, dtype=param.dtype)
+    else:
+        tmp = scratch.reshape(-1)[: param.size].reshape(param.shape)
+    # exp_avg += (1 - beta1) * (grad - exp_avg): = beta1 m + (1 - beta1) g, written as a step towards g
+    np.subtract(grad, exp_avg, out=tmp)
+    tmp *= 1.0 - beta1
+    exp_avg += tmp
+    # exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     exp_avg_sq *= beta2
-    exp_avg_sq += (1.0 - beta2) * (grad * grad)
+    np.multiply(grad, grad, out=tmp)
+    tmp *= 1.0 - beta2
+    exp_avg_sq += tmp
     if max_exp_avg_sq is not None:  # AMSGrad: the running maximum of v
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v_hat = max_exp_avg_sq
     else:
         v_hat = exp_avg_sq
-    denom = np.sqrt(v_hat) / bias_correction2_sqrt + eps  # eps after the bias correction
-    param -= step_size * (exp_avg / denom)
+    # denom = sqrt(v_hat) / sqrt(1 - beta2^t) + eps: eps after the bias correction
+    denom = np.sqrt(v_hat, out=tmp)
+    denom /= bias_correction2_sqrt
+    denom += eps
+    # param -= step_size * (exp_avg / denom)
+    update = np.divide(exp_avg, denom, out=tmp)
+    update *= step_size
+    param -= update
 
 
 def _check_beta(name: str, value: object) -> float:
@@ -204,6 +228,7 @@ class Adam(Optimizer):
 
     def _step_group(self, hyper: Mapping[str, Any], triples: list) -> None:
         lr, beta1, beta2, eps, wd, amsgrad = (hyper[k] for k in self._HYPER)
+        scratch: dict[np.dtype, np.ndarray] = {}  # one temporary per dtype, as large as the largest slice
         for name, p, g in triples:
             t = self.param_steps[name]  # = step_count unless the parameter was frozen for a while
             arrays = [p, g, self.state["exp_avg"][name], self.state["exp_avg_sq"][name]]
@@ -211,4 +236,7 @@ class Adam(Optimizer):
                 arrays.append(self.state["max_exp_avg_sq"][name])
             for p_s, g_s, m_s, v_s, *max_s in flat_slices(arrays):
                 v_max = max_s[0] if max_s else None
-                self.update_rule(p_s, g_s, m_s, v_s, t, lr, beta1, beta2, eps, wd, v_max, check=False)
+                tmp = scratch.get(p_s.dtype)
+                if tmp is None or tmp.size < p_s.size:
+                    tmp = scratch[p_s.dtype] = np.empty(p_s.size, dtype=p_s.dtype)
+                self.update_rule(p_s, g_s, m_s, v_s, t, lr, beta1, beta2, eps, wd, v_max, check=False, scratch=tmp)

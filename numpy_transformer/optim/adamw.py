@@ -26,6 +26,7 @@ def adamw_update(
     max_exp_avg_sq: np.ndarray | None = None,
     *,
     check: bool = True,
+    scratch: np.ndarray | None = None,
 ) -> None:
     r"""Update :math:`t` of one parameter by Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
@@ -42,8 +43,8 @@ def adamw_update(
     decay term is normalised like any gradient).
 
     The arguments are those of :func:`~numpy_transformer.optim.adam_update`; only the default
-    ``weight_decay=1e-2`` and its meaning differ. Everything is checked before the parameter is
-    shrunk (unless ``check=False``).
+    ``weight_decay=1e-2`` and its meaning differ (``scratch``: the update's temporary, as there).
+    Everything is checked before the parameter is shrunk (unless ``check=False``).
     """
     if check:
         given = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay}
@@ -54,7 +55,9 @@ def adamw_update(
 
     if weight_decay != 0.0:
         param *= 1.0 - lr * weight_decay  # shrink the parameter first, the moments never see it
-    adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, 0.0, max_exp_avg_sq, check=False)
+    adam_update(
+        param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, 0.0, max_exp_avg_sq, check=False, scratch=scratch
+    )
 
 
 class AdamW(Adam):

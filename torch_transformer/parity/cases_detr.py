@@ -34,7 +34,6 @@ from .registry import (
     module_grads,
     normal,
     register,
-    twin_leaves,
 )
 
 # ---------------------------------------------------------------------------- frozen batch norm
@@ -189,22 +188,22 @@ DETR_CONFIG = DetrConfig(
     num_queries=2, num_labels=1,
 )  # fmt: skip
 DETR_IMAGE = 8
-# Compared here: the image's gradient and one parameter of each kind of place in the network (every
-# one of the 102 parameters is compared with the twin in test_detr.py, and with Hugging Face in
-# test_detr_hf.py): a finite-difference probe of the whole model costs ~9 ms, and all 879 entries
-# would take 16 s per draw.
-DETR_COMPARED = (
-    "pixel_values",
-    "query_position_embeddings",
-    "backbone.stages.0.0.conv2.conv.weight",
-    "input_projection.bias",
-    "encoder.0.self_attn.q_proj.weight",
-    "decoder.0.cross_attn.k_proj.weight",
-    "decoder.1.self_attn.q_proj.bias",
-    "decoder.0.norm2.weight",
-    "class_head.bias",
-    "box_head.0.weight",
-)
+# Finite differences probe every trainable parameter tensor (all 85 of them, and the image), but only
+# DETR_PROBES seeded entries of each: a probe of the whole model costs ~9 ms, and all 879 entries
+# would take 16 s per draw. Each probed tensor P is written P = P_0 + scatter(probe, index): the
+# draw holds ``probe:<name>`` (k zeros, the differentiable array) and ``index:<name>`` (k distinct
+# flat indices drawn by the seed), so the gradient of the probe is the gradient of P at those
+# entries -- in NumPy read off the full gradient, in the twin left by autograd on the probe leaf
+# (``torch.func.functional_call`` with ``P_0.index_add(probe)``). Every entry of every gradient is
+# compared with the twin in test_detr.py and with Hugging Face in test_detr_hf.py.
+DETR_PROBES = 3  # entries per parameter tensor (all of a smaller one)
+DETR_IMAGE_PROBES = 8  # entries of the image gradient
+_FROZEN = ("running_mean", "running_var")  # with the frozen norms' weight and bias: no gradient, not probed
+
+
+def detr_probed(model: DETR) -> tuple[str, ...]:
+    """The image and every trainable parameter of ``model``, in its order."""
+    return ("pixel_values", *(name for name, _, _ in model.named_trainable()))
 
 
 def draw_detr(rng, dtype, d):
@@ -214,6 +213,11 @@ def draw_detr(rng, dtype, d):
         if name.endswith("running_var"):
             arrays[name] = rng.uniform(0.5, 1.5, arrays[name].shape).astype(dtype)
     arrays["pixel_values"] = normal(rng, (1, 1, DETR_IMAGE, DETR_IMAGE), dtype)
+    for name in detr_probed(model):
+        size = arrays[name].size
+        k = min(DETR_IMAGE_PROBES if name == "pixel_values" else DETR_PROBES, size)
+        arrays[f"index:{name}"] = np.sort(rng.choice(size, k, replace=False)).astype(np.int64)
+        arrays[f"probe:{name}"] = np.zeros(k, dtype=dtype)
     return arrays
 
 
@@ -225,14 +229,18 @@ def _np_detr(a, d):
     if dtype.name not in _MODELS:
         _MODELS[dtype.name] = DETR(DETR_CONFIG, dtype=dtype)
     model = load_weights(_MODELS[dtype.name], a)
-    out, cache = model.forward(a["pixel_values"])
+    probed = detr_probed(model)
+    arrays = {"pixel_values": a["pixel_values"].copy(), **dict(model.named_parameters())}  # the model's own arrays
+    for name in probed:
+        arrays[name].reshape(-1)[a[f"index:{name}"]] += a[f"probe:{name}"]  # P = P_0 + scatter(probe)
+    out, cache = model.forward(arrays["pixel_values"])
     V = DETR_CONFIG.num_labels + 1
 
     def backward(dout):
         model.zero_grad()
         dx = model.backward(np.ascontiguousarray(dout[..., :V]), np.ascontiguousarray(dout[..., V:]), cache)
         grads = module_grads(model, pixel_values=dx)
-        return {name: grads[name] for name in DETR_COMPARED}
+        return {f"probe:{name}": grads[name].reshape(-1)[a[f"index:{name}"]] for name in probed}
 
     return np.concatenate([out.logits, out.pred_boxes], axis=-1), backward
 
@@ -240,9 +248,18 @@ def _np_detr(a, d):
 def _twin_detr(t, d):
     x = t["pixel_values"]
     model = load_weights(twin_detr.DETR(DETR_CONFIG, dtype=x.dtype).to(x.device), t)
-    logits, boxes = model(x)
-    leaves = twin_leaves(model, t, "pixel_values")
-    return torch.cat([logits, boxes], dim=-1), {name: leaves[name] for name in DETR_COMPARED}
+    names = detr_probed(DETR(DETR_CONFIG))
+
+    def probed(name: str) -> torch.Tensor:
+        return t[name].detach().reshape(-1).index_add(0, t[f"index:{name}"], t[f"probe:{name}"]).view_as(t[name])
+
+    weights = {name: probed(name) for name in names if name != "pixel_values"}
+    logits, boxes = torch.func.functional_call(model, weights, (probed("pixel_values"),))
+    return torch.cat([logits, boxes], dim=-1), {f"probe:{name}": t[f"probe:{name}"] for name in names}
+
+
+def _detr_differentiable(d) -> tuple[str, ...]:
+    return tuple(f"probe:{name}" for name in detr_probed(DETR(DETR_CONFIG)))
 
 
 register(
@@ -250,7 +267,7 @@ register(
         name="DETR",
         kind="model",
         draw=draw_detr,
-        differentiable=lambda d: DETR_COMPARED,
+        differentiable=_detr_differentiable,
         numpy=_np_detr,
         torch=_twin_detr,
         uses=(),
