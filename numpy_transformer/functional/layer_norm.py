@@ -37,7 +37,8 @@ def layer_norm_forward(
     Parameters
     ----------
     x : ndarray, shape (..., C)
-    weight, bias : ndarray, shape (C,)  (:math:`\gamma`, :math:`\beta`)
+    weight, bias : ndarray, shape (C,)
+        The scale :math:`\gamma` and the shift :math:`\beta`.
     eps : float
         A finite number > 0 (``inf`` would silently give zeros).
 
