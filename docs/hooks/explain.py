@@ -17,9 +17,10 @@ from mkdocs.exceptions import PluginError
 
 PAGE = "explain.md"
 MARKER = "<!-- explain: the ops' sections are inserted here by docs/hooks/explain.py -->"
-# one op per family: normalisation, softmax, attention, convolution, boxes, contrastive loss, Llama's norm
+# one op per family: normalisation, softmax and cross-entropy, attention, convolution, boxes, the contrastive
+# loss, Llama's norm
 OPS = (
-    "softmax",
+    "cross_entropy",
     "layer_norm",
     "scaled_dot_product_attention",
     "conv2d",
