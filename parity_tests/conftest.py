@@ -48,3 +48,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------- screenshots
+
+_SCREENSHOTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "site-screenshots")
+_SESSION_STARTED: list[float] = []
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _SESSION_STARTED.append(time.time())
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the screenshots ``test_site.py`` wrote in this run (its own print is lost in an xdist worker)."""
+    if not (_SESSION_STARTED and os.path.isdir(_SCREENSHOTS)):
+        return
+    written = sorted(
+        os.path.join(_SCREENSHOTS, name)
+        for name in os.listdir(_SCREENSHOTS)
+        if name.endswith(".png") and os.path.getmtime(os.path.join(_SCREENSHOTS, name)) >= _SESSION_STARTED[0]
+    )
+    if written:
+        terminalreporter.write_line("screenshots of three site pages (test_site.py): " + ", ".join(written))
