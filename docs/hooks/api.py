@@ -7,10 +7,16 @@ here. The package pages of modules, models and optim are ordinary files in ``doc
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
+
+# The nav search lives in the walkthroughs hook (a hook is loaded by path, not as a package module).
+_spec = importlib.util.spec_from_file_location("walkthroughs_hook", Path(__file__).with_name("walkthroughs.py"))
+walkthroughs_hook = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(walkthroughs_hook)
 
 SECTION = "Functional ops"
 PACKAGE = "numpy_transformer.functional"
@@ -22,20 +28,8 @@ def _modules(config) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
 
 
-def _section(items, title):
-    for item in items or []:
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == title and isinstance(value, list):
-                    return value
-                found = _section(value if isinstance(value, list) else None, title)
-                if found is not None:
-                    return found
-    return None
-
-
 def on_config(config):
-    section = _section(config.nav, SECTION)
+    section = walkthroughs_hook.nav_section(config.nav, SECTION)
     if section is None:
         raise PluginError(f"mkdocs.yml's nav needs a {SECTION!r} section for the generated API pages")
     for name in _modules(config):

@@ -41,14 +41,14 @@ def _title(script: Path) -> str:
     return match.group(1).strip() if match else script.stem
 
 
-def _section(items, title):
+def nav_section(items, title):
     """The list under ``title`` in a nav (a list of strings and one-key dicts), searched depth first."""
     for item in items or []:
         if isinstance(item, dict):
             for key, value in item.items():
                 if key == title and isinstance(value, list):
                     return value
-                found = _section(value if isinstance(value, list) else None, title)
+                found = nav_section(value if isinstance(value, list) else None, title)
                 if found is not None:
                     return found
     return None
@@ -56,7 +56,7 @@ def _section(items, title):
 
 def on_config(config):
     scripts = executor.walkthroughs(_source_folder(config))
-    section = _section(config.nav, SECTION)
+    section = nav_section(config.nav, SECTION)
     if section is None:
         raise PluginError(f"mkdocs.yml's nav needs a {SECTION!r} section for the walkthrough pages")
     listed = {next(iter(item.values())) if isinstance(item, dict) else item for item in section}
