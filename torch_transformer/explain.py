@@ -32,7 +32,7 @@ import io
 import re
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -131,7 +131,6 @@ class Explanation:
     no_intermediate: str | None  # the reason, for a case in NO_INTERMEDIATE
     tolerance: float
     fd_tolerance: float
-    functions: tuple[str, ...] = field(default=())  # the NumPy functions that declared steps, in order
 
     def failures(self) -> list[str]:
         bad = [
@@ -303,7 +302,6 @@ def explain(
             fd_verdict = "skipped"
         finals.append(FinalGradient(name, np.asarray(grads[name]), vs_twin, verdict(vs_twin, tol), vs_fd, fd_verdict))
 
-    functions = tuple(dict.fromkeys(f"{r.module}.{r.where}" for r in record))
     return Explanation(
         op=op,
         kind=case.kind,
@@ -318,7 +316,6 @@ def explain(
         no_intermediate=NO_INTERMEDIATE.get(op),
         tolerance=tol,
         fd_tolerance=fd_tol,
-        functions=functions,
     )
 
 

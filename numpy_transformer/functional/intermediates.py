@@ -39,7 +39,6 @@ class Recorded:
     name: str  # the forward quantity's name, as the backward's docstring and comments use it
     value: np.ndarray  # a copy, taken when the backward computed it
     where: str  # the declaring function's qualified name: "layer_norm_backward", "MultiHeadAttention.backward"
-    module: str = ""  # its module: "numpy_transformer.functional.layer_norm"
 
 
 _RECORD: ContextVar[list[Recorded] | None] = ContextVar("numpy_transformer_gradient_record", default=None)
@@ -51,8 +50,8 @@ def gradient_at(name: str, value: np.ndarray) -> np.ndarray:
     record = _RECORD.get()
     if record is not None:
         caller = sys._getframe(1)  # the backward that declares the step
-        module = caller.f_globals.get("__name__", "")
-        record.append(Recorded(_PREFIX.get() + name, np.array(value, copy=True), caller.f_code.co_qualname, module))
+        where = getattr(caller.f_code, "co_qualname", caller.f_code.co_name)  # co_qualname: Python 3.11 and later
+        record.append(Recorded(_PREFIX.get() + name, np.array(value, copy=True), where))
     return value
 
 
