@@ -15,10 +15,16 @@ import pytest
 from hypothesis import HealthCheck, settings
 from threadpoolctl import threadpool_limits
 
+from numpy_transformer.training.allocator import keep_freed_memory
+
 # One BLAS thread for NumPy and for PyTorch: on small matrices a second thread costs far
 # more in synchronisation than it gains (10x slower on the 2-core CI machine), and the
 # two halves then run under the same conditions.
 threadpool_limits(1)
+# Freed arrays stay in the process's heap instead of going back to the kernel after every step, to be
+# page-faulted in again by the next (numpy_transformer/training/allocator.py): the same numbers, bit for
+# bit (test_allocator.py), and a training-heavy test file takes a fifth less time.
+keep_freed_memory()
 try:
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -79,6 +80,25 @@ def test_benchmark_worker_times_a_minilm_fine_tuning_step():
     assert result.backend == "numpy" and result.median_ms > 0 and result.peak_mb >= 0
     table = benchmark.format_table([result, benchmark.BenchResult("torch", "float32", 1, 2.0, 2.0, 1.0)], "minilm")
     assert "all-MiniLM-L6-v2" in table and "| float32 |" in table
+
+
+def test_a_benchmark_worker_reports_its_own_peak_not_its_parents():
+    """Linux carries ``ru_maxrss`` across fork and exec: a worker started by a process holding 400 MB
+    reported a peak of about 400 MB (with torch imported, 168 MB for a 44 MB step). ``VmHWM`` is the
+    worker's own."""
+    parent = (
+        "import json, subprocess, sys\n"
+        "import numpy as np\n"
+        "ballast = np.ones(50 * 2**20)  # 400 MiB, touched\n"
+        "cmd = [sys.executable, '-m', 'numpy_transformer', 'benchmark', '--worker', 'numpy', '--dtype', 'float32',\n"
+        "       '--steps', '1', '--warmup', '1']\n"
+        "out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout\n"
+        "print(out.strip().splitlines()[-1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    assert 5 < peak < 150, peak  # the float32 step's own: about 44 MB
 
 
 def test_attention_cost_command_writes_its_table_and_plot(tmp_path, capsys, monkeypatch):

@@ -78,6 +78,10 @@ def execute(script: Path, out: Path) -> dict:
     """Run ``script``'s cells in this process; write and return its record (see the module docstring)."""
     import jupytext  # the walkthroughs extra; imported here so that reading records needs nothing
 
+    from numpy_transformer.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the commands do: the lessons' training steps stop page-faulting their arrays
+
     script, out = Path(script).resolve(), Path(out).resolve()
     pictures = out / "pictures"
     pictures.mkdir(parents=True, exist_ok=True)

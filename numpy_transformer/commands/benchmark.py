@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..training.allocator import keep_freed_memory
 from .common import check_output_file, is_installed, limit_threads, positive_int
 
 BENCH_CONFIG = dict(
@@ -65,7 +66,14 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's own peak resident set, ``VmHWM``.
+
+    Not ``ru_maxrss``: Linux carries a parent's peak into the child across fork and exec, so a worker
+    started by a process that had imported torch (about 150 MB) reported that as its own peak.
+    """
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 MODELS = ("transformer", "minilm")
@@ -656,6 +664,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     given = [name for name in ATTENTION_ONLY if getattr(args, name) is not None] + (["causal"] if args.causal else [])
     if given:
         parser.error(f"--{given[0].replace('_', '-')}: only used with --attention")
+    # Both backends, in the workers and side by side: torch's CPU tensors come from the same malloc.
+    kept = keep_freed_memory()
     args.dtype = args.dtype or "both"
     args.steps = args.steps or 20
     args.warmup = args.warmup or 3
@@ -680,4 +690,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         rows = [side_by_side(dtype, args.steps, args.warmup) for dtype in dtypes]
         print()
         print(format_side_by_side(rows, args.steps))
+    print()
+    print(
+        "freed memory kept in the heap between steps (training/allocator.py)"
+        if kept
+        else "glibc's mallopt is not available here: each step page-faults its arrays in anew (training/allocator.py)"
+    )
     return 0

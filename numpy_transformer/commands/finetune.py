@@ -17,6 +17,7 @@ from ..applications.finetune import (
     format_table,
     run_fine_tuning,
 )
+from ..training.allocator import keep_freed_memory
 from .common import int_in_range, is_installed, limit_threads, non_negative_int, positive_int
 
 
@@ -48,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``finetune``: fine-tune all-MiniLM-L6-v2 on :func:`sentiment_dataset`, print accuracy before and after."""
     limit_threads(args.threads)
+    keep_freed_memory()  # the steps' arrays stay in the heap instead of being page-faulted in anew each step
     from ..applications.pretrained import MINILM_PACKAGE, load_minilm
 
     if not is_installed(MINILM_PACKAGE):  # like `attention`: exit status 1 and one line, never a traceback

@@ -40,6 +40,7 @@ from ..applications.digits import (
 )
 from ..inference.sampling import check_sampling_args
 from ..optim import Adam
+from ..training.allocator import keep_freed_memory
 from ..training.atomic import atomic_write_text
 from ..training.checkpoint import (
     Checkpoint,
@@ -166,6 +167,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     require_module(
         parser, "matplotlib", "train draws its loss curves with matplotlib: pip install 'numpy-transformer[train]'"
     )
+    keep_freed_memory()  # the steps' arrays stay in the heap instead of being page-faulted in anew each step
     if task == "charlm":
         limit_threads(args.threads)
         return _train_charlm(parser, args, resumed)
