@@ -2,9 +2,11 @@
 
 ``loop`` (TrainConfig, NumpyTrainer, fit, History), ``tasks`` (copy, reverse, sort),
 ``checkpoint`` (save, read, load; files need not be trusted), ``atomic`` (the one writer of files),
-``resume`` (what a checkpoint holds so that a stopped run continues bit for bit).
+``resume`` (what a checkpoint holds so that a stopped run continues bit for bit), ``allocator``
+(``keep_freed_memory``: freed arrays stay in the heap between steps).
 """
 
+from .allocator import keep_freed_memory
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .loop import (
     MODELS,
@@ -41,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "fit",
+    "keep_freed_memory",
     "load_checkpoint",
     "max_loss_difference",
     "read_checkpoint",
