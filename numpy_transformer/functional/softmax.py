@@ -157,14 +157,20 @@ def cross_entropy_forward(
         )
     safe_targets = np.where(valid, flat_targets, 0)  # (N,) any index works for ignored rows
 
-    logp, _ = log_softmax_forward(flat_logits, axis=-1)  # (N, V)
-    nll = -np.take_along_axis(logp, safe_targets[:, None], axis=1)[:, 0]  # (N,)
+    # log p_v = s_v - log Z, with s = z - max_v z (the shift keeps exp from overflowing) and
+    # Z = sum_v exp(s_v): one exp gives the probabilities and the loss, and the (N, V) array of
+    # log-probabilities is never formed (log_softmax_forward forms it, and then its exp).
+    shifted = flat_logits - flat_logits.max(axis=1, keepdims=True)  # (N, V) s
+    probs = np.exp(shifted)  # (N, V) exp(s), divided by Z below
+    z_sum = probs.sum(axis=1, keepdims=True)  # (N, 1) Z
+    log_z = np.log(z_sum[:, 0])  # (N,)
+    nll = log_z - np.take_along_axis(shifted, safe_targets[:, None], axis=1)[:, 0]  # (N,) -log p_y
     if label_smoothing == 0:
         # No smoothing term at all, as in PyTorch: computing it and multiplying by eps = 0
         # would turn the +inf of a row holding a -inf logit into 0 * inf = NaN.
         per_row = nll  # (N,)
     else:
-        smooth = -logp.mean(axis=1)  # (N,) cross-entropy against the uniform distribution
+        smooth = log_z - shifted.mean(axis=1)  # (N,) -mean_v log p_v, against the uniform distribution
         eps = logits.dtype.type(label_smoothing)
         per_row = (1 - eps) * nll + eps * smooth  # (N,)
     n_valid = int(valid.sum())
@@ -173,7 +179,7 @@ def cross_entropy_forward(
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = np.asarray(total / logits.dtype.type(n_valid), dtype=logits.dtype)
     cache = CrossEntropyCache(
-        probs=np.exp(logp, out=logp),  # in place: logp is not needed again
+        probs=np.divide(probs, z_sum, out=probs),  # (N, V) p = exp(s) / Z, in place
         targets=safe_targets,
         valid=valid,
         n_valid=n_valid,
