@@ -5,22 +5,21 @@ a few MiB, and frees them by the end of the backward. glibc's ``malloc`` serves 
 a fresh ``mmap`` and hands it back to the kernel on ``free`` (above its *mmap threshold*), and it
 gives back the free top of its heap (above its *trim threshold*). Either way the next step's array
 of that size lands on pages the kernel must find and zero again: one minor page fault per 4 KiB
-touched. At the benchmark's size (``python -m numpy_transformer benchmark``) that is about 9 700
-faults per float32 step, a quarter of the step's time: the step falls from about 125 ms to 90 ms
-when they go.
+touched. At the benchmark's size (``python -m numpy_transformer benchmark``) that is about 8 400
+faults per float32 step, a quarter of the step's time: the step's median fell from 133 to 91 ms
+when they went (``docs/pages/training.md``, Speed).
 
 :func:`keep_freed_memory` raises both thresholds, so blocks up to ``max_block_bytes`` come from the
 heap and freed memory stays there for the next step: the resident size stays at the step's peak
 instead of falling back between steps, and nothing else changes (the same numbers, bit for bit).
 It is a setting of the process, like the number of BLAS threads, so the commands call it, not the
 ops; a script of your own may call it once at the start. PyTorch's CPU tensors come from the same
-``malloc``, so in one process it speeds up both.
+``malloc``, but its step gained less: it still takes about 2 500 faults a step.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>: free heap top above this many bytes goes back to the kernel
@@ -35,8 +34,9 @@ def keep_freed_memory(max_block_bytes: int = LARGEST_THRESHOLD) -> bool:
     Returns ``True`` when both settings took, ``False`` where there is no glibc ``mallopt`` (macOS,
     Windows, musl) or it refused: then nothing changed, and only speed depends on it.
 
-    Setting the mmap threshold by hand turns off glibc's own adjustment of it, which only rises
-    after a large block has been freed once, and is undone by every trim of the heap.
+    Setting the thresholds by hand turns off glibc's own adjustment of them, which raises the mmap
+    threshold to the largest mmapped block freed so far and the trim threshold to twice that: with
+    it, a step still gave back and faulted in thousands of pages.
     """
     if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, int):
         raise TypeError(f"max_block_bytes: expected an int, got {type(max_block_bytes).__name__}")
@@ -45,8 +45,7 @@ def keep_freed_memory(max_block_bytes: int = LARGEST_THRESHOLD) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
