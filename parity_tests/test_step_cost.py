@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numpy_transformer.applications.step_cost import Product, time_products, total_flops, transformer_products
+from numpy_transformer.applications.step_cost import (
+    Product,
+    ProductClock,
+    time_products,
+    total_flops,
+    transformer_products,
+)
 from numpy_transformer.config import TransformerConfig
 
 
@@ -43,5 +49,64 @@ def test_side_by_side_runs_both_steps_and_formats_a_row():
 
     row = side_by_side("float32", pairs=1, warmup=0)
     assert row.numpy_ms > 0 and row.builtin_ms > 0 and row.gemm_ms > 0 and row.gflop == pytest.approx(3.36, abs=0.01)
+    assert row.in_step_ms > 0 and 0 < row.in_step_share < 1
     table = format_side_by_side([row], pairs=1)
-    assert "| float32 |" in table and "NumPy / nn.Transformer" in table
+    assert "| float32 |" in table and "NumPy / nn.Transformer" in table and "share, in the step" in table
+
+
+def _small_step(dtype, clock=None, tie=False, norm_first=False):
+    """One forward + backward of a small Transformer: (loss, the parameters' gradients, the model)."""
+    from numpy_transformer.functional.softmax import cross_entropy_backward, cross_entropy_forward
+    from numpy_transformer.models.transformer import Transformer
+
+    config = TransformerConfig(src_vocab_size=11, tgt_vocab_size=13, d_model=8, n_heads=2, n_encoder_layers=2,
+                               n_decoder_layers=2, d_ff=12, tie_embeddings=tie, norm_first=norm_first)  # fmt: skip
+    rng = np.random.default_rng(3)
+    model = Transformer(config, dtype=dtype, rng=rng)
+    if clock is not None:
+        clock.mark(model)
+    src, tgt_in, tgt_out = (rng.integers(1, 11, size=(3, 5)) for _ in range(3))
+    logits, cache = model.forward(src, tgt_in, rng=rng)
+    loss, loss_cache = cross_entropy_forward(logits, tgt_out, ignore_index=0)
+    model.backward(cross_entropy_backward(1.0, loss_cache), cache)
+    return float(loss), dict(model.named_grads()), model, config
+
+
+@pytest.mark.parametrize("tie, norm_first", [(False, False), (True, True)])
+def test_the_clock_times_every_product_the_cost_model_lists(tie, norm_first):
+    """The clock counts the ``@`` the model really computes; the cost model lists them from the
+    architecture. Equal counts check both: a product the list forgets, or one the clock misses."""
+    clock = ProductClock()
+    _, _, _, config = _small_step(np.float64, clock, tie, norm_first)
+    listed = sum(p.count for p in transformer_products(config, batch=3, src_len=5, tgt_len=5))
+    assert clock.count == listed == 135
+    assert clock.seconds > 0
+
+
+def test_a_clocked_model_computes_the_same_numbers_and_stays_clocked_through_adam():
+    from numpy_transformer.optim import Adam
+
+    clock = ProductClock()
+    loss, grads, model, _ = _small_step(np.float32, None)
+    loss_c, grads_c, model_c, _ = _small_step(np.float32, clock)
+    assert loss_c == loss
+    assert grads_c.keys() == grads.keys()
+    for name, g in grads.items():
+        np.testing.assert_array_equal(grads_c[name], g, err_msg=name)
+    Adam(model, lr=1e-2).step()
+    Adam(model_c, lr=1e-2).step()
+    for (name, p), (_, p_c) in zip(model.named_parameters(), model_c.named_parameters(), strict=True):
+        assert type(p_c) is not np.ndarray and isinstance(p_c, np.ndarray), name  # updated in place, still clocked
+        np.testing.assert_array_equal(p_c.view(np.ndarray), p, err_msg=name)
+
+
+def test_the_clock_times_a_product_from_either_side_and_returns_plain_values():
+    clock = ProductClock()
+    a = np.arange(6.0).reshape(2, 3)
+    marked = a.copy().view(clock._kind)
+    left, right = marked @ a.T, a.T @ marked
+    assert clock.count == 2
+    np.testing.assert_array_equal(left.view(np.ndarray), a @ a.T)
+    np.testing.assert_array_equal(right.view(np.ndarray), a.T @ a)
+    assert type(left) is clock._kind and type(right) is clock._kind  # what is computed from them is clocked too
+    assert a @ a.T is not None and clock.count == 2  # plain arrays are not timed

@@ -7,6 +7,12 @@ fresh contiguous arrays, with the BLAS the step itself uses. Their sum is the st
 what the step would take if everything that is not a product were free. ``benchmark`` divides it
 by the measured step to report the share of the step spent in products.
 
+Timed alone, on warm caches, the products are a floor: inside the step each one meets operands
+that other work has just pushed out of cache. :class:`ProductClock` measures them where they run:
+it marks a model's parameters so that every ``@`` computed from them adds its seconds to the
+clock, and ``benchmark`` divides that by the same step's time. The clock also counts the products,
+so a test can check the list above against what the model really computes.
+
 Per ``Linear(I -> O)`` over ``N`` rows: the forward ``(N, I)·(I, O)``, and in the backward
 ``dx = dy·W`` ``(N, O)·(O, I)`` and ``dW = dyᵀ·x`` ``(O, N)·(N, I)``: three products of
 ``N·I·O`` multiply-adds each. Per attention over ``B·H`` heads of width ``D`` with ``T``
@@ -109,3 +115,50 @@ def time_products(products: list[Product], dtype: np.dtype | type, repeats: int 
             best = min(best, time.perf_counter() - start)
         total += best * p.count
     return total
+
+
+class _ClockedArray(np.ndarray):
+    """An ndarray whose ``@`` reports its seconds to ``clock`` (set on a subclass made per clock).
+
+    The arrays computed from a clocked one are clocked too (NumPy keeps the subclass through
+    ufuncs, views and reshapes), so marking a model's parameters reaches every activation and
+    gradient. The product itself runs on plain views: the same BLAS call, the same numbers.
+    """
+
+    clock: ProductClock
+
+    def __matmul__(self, other):
+        return self.clock.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return self.clock.matmul(other, self)
+
+
+class ProductClock:
+    """Seconds and number of the matrix products computed from the parameters it has marked.
+
+    ``clock.mark(model)`` turns every parameter of ``model`` into a view that reports to the clock
+    (the values and the arrays' memory are unchanged; an optimizer built afterwards updates the
+    views in place as usual). ``seconds`` and ``count`` then grow with every ``@`` of a forward or
+    backward; read them before and after a step.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.count = 0
+        self._kind = type("Clocked", (_ClockedArray,), {"clock": self})
+
+    def mark(self, model) -> None:
+        """Make every parameter of ``model`` (a :class:`~numpy_transformer.modules.base.Module`) report here."""
+        for module in model.modules():
+            for name in module._param_names:
+                setattr(module, name, getattr(module, name).view(self._kind))
+
+    def matmul(self, a, b) -> np.ndarray:
+        plain_a = a.view(np.ndarray) if isinstance(a, np.ndarray) else a
+        plain_b = b.view(np.ndarray) if isinstance(b, np.ndarray) else b
+        start = time.perf_counter()
+        out = plain_a @ plain_b
+        self.seconds += time.perf_counter() - start
+        self.count += 1
+        return out.view(self._kind)

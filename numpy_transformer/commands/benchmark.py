@@ -79,8 +79,11 @@ def _peak_rss_mb() -> float:
 MODELS = ("transformer", "minilm")
 
 
-def _transformer_step(backend: str, dtype: str):
-    """(step, rss before the optimizer) for the encoder–decoder Transformer of ``BENCH_CONFIG``."""
+def _transformer_step(backend: str, dtype: str, clock=None):
+    """(step, rss before the optimizer) for the encoder–decoder Transformer of ``BENCH_CONFIG``.
+
+    ``clock`` (a :class:`~numpy_transformer.applications.step_cost.ProductClock`, NumPy only) is
+    given the model's parameters, so that it times the step's matrix products where they run."""
     from ..config import TransformerConfig
     from ..functional.softmax import cross_entropy_backward, cross_entropy_forward
 
@@ -95,6 +98,8 @@ def _transformer_step(backend: str, dtype: str):
         from ..optim import Adam
 
         model = Transformer(cfg, dtype=np.dtype(dtype), rng=rng)
+        if clock is not None:
+            clock.mark(model)
         before = _rss_mb()
         opt = Adam(model, lr=1e-4)
 
@@ -321,19 +326,29 @@ class SideBySide:
     ratio: float  # the median of the per-pair ratios NumPy / nn.Transformer
     gemm_ms: float  # the step's matrix products timed alone
     gflop: float
+    in_step_ms: float  # the median time of the products inside a clocked NumPy step
+    in_step_share: float  # the median over the clocked steps of their products' share of the step
 
 
 def side_by_side(dtype: str, pairs: int, warmup: int) -> SideBySide:
-    """The NumPy step and ``torch.nn.Transformer``'s in one process, alternating, ``pairs`` times."""
-    from ..applications.step_cost import time_products, total_flops, transformer_products
+    """The NumPy step and ``torch.nn.Transformer``'s in one process, alternating, ``pairs`` times.
+
+    Each pair is followed by a step of a second NumPy model whose products a
+    :class:`~numpy_transformer.applications.step_cost.ProductClock` times where they run; the ratio
+    is taken on the plain model, since the clock's bookkeeping costs its step a few percent.
+    """
+    from ..applications.step_cost import ProductClock, time_products, total_flops, transformer_products
     from ..config import TransformerConfig
 
+    clock = ProductClock()
     ours, _ = _transformer_step("numpy", dtype)
+    clocked, _ = _transformer_step("numpy", dtype, clock=clock)
     theirs = _builtin_transformer_step(dtype)
     for _ in range(warmup):
         ours()
         theirs()
-    t_ours, t_theirs = [], []
+        clocked()
+    t_ours, t_theirs, t_clocked, t_products = [], [], [], []
     for _ in range(pairs):
         start = time.perf_counter()
         ours()
@@ -341,25 +356,33 @@ def side_by_side(dtype: str, pairs: int, warmup: int) -> SideBySide:
         theirs()
         t_ours.append(middle - start)
         t_theirs.append(time.perf_counter() - middle)
+        before, start = clock.seconds, time.perf_counter()
+        clocked()
+        t_clocked.append(time.perf_counter() - start)
+        t_products.append(clock.seconds - before)
     a, b = np.array(t_ours) * 1000, np.array(t_theirs) * 1000
     products = transformer_products(TransformerConfig(**BENCH_CONFIG), BATCH, LENGTH, LENGTH)
     gemm = time_products(products, np.dtype(dtype)) * 1000
+    share = np.array(t_products) / np.array(t_clocked)
     return SideBySide(dtype, float(np.median(a)), float(np.median(b)), float(np.median(a / b)), gemm,
-                      total_flops(products) / 1e9)  # fmt: skip
+                      total_flops(products) / 1e9, float(np.median(t_products)) * 1000,
+                      float(np.median(share)))  # fmt: skip
 
 
 def format_side_by_side(rows: list[SideBySide], pairs: int) -> str:
     lines = [
         f"against torch.nn.Transformer, in one process, steps alternating, median of {pairs} pairs "
-        "(GEMM: the step's matrix products timed alone, applications/step_cost.py)",
+        "(products alone: the step's matrix products timed one by one on warm caches, "
+        "applications/step_cost.py; in the step: the same products timed where they run, by a ProductClock)",
         "",
-        "| dtype | NumPy step (ms) | nn.Transformer step (ms) | NumPy / nn.Transformer | GEMM time (ms) "
-        "| GEMM share of the NumPy step | GFLOP |",
-        "|---|---|---|---|---|---|---|",
+        "| dtype | NumPy step (ms) | nn.Transformer step (ms) | NumPy / nn.Transformer | products alone (ms) "
+        "| share, alone | products in the step (ms) | share, in the step | GFLOP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r.dtype} | {r.numpy_ms:.1f} | {r.builtin_ms:.1f} | {r.ratio:.2f} | {r.gemm_ms:.1f} "
-                     f"| {r.gemm_ms / r.numpy_ms:.0%} | {r.gflop:.2f} |")  # fmt: skip
+                     f"| {r.gemm_ms / r.numpy_ms:.0%} | {r.in_step_ms:.1f} | {r.in_step_share:.0%} "
+                     f"| {r.gflop:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
