@@ -140,7 +140,8 @@ class ProductClock:
     ``clock.mark(model)`` turns every parameter of ``model`` into a view that reports to the clock
     (the values and the arrays' memory are unchanged; an optimizer built afterwards updates the
     views in place as usual). ``seconds`` and ``count`` then grow with every ``@`` of a forward or
-    backward; read them before and after a step.
+    backward; read them before and after a step. Every ``@`` counts once: a tiled attention
+    (``attention="flash"``) makes one per tile, more than :func:`transformer_products` lists.
     """
 
     def __init__(self) -> None:
@@ -161,4 +162,4 @@ class ProductClock:
         out = plain_a @ plain_b
         self.seconds += time.perf_counter() - start
         self.count += 1
-        return out.view(self._kind)
+        return out.view(self._kind)  # (a NumPy scalar, from vector · vector, stays a scalar)
