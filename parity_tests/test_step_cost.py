@@ -110,5 +110,7 @@ def test_the_clock_times_a_product_from_either_side_and_returns_plain_values():
     np.testing.assert_array_equal(right.view(np.ndarray), a.T @ a)
     assert type(left) is clock._kind and type(right) is clock._kind  # what is computed from them is clocked too
     assert a @ a.T is not None and clock.count == 2  # plain arrays are not timed
+    with pytest.raises(TypeError, match="model: expected a numpy_transformer Module, got dict"):
+        clock.mark({"weight": a})
     v = marked[0]
     assert v @ a[0] == a[0] @ a[0] and clock.count == 3  # vector · vector: a plain scalar

@@ -151,11 +151,13 @@ class ProductClock:
 
     def mark(self, model) -> None:
         """Make every parameter of ``model`` (a :class:`~numpy_transformer.modules.base.Module`) report here."""
-        for module in model.modules():
-            for name in module._param_names:
-                setattr(module, name, getattr(module, name).view(self._kind))
+        if not hasattr(model, "named_parameter_refs"):
+            raise TypeError(f"model: expected a numpy_transformer Module, got {type(model).__name__}")
+        for name, param, _, owner in list(model.named_parameter_refs()):
+            setattr(owner, name.rsplit(".", 1)[-1], param.view(self._kind))
 
     def matmul(self, a, b) -> np.ndarray:
+        """``a @ b`` on plain views, timed and counted; the result is marked like its operands."""
         plain_a = a.view(np.ndarray) if isinstance(a, np.ndarray) else a
         plain_b = b.view(np.ndarray) if isinstance(b, np.ndarray) else b
         start = time.perf_counter()
