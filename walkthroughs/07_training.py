@@ -362,7 +362,7 @@ report_all("train_step parameters vs the step by hand", fresh.state_dict(), afte
 # adds its seconds to the clock. NumPy keeps a subclass through ufuncs, views and reshapes, so
 # every activation and gradient computed from those parameters is marked too, and every product
 # of the forward and backward reports itself. The subclass changes nothing else: the product runs
-# on plain views, so the numbers come out bit for bit those of section 1.2 and 1.3. The cost
+# on plain views, so the numbers come out bit for bit those of sections 1.2 and 1.3. The cost
 # model `transformer_products` lists the same products from the architecture alone, and the two
 # counts must agree.
 
