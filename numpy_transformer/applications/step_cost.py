@@ -7,8 +7,9 @@ fresh contiguous arrays, with the BLAS the step itself uses. Their sum is the st
 what the step would take if everything that is not a product were free. ``benchmark`` divides it
 by the measured step to report the share of the step spent in products.
 
-Timed alone, on warm caches, the products are a floor: inside the step each one meets operands
-that other work has just pushed out of cache. :class:`ProductClock` measures them where they run:
+Timed alone, the fastest of several runs on warm caches, the products are a floor: inside the step
+each is timed once, and meets operands that other work may have pushed out of cache.
+:class:`ProductClock` measures them where they run:
 it marks a model's parameters so that every ``@`` computed from them adds its seconds to the
 clock, and ``benchmark`` divides that by the same step's time. The clock also counts the products,
 so a test can check the list above against what the model really computes.
